@@ -1,0 +1,3 @@
+"""fedloom: federated learning on PyTorch."""
+
+__version__ = "0.1.0"
