@@ -1,0 +1,44 @@
+"""Reference models and a registry that builds them for a dataset."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from fedloom.errors import ConfigError
+from fedloom.models.cnn import McMahanCNN
+from fedloom.models.linear import LinearModel
+from fedloom.models.mlp import MLP
+
+MODEL_NAMES = ("mlp", "cnn", "linear", "logistic")
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_outputs: int,
+    *,
+    hidden: Sequence[int] = (64,),
+) -> nn.Module:
+    """A reference model for inputs of ``input_shape`` with ``num_outputs`` outputs.
+
+    ``num_outputs`` is the number of classes, or 1 for regression.
+    """
+    in_features = math.prod(input_shape)
+    if name == "mlp":
+        return MLP(in_features, hidden, num_outputs)
+    if name in ("linear", "logistic"):
+        return LinearModel(in_features, num_outputs)
+    if name == "cnn":
+        if len(input_shape) != 3 or input_shape[1] != input_shape[2] or input_shape[1] % 4:
+            raise ConfigError(
+                f"model.name='cnn' needs square image inputs (channels, side, side) with side a "
+                f"multiple of 4, got input shape {tuple(input_shape)}; use model.name='mlp' instead"
+            )
+        return McMahanCNN(input_shape[0], num_outputs, input_shape[1])
+    raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
+
+
+__all__ = ["MLP", "MODEL_NAMES", "LinearModel", "McMahanCNN", "build_model"]

@@ -1,0 +1,103 @@
+"""The ``fedloom`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from fedloom import __version__
+from fedloom.errors import FedloomError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file (default: the built-in defaults)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key; the value is parsed as YAML "
+        "(e.g. --set model.hidden=[64,64]); repeatable",
+    )
+    p.add_argument("--data-dir", help="folder holding dataset files (sets dataset.data_dir)")
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fedloom.config import load_config
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"dataset.data_dir={args.data_dir}")
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedloom.simulation import run
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    run(cfg, out, quiet=args.quiet)
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from fedloom.data import format_label_distribution, label_distribution, plot_label_distribution
+    from fedloom.simulation import Simulation
+
+    sim = Simulation(_load(args))
+    ds = sim.dataset
+    if ds.task != "classification":
+        sizes = [len(c.train) for c in sim.clients]
+        print(f"{len(sizes)} clients; sizes min {min(sizes)}, max {max(sizes)}")
+        return 0
+    counts = label_distribution(ds.y_train, [c.train for c in sim.clients], ds.num_classes)
+    print(format_label_distribution(counts, max_rows=args.rows))
+    if args.plot:
+        plot_label_distribution(counts, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedloom", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedloom {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a federated simulation")
+    _add_config_args(run)
+    run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    run.set_defaults(func=cmd_run)
+
+    part = sub.add_parser("partition", help="show the label distribution per client")
+    _add_config_args(part)
+    part.add_argument("--plot", help="also write a stacked bar chart PNG here")
+    part.add_argument("--rows", type=int, default=20, help="clients to list in full")
+    part.set_defaults(func=cmd_partition)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except FedloomError as exc:
+        print(f"fedloom: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedloom: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The client protocol: anything with ``fit`` and ``evaluate`` can take part in a federation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from fedloom.core.params import Params
+
+
+@dataclass
+class FitResult:
+    """A client's answer to a fit task.
+
+    ``update`` is what the strategy asked for (``config["mode"]``): the model delta
+    ``local - global`` after local training, or the gradient of the local loss at the global model.
+    It may be Params or a flat vector in the model's ParamSpec order.
+    """
+
+    update: Params | np.ndarray
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    """A client's evaluation of the global model on its local test data."""
+
+    loss: float
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Client(Protocol):
+    """One participant. ``params`` is the global model; ``config`` comes from the strategy."""
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult: ...
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult: ...

@@ -1,0 +1,161 @@
+"""Run configuration: a YAML file plus ``--set key=value`` overrides, validated with pydantic.
+
+Unknown keys are errors (a typo must never be silently ignored), and every error names the field,
+the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fedloom.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    name: Literal["digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv"] = "digits"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    data_dir: str | None = None
+    path: str | None = Field(None, description="CSV file, for name=csv")
+    target: str = "target"
+    group_column: str | None = None
+
+
+class PartitionConfig(_Section):
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = "iid"
+    num_clients: int = Field(100, ge=1)
+    alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    quantity_distribution: Literal["lognormal", "power_law"] = "lognormal"
+    quantity_sigma: float = Field(1.0, gt=0)
+
+
+class ModelConfig(_Section):
+    name: Literal["mlp", "cnn", "linear", "logistic"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [64])
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError("every hidden width must be >= 1")
+        return v
+
+
+class StrategyConfig(_Section):
+    name: Literal["fedavg", "fedsgd"] = "fedavg"
+    fraction_fit: float = Field(1.0, gt=0, le=1)
+    min_fit_clients: int = Field(1, ge=1)
+    fraction_evaluate: float = Field(1.0, gt=0, le=1)
+    server_lr: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.0, ge=0, lt=1)
+    server_optimizer: Literal["sgd", "adam"] = "sgd"
+    aggregation: Literal["mean", "sum"] = "mean"
+
+
+class ClientConfig(_Section):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(10, ge=1)
+    lr: float = Field(0.2, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class EngineConfig(_Section):
+    name: Literal["sequential"] = "sequential"
+    threads: int | None = Field(None, ge=1, description="torch threads; default: torch's choice")
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1)
+    federated: bool = False
+    client_test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class TransportConfig(_Section):
+    codec: Literal["float32", "float16"] = "float32"
+
+
+class Config(_Section):
+    seed: int = 0
+    rounds: int = Field(20, ge=1)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=[1,2]"`` -> (["a", "b"], [1, 2]). The value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {item!r} (example: --set rounds=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse {raw!r} as YAML: {exc}") from None
+    return key.strip().split("."), value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Read ``path`` (YAML) if given, apply ``key=value`` overrides, and validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        tree = loaded or {}
+    for item in overrides:
+        _apply(tree, *parse_override(item))
+    return validate_config(tree)
+
+
+def validate_config(tree: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``field.path: got VALUE; allowed ...``."""
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key (value {err['input']!r}); check the spelling")
+            continue
+        if err["type"] == "literal_error":
+            msg = "allowed: " + msg.removeprefix("Input should be ")
+        lines.append(f"{field}: got {err['input']!r}; {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)

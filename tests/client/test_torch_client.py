@@ -1,0 +1,65 @@
+"""TorchClient on a one-weight linear regression, where every number can be worked by hand."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedloom.client.torch_client import LocalTraining, TorchClient, client_seed, get_params
+from fedloom.models import LinearModel
+
+X = np.array([[1.0], [2.0]], np.float32)
+Y = np.array([2.0, 2.0], np.float32)
+
+
+def _client(**kw: object) -> TorchClient:
+    return TorchClient(LinearModel(1, 1), X, Y, task="regression", num_classes=1, **kw)  # type: ignore[arg-type]
+
+
+def _theta() -> dict[str, np.ndarray]:
+    return {
+        "linear.weight": np.array([[1.0]], np.float32),
+        "linear.bias": np.array([0.0], np.float32),
+    }
+
+
+def test_gradient_mode_returns_the_full_batch_gradient() -> None:
+    # L = mean((w x + b - y)^2) at w=1, b=0: residuals [-1, 0] -> dL/dw = -1, dL/db = -1, L = 0.5
+    res = _client().fit(_theta(), {"mode": "gradient", "batch_size": 1})
+    np.testing.assert_allclose(res.update, [-1.0, -1.0], rtol=1e-6)
+    assert res.metrics["train_loss"] == pytest.approx(0.5)
+    assert res.num_examples == 2
+
+
+def test_train_mode_returns_the_delta_of_one_sgd_step() -> None:
+    # one full-batch step with lr 0.1: w = 1 + 0.1, b = 0 + 0.1
+    client = _client(training=LocalTraining(epochs=1, batch_size=2, lr=0.1))
+    res = client.fit(_theta(), {"mode": "train"})
+    np.testing.assert_allclose(res.update, [0.1, 0.1], rtol=1e-6)
+
+
+def test_config_overrides_local_training() -> None:
+    client = _client(training=LocalTraining(epochs=1, batch_size=2, lr=0.1))
+    res = client.fit(_theta(), {"mode": "train", "lr": 0.2})
+    np.testing.assert_allclose(res.update, [0.2, 0.2], rtol=1e-6)
+
+
+def test_evaluate_reports_loss_and_regression_metrics() -> None:
+    ev = _client().evaluate(_theta(), {})
+    assert ev.loss == pytest.approx(0.5)
+    assert ev.metrics["mae"] == pytest.approx(0.5)
+    assert ev.num_examples == 2
+
+
+def test_training_is_deterministic_per_client_and_round() -> None:
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = LinearModel(4, 2)
+    theta = get_params(model)
+    client = TorchClient(model, x, y, num_classes=2, client_id=3, seed=1)
+    a = client.fit(theta, {"round": 2, "batch_size": 4})
+    b = client.fit(theta, {"round": 2, "batch_size": 4})
+    c = client.fit(theta, {"round": 3, "batch_size": 4})
+    np.testing.assert_array_equal(a.update, b.update)
+    assert not np.array_equal(a.update, c.update)
+    assert client_seed(0, 1, 2) != client_seed(0, 2, 1)

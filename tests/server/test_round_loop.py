@@ -1,0 +1,116 @@
+"""The round loop: selection, skipped clients, failing and bad clients, streaming aggregation."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedloom.client.base import EvalResult, FitResult
+from fedloom.core.codec import Float32Codec
+from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.engines import SequentialEngine
+from fedloom.errors import ConfigError, UpdateRejected
+from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.selection import sample_clients
+from fedloom.server.validation import decode_update
+from fedloom.strategies import FedAvg
+
+SPEC = ParamSpec(names=("w",), shapes=((2,),), dtypes=("<f4",))
+
+
+class DeltaClient:
+    def __init__(self, delta: Any, n: int = 1, fail: bool = False) -> None:
+        self.delta, self.n, self.fail = delta, n, fail
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        if self.fail:
+            raise RuntimeError("disk full")
+        return FitResult(update=self.delta, num_examples=self.n)
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        return EvalResult(
+            loss=float(self.n), num_examples=self.n, metrics={"accuracy": self.n / 10}
+        )
+
+
+def test_sampling_is_seeded_sorted_and_respects_min_clients() -> None:
+    a = sample_clients(list(range(100)), 0.1, 1, np.random.default_rng([0, 1]))
+    b = sample_clients(list(range(100)), 0.1, 1, np.random.default_rng([0, 1]))
+    assert a == b and len(a) == 10 and a == sorted(a)
+    assert len(sample_clients(list(range(100)), 0.01, 5, np.random.default_rng(0))) == 5
+    assert sample_clients([3, 1, 2], 1.0, 1, np.random.default_rng(0)) == [1, 2, 3]
+    with pytest.raises(ConfigError, match="min_fit_clients=5 but only 3 clients have data"):
+        sample_clients([0, 1, 2], 1.0, 5, np.random.default_rng(0))
+
+
+def test_clients_without_data_are_skipped_and_reported() -> None:
+    pop = Population({0: 5, 1: 0, 2: 3})
+    assert pop.eligible == [0, 2] and pop.skipped == [1]
+
+
+def test_failed_and_invalid_clients_are_excluded_and_counted() -> None:
+    clients = {
+        0: DeltaClient(np.array([1.0, 1.0], np.float32)),
+        1: DeltaClient(np.array([np.nan, 0.0], np.float32)),
+        2: DeltaClient(np.zeros(3, np.float32)),  # wrong size
+        3: DeltaClient(None, fail=True),
+        4: DeltaClient(np.array([3.0, 3.0], np.float32)),
+    }
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1)),
+    )
+    record = coord.run_round(1)
+    assert (record["selected"], record["returned"]) == (5, 2)
+    assert (record["rejected"], record["failed"]) == (
+        1,
+        2,
+    )  # NaN rejected; raise + bad shape failed
+    np.testing.assert_allclose(coord.params, [2.0, 2.0])
+
+
+def test_too_few_results_leave_the_model_unchanged() -> None:
+    clients = {0: DeltaClient(None, fail=True)}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.ones(2, np.float32),
+        population=Population({0: 1}),
+    )
+    assert coord.run_round(1)["status"] == "failed"
+    np.testing.assert_array_equal(coord.params, [1.0, 1.0])
+
+
+def test_validation_rejects_garbage_oversize_and_nan() -> None:
+    gp = GlobalParams.encode(SPEC, Float32Codec(), np.zeros(2, np.float32))
+    task = Task(FIT, 1, 0)
+    with pytest.raises(UpdateRejected, match="does not match the model"):
+        decode_update(Result(task, 1, payload=b"garbage"), gp)
+    with pytest.raises(UpdateRejected, match="over the cap of 4"):
+        decode_update(Result(task, 1, payload=b"\x00" * 8), gp, max_bytes=4)
+    nan = Float32Codec().encode(np.array([np.nan, np.inf], np.float32))
+    with pytest.raises(UpdateRejected, match="2 non-finite values"):
+        decode_update(Result(task, 1, payload=nan), gp)
+
+
+def test_federated_evaluation_reports_mean_std_and_worst10() -> None:
+    clients = {i: DeltaClient(np.zeros(2, np.float32), n=i + 1) for i in range(10)}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({i: i + 1 for i in range(10)}, set(range(10))),
+        federated_eval=True,
+    )
+    record = coord.run_round(1)
+    # accuracies 0.1 .. 1.0: mean 0.55, worst 10% = the single lowest
+    assert record["fed_accuracy_mean"] == pytest.approx(0.55)
+    assert record["fed_accuracy_worst10"] == pytest.approx(0.1)
+    assert record["fed_loss_worst10"] == pytest.approx(10.0)  # loss: worst is highest
