@@ -71,8 +71,17 @@ class ClientConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["sequential"] = "sequential"
+    name: Literal["sequential", "vectorized", "ray"] = "sequential"
     threads: int | None = Field(None, ge=1, description="torch threads; default: torch's choice")
+    max_memory_mb: float = Field(
+        1024.0, gt=0, description="vectorized: memory budget per chunk of clients trained together"
+    )
+    address: str | None = Field(
+        None, description="ray: cluster address (e.g. 'auto' or 'HOST:6379'); None starts a local one"
+    )
+    num_workers: int | None = Field(
+        None, ge=1, description="ray: client workers (actors); default: the CPUs Ray sees"
+    )
 
 
 class EvalConfig(_Section):

@@ -183,9 +183,17 @@ class Simulation:
         )
 
     def engine(self) -> Engine:
-        if self.cfg.engine.name == "sequential":
-            return SequentialEngine(self.client)
-        raise ConfigError(f"engine.name={self.cfg.engine.name!r} is not available")
+        """The configured engine. Optional engines are imported only when chosen."""
+        e = self.cfg.engine
+        if e.name == "vectorized":
+            from fedloom.engines.vectorized import VectorizedEngine
+
+            return VectorizedEngine(self.client, max_memory_mb=e.max_memory_mb)
+        if e.name == "ray":
+            from fedloom.engines.ray_engine import RayEngine
+
+            return RayEngine(self.client, address=e.address, num_workers=e.num_workers)
+        return SequentialEngine(self.client)
 
     def coordinator(self, listeners: list[Any] | None = None) -> Coordinator:
         cfg = self.cfg
