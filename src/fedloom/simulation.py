@@ -110,10 +110,13 @@ class Simulation:
                 f"partition.kind={p.kind!r} needs class labels, but dataset "
                 f"{ds.name!r} is a regression task; use iid, quantity or natural"
             )
+        num_clients = p.num_clients
+        if p.kind == "natural" and ds.groups_train is not None:
+            num_clients = len(np.unique(ds.groups_train))  # one client per group
         parts = partition(
             p.kind,
             ds.y_train,
-            p.num_clients,
+            num_clients,
             seed=cfg.seed,
             alpha=p.alpha,
             shards_per_client=p.shards_per_client,

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedloom.config import load_config
@@ -59,3 +60,28 @@ def test_clients_without_data_are_skipped_and_reported(caplog: pytest.LogCapture
     assert "2 clients have no training data and are skipped: 3, 7" in caplog.text
     record = coordinator.run_round(1)
     assert (record["selected"], record["returned"]) == (8, 8)
+
+
+def test_csv_with_natural_partition_runs_one_client_per_group(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = ["hospital,age,dose,target"]
+    for i in range(90):
+        age, dose = rng.normal(50, 10), rng.normal(1, 0.3)
+        rows.append(f"h{i % 3},{age:.2f},{dose:.3f},{int(age + 20 * dose > 70)}")
+    path = tmp_path / "patients.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = load_config(
+        None,
+        [
+            "rounds=2",
+            "dataset.name=csv",
+            f"dataset.path={path}",
+            "dataset.group_column=hospital",
+            "partition.kind=natural",
+            "model.name=logistic",
+        ],
+    )
+    summary = run(cfg, tmp_path / "out", quiet=True)
+    assert summary["num_clients"] == 3
+    assert summary["dataset"]["task"] == "classification"
+    assert "auc" in summary["final"]

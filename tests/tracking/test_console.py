@@ -62,15 +62,14 @@ def test_non_terminal_prints_plain_lines() -> None:
     ]
 
 
-def test_quiet_on_terminal_prints_plain_lines() -> None:
+def test_quiet_prints_nothing_even_on_a_terminal() -> None:
     console, buffer = _console(terminal=True)
     with RoundProgress(1, quiet=True, console=console) as prog:
         assert not prog.interactive
         prog.start_round(1, num_clients=2)
         prog.advance(2)
         prog.end_round(1, {"loss": 0.25, "seconds": 2.0})
-    assert buffer.getvalue() == "round 1/1 | loss 0.2500 | 2.0 s\n"
-    assert ESC not in buffer.getvalue()
+    assert buffer.getvalue() == ""
 
 
 def test_terminal_shows_bars_and_keeps_summary_lines() -> None:

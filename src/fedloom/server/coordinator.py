@@ -7,6 +7,7 @@ select -> broadcast -> (engine runs clients) -> validate -> aggregate (streaming
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -191,7 +192,9 @@ class Coordinator:
                 )
                 continue
             for k, v in result.metrics.items():
-                per_metric.setdefault(k, []).append(float(v))
+                # A metric can be undefined on one client (AUC with a single class): leave it out.
+                if math.isfinite(v):
+                    per_metric.setdefault(k, []).append(float(v))
         out: dict[str, Any] = {}
         for k, values in per_metric.items():
             higher = k not in ("loss", "rmse", "mae")

@@ -95,6 +95,7 @@ class RoundProgress:
     ) -> None:
         self.total_rounds = total_rounds
         self.console = console if console is not None else Console(stderr=False)
+        self.quiet = quiet
         self.interactive = not quiet and self.console.is_terminal
         self._progress: Progress | None = None
         self._run_task: TaskID | None = None
@@ -150,6 +151,8 @@ class RoundProgress:
                 self._round_task = None
             if self._run_task is not None:
                 self._progress.advance(self._run_task)
+        if self.quiet:
+            return
         self.console.print(
             self._round_line(round_num, metrics, seconds),
             markup=False,
