@@ -7,6 +7,7 @@ differs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from fedloom.server.selection import sample_clients
 
 
 @dataclass
-class Strategy:
+class Strategy(ABC):
     """Shared machinery; subclasses set ``mode`` and ``pseudo_gradient``."""
 
     fraction_fit: float = 1.0
@@ -52,5 +53,6 @@ class Strategy:
     def aggregator(self) -> Aggregator:
         return WeightedMean(weighted=True)
 
+    @abstractmethod
     def pseudo_gradient(self, aggregate: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Turn the aggregated client updates into the gradient the server optimiser steps on."""
