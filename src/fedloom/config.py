@@ -94,6 +94,44 @@ class TransportConfig(_Section):
     codec: Literal["float32", "float16"] = "float32"
 
 
+class ServerConfig(_Section):
+    """The deployment server (``fedloom server``); ignored by simulations."""
+
+    min_clients: int = Field(
+        1, ge=1, description="connected clients required before a round starts"
+    )
+    join_timeout_s: float = Field(
+        600.0, gt=0, description="fail the run if min_clients have not connected by then"
+    )
+    round_deadline_s: float = Field(
+        300.0, gt=0, description="results not back by then count as dropped"
+    )
+    round_retries: int = Field(
+        2, ge=0, description="retries of a round with fewer than min_fit_clients results"
+    )
+    over_selection: float = Field(
+        0.0, ge=0, description="ask this fraction more clients; take the first that return"
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="client heartbeat interval")
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="drop a client silent for this long; its task fails at once"
+    )
+    poll_s: float = Field(10.0, gt=0, description="how long one task long-poll is held")
+    chunk_kb: int = Field(1024, ge=1, description="params/update chunk size")
+    max_message_mb: float = Field(
+        4.0, gt=0, description="cap on any single gRPC message, either direction"
+    )
+    compression: Literal["none", "gzip"] = "none"
+    auth: Literal["mtls", "token"] = Field(
+        "mtls", description="client authentication: mTLS certificates or HMAC enrolment tokens"
+    )
+    max_workers: int = Field(
+        256, ge=4, description="server threads; each connected client holds one while polling"
+    )
+    central_eval: bool = Field(True, description="evaluate on the server's held-out split")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -105,6 +143,7 @@ class Config(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -17,3 +17,7 @@ class DatasetError(FedloomError):
 
 class UpdateRejected(FedloomError):
     """A client's update failed validation and was kept out of the aggregate."""
+
+
+class DeploymentError(FedloomError):
+    """A deployment (``fedloom server`` / ``fedloom client``) cannot go on; the message says why."""

@@ -255,11 +255,43 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
         "bytes_down",
         "seconds",
         "status",
+        # deployment bookkeeping (fedloom server)
+        "dropped",
+        "over_selected",
+        "connected",
     }
     for record in reversed(history):
         if "loss" in record or any(k.startswith("fed_") for k in record):
             return {k: v for k, v in record.items() if k not in bookkeeping}
     return {}
+
+
+def summarize(
+    cfg: Config, sim: Simulation, history: list[dict[str, Any]], wall_seconds: float, out: Path
+) -> dict[str, Any]:
+    """The ``summary.json`` of a run: final metrics and run facts. Shared by ``fedloom run`` and
+    ``fedloom server``."""
+    pop = sim.population()
+    return {
+        "fedloom_version": __version__,
+        "config": cfg.model_dump(mode="json"),
+        "final": final_metrics(history),
+        "rounds": len(history),
+        "failed_rounds": sum(1 for r in history if r["status"] != "ok"),
+        "wall_seconds": wall_seconds,
+        "bytes_up": sum(r["bytes_up"] for r in history),
+        "bytes_down": sum(r["bytes_down"] for r in history),
+        "num_clients": len(sim.clients),
+        "skipped_clients": pop.skipped,
+        "num_parameters": sim.spec.size,
+        "dataset": {
+            "name": sim.dataset.name,
+            "task": sim.dataset.task,
+            "train_examples": len(sim.dataset.x_train),
+            "test_examples": len(sim.dataset.x_test),
+        },
+        "out_dir": str(out),
+    }
 
 
 def run(cfg: Config, out_dir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
@@ -278,27 +310,7 @@ def run(cfg: Config, out_dir: str | Path, *, quiet: bool = False) -> dict[str, A
         metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
     )
     recorder.write_curves()
-    pop = sim.population()
-    summary = {
-        "fedloom_version": __version__,
-        "config": cfg.model_dump(mode="json"),
-        "final": final_metrics(history),
-        "rounds": len(history),
-        "failed_rounds": sum(1 for r in history if r["status"] != "ok"),
-        "wall_seconds": time.perf_counter() - start,
-        "bytes_up": sum(r["bytes_up"] for r in history),
-        "bytes_down": sum(r["bytes_down"] for r in history),
-        "num_clients": len(sim.clients),
-        "skipped_clients": pop.skipped,
-        "num_parameters": sim.spec.size,
-        "dataset": {
-            "name": sim.dataset.name,
-            "task": sim.dataset.task,
-            "train_examples": len(sim.dataset.x_train),
-            "test_examples": len(sim.dataset.x_test),
-        },
-        "out_dir": str(out),
-    }
+    summary = summarize(cfg, sim, history, time.perf_counter() - start, out)
     recorder.write_summary(summary)
     if not quiet:
         render_summary_table(summary)

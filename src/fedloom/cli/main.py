@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedloom import __version__
+from fedloom.cli.deploy import register as register_deploy
 from fedloom.errors import FedloomError
 
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--plot", help="also write a stacked bar chart PNG here")
     part.add_argument("--rows", type=int, default=20, help="clients to list in full")
     part.set_defaults(func=cmd_partition)
+    register_deploy(sub)  # certs, server, client
     return parser
 
 

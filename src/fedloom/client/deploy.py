@@ -1,0 +1,300 @@
+"""``fedloom client``: one participant of a real deployment, with its own local data.
+
+The client connects out to the server (so it works behind NAT), joins, and long-polls for tasks.
+For each task it takes the global params from its cache when the content hash matches (else
+downloads them in chunks), runs the same ``execute_task`` as every in-process engine, and uploads
+the result in chunks. A heartbeat thread keeps the session alive during local training.
+
+When the server is unreachable the client retries with exponential backoff and full jitter, and
+joins again when the server comes back (for instance after a restart from its state folder). It
+exits 0 when the run finishes, 3 when the server refuses it (authentication, protocol), and 4
+when the server stays unreachable for ``give_up_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fedloom.client.base import Client
+from fedloom.client.torch_client import TorchClient
+from fedloom.config import Config
+from fedloom.core.task import EVALUATE, FIT
+from fedloom.data import load_dataset
+from fedloom.engines.base import execute_task
+from fedloom.errors import DeploymentError
+from fedloom.models import build_model
+from fedloom.transport.certs import Bundle, client_bundle, read_token
+from fedloom.transport.client import Backoff, Connection, ParamsCache
+from fedloom.transport.wire import task_from_proto
+
+log = logging.getLogger("fedloom.client")
+
+ClientFactory = Callable[[Config, int], Client]
+"""Builds the local ``Client`` from the run's config and the id the server gave this client."""
+
+EXIT_FINISHED, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 3, 4
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    server: str
+    name: str
+    certs: Path | None = None
+    insecure: bool = False
+    token: str | None = None
+    give_up_after: float = 600.0
+    max_message_mb: float = 64.0
+    quiet: bool = False
+
+
+def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
+    """Partition ``index`` of ``count`` of a built-in dataset, split exactly as a simulation of
+    the run's config splits it (same seed, partition kind and test split)."""
+    if not 0 <= index < count:
+        raise DeploymentError(f"--partition {index}/{count}: the index must be in 0..{count - 1}")
+
+    def build(cfg: Config, client_id: int) -> Client:
+        from fedloom.simulation import Simulation
+
+        if cfg.dataset.name != dataset:
+            raise DeploymentError(f"--dataset {dataset} but the run trains on {cfg.dataset.name!r}")
+        part = cfg.partition.model_copy(update={"num_clients": count})
+        sim = Simulation(cfg.model_copy(update={"partition": part}))
+        if index >= len(sim.clients):
+            raise DeploymentError(f"--partition {index}/{count}: the run has {len(sim.clients)}")
+        return sim.client(index)
+
+    return build
+
+
+def csv_factory(path: str, target: str) -> ClientFactory:
+    """A TorchClient on the rows of a local CSV file, with the run's model."""
+
+    def build(cfg: Config, client_id: int) -> Client:
+        ds = load_dataset(
+            "csv", path=path, target=target, test_fraction=cfg.dataset.test_fraction, seed=cfg.seed
+        )
+        outputs = ds.num_classes if ds.task == "classification" else 1
+        model = build_model(cfg.model.name, ds.input_shape, outputs, hidden=cfg.model.hidden)
+        return TorchClient(
+            model,
+            ds.x_train,
+            ds.y_train,
+            x_test=ds.x_test,
+            y_test=ds.y_test,
+            task=ds.task,
+            num_classes=outputs,
+            target_scale=ds.target_scale,
+            client_id=client_id,
+            seed=cfg.seed,
+        )
+
+    return build
+
+
+def app_factory(entry_point: str) -> ClientFactory:
+    """``module:function`` returning the user's own Client; the function may take the run's
+    Config as its one argument."""
+    module_name, sep, attr = entry_point.partition(":")
+    if not sep or not module_name or not attr:
+        raise DeploymentError(f"--app expects module:function, got {entry_point!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DeploymentError(f"--app {entry_point}: cannot load it: {exc}") from None
+
+    def build(cfg: Config, client_id: int) -> Client:
+        takes_config = bool(inspect.signature(fn).parameters)
+        client = fn(cfg) if takes_config else fn()
+        if not isinstance(client, Client):
+            raise DeploymentError(
+                f"--app {entry_point} returned {type(client).__name__}, which has no fit and "
+                "evaluate methods"
+            )
+        return client
+
+    return build
+
+
+def _data_sizes(client: Client) -> tuple[int, int]:
+    n = int(getattr(client, "num_examples", 1))
+    x_test = getattr(client, "x_test", None)
+    n_test = len(x_test) if x_test is not None else int(getattr(client, "num_test_examples", 0))
+    return n, n_test
+
+
+def _is_handshake_failure(exc: grpc.RpcError) -> bool:
+    text = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(
+        s in text for s in ("handshake", "ssl", "certificate", "tsi_")
+    )
+
+
+class DeploymentClient:
+    """The client process's main loop."""
+
+    def __init__(self, opts: ClientOptions, factory: ClientFactory) -> None:
+        self.opts = opts
+        self.factory = factory
+        self.client: Client | None = None
+        self.cache = ParamsCache()
+        self.backoff = Backoff()
+        self.tasks_done = 0
+        self.unreachable_since: float | None = None
+        if opts.insecure:
+            self.bundle: Bundle | None = None
+            log.warning("--insecure: plaintext connection; nothing is encrypted or verified")
+        else:
+            if opts.certs is None:
+                raise DeploymentError(
+                    "--certs DIR is required: TLS is on by default (it needs the run's ca.crt, "
+                    "plus NAME.crt/NAME.key or NAME.token), or pass --insecure for plaintext"
+                )
+            has_cert = (opts.certs / f"{opts.name}.crt").exists()
+            self.bundle = client_bundle(opts.certs, opts.name, with_cert=has_cert)
+        token = opts.token
+        if (
+            token is None
+            and opts.certs is not None
+            and (opts.certs / f"{opts.name}.token").exists()
+        ):
+            token = read_token(opts.certs, opts.name)
+        self.token = token or ""
+        if self.bundle is not None and self.bundle.cert is None and not token:
+            raise DeploymentError(
+                f"no credentials for {opts.name!r} in {opts.certs}: expected {opts.name}.crt and "
+                f"{opts.name}.key (mTLS), or {opts.name}.token (or --token) for token auth"
+            )
+
+    def _say(self, message: str) -> None:
+        if not self.opts.quiet:
+            print(f"[{self.opts.name}] {message}", flush=True)
+
+    def run(self) -> int:
+        handshake_failures = 0
+        while True:
+            conn = Connection(
+                self.opts.server,
+                bundle=self.bundle,
+                max_message_bytes=int(self.opts.max_message_mb * 1024 * 1024),
+            )
+            try:
+                return self._session(conn)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    self._say(f"refused by the server: {exc.details()}")
+                    return EXIT_REFUSED
+                anonymous_closed = (
+                    self.bundle is not None
+                    and self.bundle.cert is None
+                    and "socket closed" in (exc.details() or "").lower()
+                )
+                if _is_handshake_failure(exc) or anonymous_closed:
+                    handshake_failures += 1
+                    if handshake_failures >= 3:
+                        self._say(
+                            "TLS handshake with the server failed: "
+                            + (
+                                "the server closed the connection; it requires a client "
+                                f"certificate (mTLS) and there is no {self.opts.name}.crt in "
+                                f"{self.opts.certs}"
+                                if anonymous_closed
+                                else "wrong CA, or the server does not accept this client's "
+                                f"certificate ({exc.details()})"
+                            )
+                        )
+                        return EXIT_REFUSED
+                if code == grpc.StatusCode.FAILED_PRECONDITION and "protocol" in (
+                    exc.details() or ""
+                ):
+                    self._say(f"refused by the server: {exc.details()}")
+                    return EXIT_REFUSED
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    self._say("the server no longer knows this session; joining again")
+                    continue
+                now = time.monotonic()
+                since = self.unreachable_since = self.unreachable_since or now
+                if now - since > self.opts.give_up_after:
+                    self._say(
+                        f"server {self.opts.server} unreachable for {now - since:.0f}"
+                        f" s; giving up ({code.name}: {exc.details()})"
+                    )
+                    return EXIT_UNREACHABLE
+                wait = self.backoff.next()
+                log.info(
+                    "server unreachable (%s: %s); retrying in %.1f s",
+                    code.name,
+                    exc.details(),
+                    wait,
+                )
+                time.sleep(wait)
+            finally:
+                conn.close()
+
+    def _session(self, conn: Connection) -> int:
+        kinds = [FIT, EVALUATE]
+        joined = conn.join(self.opts.name, self.token, kinds)
+        self.backoff.reset()
+        self.unreachable_since = None
+        cfg = Config.model_validate_json(joined.config_json)
+        if self.client is None:
+            self.client = self.factory(cfg, joined.client_id)
+        n, n_test = _data_sizes(self.client)
+        conn.ready(n, n_test)
+        self._say(
+            f"joined run {joined.run_id} as client {joined.client_id} ({n} examples); "
+            "waiting for tasks"
+        )
+        stop = threading.Event()
+        beat = threading.Thread(
+            target=_heartbeat, args=(conn, joined.heartbeat_seconds, stop), daemon=True
+        )
+        beat.start()
+        try:
+            while True:
+                reply = conn.poll(joined.poll_seconds)
+                outcome = reply.WhichOneof("outcome")
+                if outcome == "finished":
+                    self._say(f"run finished; {self.tasks_done} tasks done")
+                    return EXIT_FINISHED
+                if outcome != "task":
+                    continue
+                self._run_task(conn, reply.task, joined.chunk_bytes)
+        finally:
+            stop.set()
+
+    def _run_task(self, conn: Connection, msg: object, chunk_bytes: int) -> None:
+        from fedloom.transport.proto import fedloom_transport_pb2 as pb
+
+        assert isinstance(msg, pb.TaskProto) and self.client is not None
+        task = task_from_proto(msg)
+        gp, params = conn.fetch_params(msg, self.cache)
+        result = execute_task(self.client, task, params, gp)
+        reply = conn.upload(msg, result, gp, chunk_bytes)
+        self.tasks_done += 1
+        what = f"round {task.round} {task.kind}"
+        if not result.ok:
+            self._say(f"{what} failed locally: {result.error}")
+        elif reply.accepted:
+            self._say(f"{what} done in {result.seconds:.2f} s")
+        else:
+            self._say(f"{what}: the server did not accept the result: {reply.reason}")
+
+
+def _heartbeat(conn: Connection, every: float, stop: threading.Event) -> None:
+    while not stop.wait(every):
+        try:
+            if not conn.heartbeat():
+                return
+        except grpc.RpcError:
+            pass  # the main loop notices a lost server on its next call

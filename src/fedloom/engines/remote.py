@@ -1,0 +1,124 @@
+"""The remote engine: tasks go to client processes over gRPC (``fedloom server``).
+
+The engine hands each task to its client's session in the ``Hub`` and yields results as the
+clients upload them, so the coordinator aggregates in a stream exactly as with the in-process
+engines. It adds what only a real deployment needs:
+
+- a round deadline: tasks without a result by then end as dropped (an error ``Result``);
+- early failure: a task whose client disconnects (no heartbeat, or it left) fails at once;
+- over-selection (Bonawitz et al. 2019, "Towards Federated Learning at Scale"): for ``fit`` tasks
+  it also asks ``over_selection`` times as many extra connected clients, and stops at the first
+  ``len(tasks)`` accepted updates; the stragglers' tasks are cancelled.
+
+``last_stats`` holds the counts of the latest ``run`` for the server's progress line.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.transport.hub import Completion, Hub
+
+
+@dataclass
+class RemoteRunStats:
+    """What happened to the tasks of one ``run`` call."""
+
+    dispatched: int = 0
+    over_selected: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0  # the client reported an error
+    dropped: int = 0  # the client disconnected, or missed the deadline
+    cancelled: int = 0
+
+
+class RemoteEngine:
+    name = "remote"
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        deadline_s: float,
+        over_selection: float = 0.0,
+        seed: int = 0,
+        tick_s: float = 0.25,
+    ) -> None:
+        self.hub = hub
+        self.deadline_s = deadline_s
+        self.over_selection = over_selection
+        self.seed = seed
+        self.tick_s = tick_s
+        self.last_stats = RemoteRunStats()
+
+    def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
+        stats = RemoteRunStats()
+        self.last_stats = stats
+        extras = self._over_select(tasks)
+        stats.dispatched, stats.over_selected = len(tasks) + len(extras), len(extras)
+        batch = self.hub.dispatch([*tasks, *extras], global_params, self.deadline_s)
+        deadline = time.monotonic() + self.deadline_s
+        try:
+            while batch.open_tasks or not batch.completions.empty():
+                if extras and stats.accepted >= len(tasks):
+                    break  # over-selection: enough updates, stop waiting for stragglers
+                left = deadline - time.monotonic()
+                if left <= 0 and batch.completions.empty():
+                    break
+                try:
+                    done = batch.completions.get(timeout=max(min(left, self.tick_s), 0.001))
+                except queue.Empty:
+                    self.hub.reap()
+                    continue
+                self._count(done, stats)
+                yield done.result
+        finally:
+            leftover = self.hub.close_batch(batch)
+        for pending in leftover:
+            if extras and stats.accepted >= len(tasks):
+                stats.cancelled += 1
+                continue
+            stats.dropped += 1
+            yield Result(
+                pending.task,
+                error=f"no result before the round deadline ({self.deadline_s:g} s)",
+            )
+
+    def _count(self, done: Completion, stats: RemoteRunStats) -> None:
+        if done.rejected is not None:
+            stats.rejected += 1
+        elif done.dropped:
+            stats.dropped += 1
+        elif not done.result.ok:
+            stats.failed += 1
+        else:
+            stats.accepted += 1
+
+    def _over_select(self, tasks: Sequence[Task]) -> list[Task]:
+        fit = [t for t in tasks if t.kind == FIT]
+        if not fit or self.over_selection <= 0:
+            return []
+        chosen = {t.client_id for t in tasks}
+        spare = sorted(
+            cid
+            for cid, s in self.hub.ready_clients().items()
+            if cid not in chosen and s.num_examples > 0
+        )
+        k = min(len(spare), math.ceil(self.over_selection * len(fit)))
+        if k == 0:
+            return []
+        rng = np.random.default_rng([self.seed, fit[0].round, 2])
+        picked = sorted(int(c) for c in rng.choice(np.asarray(spare), size=k, replace=False))
+        template = fit[0]
+        return [replace(template, client_id=cid) for cid in picked]
+
+    def close(self) -> None:
+        self.hub.finish()

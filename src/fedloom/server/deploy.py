@@ -1,0 +1,317 @@
+"""``fedloom server``: the coordinator of a real deployment.
+
+The same strategies, configs and round loop as a simulation, with the ``remote`` engine: clients
+are separate processes that connect over gRPC (see ``fedloom.transport``). Around the round loop
+this module adds what a long-running service needs:
+
+- it waits for enough clients before each round (``server.min_clients``, failing the run after
+  ``server.join_timeout_s``), and uses clients that join later from the next round on;
+- a round with fewer than ``strategy.min_fit_clients`` usable updates by the deadline is retried
+  ``server.round_retries`` times, then the run fails with the reason;
+- after every completed round, the checkpoint and the round's record are committed to the state
+  store (``fedloom.server.state``); a restarted server resumes after the last completed round;
+- it prints one progress line per round and writes the same results folder as ``fedloom run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fedloom import __version__
+from fedloom.config import Config
+from fedloom.core.codec import get_codec
+from fedloom.engines.remote import RemoteEngine
+from fedloom.errors import ConfigError, DeploymentError
+from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.state import StateStore
+from fedloom.simulation import Simulation, make_strategy, summarize
+from fedloom.tracking import RunRecorder
+from fedloom.tracking.console import format_bytes
+from fedloom.tracking.results import METRICS_FILE, to_json_safe
+from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
+from fedloom.transport.hub import Hub
+from fedloom.transport.server import FederationService, ServiceSettings, start_server
+
+# Config sections that define a run: a --state folder only resumes a run with the same ones.
+IDENTITY_SECTIONS = ("seed", "dataset", "partition", "model", "strategy", "client", "transport")
+_LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "rmse")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    address: str
+    state: Path
+    out: Path
+    certs: Path | None = None
+    insecure: bool = False
+    quiet: bool = False
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, flush=True)
+
+
+def progress_line(record: dict[str, Any], rounds: int, stats: dict[str, int]) -> str:
+    """One line per round: who took part, what came back, metrics and bytes."""
+    parts = [
+        f"round {record['round']}/{rounds}",
+        f"selected {record['selected']}",
+        f"returned {record['returned']}",
+        f"rejected {record['rejected']}",
+        f"failed {stats.get('failed', 0)}",
+        f"dropped {stats.get('dropped', 0)}",
+    ]
+    parts += [f"{k} {record[k]:.4f}" for k in _LINE_METRICS if isinstance(record.get(k), float)]
+    parts += [
+        f"up {format_bytes(record['bytes_up'])}",
+        f"down {format_bytes(record['bytes_down'])}",
+    ]
+    parts.append(f"{record['seconds']:.1f} s")
+    if record.get("status") != "ok":
+        parts.append(f"status {record.get('status')}")
+    return " | ".join(parts)
+
+
+def _write_history(recorder: RunRecorder, history: list[dict[str, Any]]) -> None:
+    """Make metrics.jsonl hold exactly the completed rounds: after a crash it may hold a round
+    the state store never committed. Written to a temporary file and renamed into place."""
+    path = recorder.metrics_path
+    tmp = path.with_name(METRICS_FILE + ".tmp")
+    lines = (json.dumps(to_json_safe(r), allow_nan=False) + "\n" for r in history)
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
+    """Run the deployment ``cfg`` to its last round; returns the summary. Raises
+    ``DeploymentError`` (or ``ConfigError``) with the reason when the run cannot finish."""
+    start = time.perf_counter()
+    s = cfg.server
+    if opts.insecure:
+        print(
+            "WARNING: --insecure: plaintext gRPC. Updates, params and tokens travel unencrypted "
+            "and clients are not authenticated by certificate; use only on a trusted network.",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif opts.certs is None:
+        raise DeploymentError(
+            "--certs DIR is required: TLS is on by default (create the folder with "
+            "`fedloom certs --out DIR --clients N`), or pass --insecure for plaintext"
+        )
+    enrolment_key = None
+    wants_tokens = s.auth == "token" or opts.insecure
+    if (
+        opts.certs is not None
+        and wants_tokens
+        and (not opts.insecure or (opts.certs / ENROLMENT_KEY).exists())
+    ):
+        enrolment_key = read_enrolment_key(opts.certs)
+    bundle = None
+    if not opts.insecure:
+        assert opts.certs is not None
+        bundle = server_bundle(opts.certs)
+    auth = "none" if opts.insecure else s.auth
+    if opts.insecure and enrolment_key is None:
+        print(
+            "WARNING: no enrolment key (--certs DIR with enrolment.key): any client can join",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    sim = Simulation(cfg)  # the model, its initial params and the central test split
+    strategy = make_strategy(cfg)
+    store = StateStore(opts.state)
+    dump = cfg.model_dump(mode="json")
+    info = store.open_run(cfg.model_dump_json(), {k: dump[k] for k in IDENTITY_SECTIONS})
+    hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
+    engine = RemoteEngine(
+        hub, deadline_s=s.round_deadline_s, over_selection=s.over_selection, seed=cfg.seed
+    )
+    population = Population(num_examples={})
+    coordinator = Coordinator(
+        strategy=strategy,
+        engine=engine,
+        spec=sim.spec,
+        params=sim.init_params.copy(),
+        population=population,
+        seed=cfg.seed,
+        codec=get_codec(cfg.transport.codec),
+        central_eval=sim.central_eval if s.central_eval else None,
+        eval_every=cfg.eval.every,
+        federated_eval=cfg.eval.federated,
+    )
+    recorder = RunRecorder(opts.out)
+    first = info.last_round + 1
+    if info.last_round:
+        coordinator.params, coordinator.opt_state = store.load_checkpoint(info.last_round)
+        coordinator.history = store.history()
+        _say(f"resuming run {info.run_id} after round {info.last_round}", opts.quiet)
+    _write_history(recorder, coordinator.history)
+
+    settings = ServiceSettings(
+        run_id=info.run_id,
+        config_json=cfg.model_dump_json(),
+        auth=auth,
+        enrolment_key=enrolment_key,
+        heartbeat_seconds=s.heartbeat_s,
+        poll_seconds=s.poll_s,
+        chunk_bytes=s.chunk_kb * 1024,
+        compression=s.compression,
+    )
+    server, port = start_server(
+        FederationService(hub, settings),
+        opts.address,
+        bundle=bundle,
+        require_client_cert=auth == "mtls",
+        max_message_bytes=int(s.max_message_mb * 1024 * 1024),
+        max_workers=s.max_workers,
+    )
+    host = opts.address.rsplit(":", 1)[0]
+    _say(
+        f"fedloom server: run {info.run_id} on {host}:{port} "
+        f"({'plaintext' if opts.insecure else 'TLS, ' + auth}); rounds {first}..{cfg.rounds}; "
+        f"state {opts.state}",
+        opts.quiet,
+    )
+    stop = threading.Event()
+    reaper = threading.Thread(target=_reap, args=(hub, stop), daemon=True, name="fedloom-reaper")
+    reaper.start()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    status = "failed"
+    retried = 0
+    try:
+        need = max(s.min_clients, strategy.min_fit_clients)
+        for r in range(first, cfg.rounds + 1):
+            evaluate = r % cfg.eval.every == 0 or r == cfg.rounds
+            for attempt in range(s.round_retries + 1):
+                _wait_for_clients(hub, population, need, s.join_timeout_s, r, opts.quiet)
+                try:
+                    record = coordinator.run_round(r, evaluate=evaluate)
+                except ConfigError as exc:  # too few eligible clients to select from
+                    record = {"round": r, "status": "failed", "error": str(exc)}
+                    coordinator.history.append(record)
+                stats = engine.last_stats
+                record.update(
+                    dropped=stats.dropped,
+                    over_selected=stats.over_selected,
+                    connected=len(population.num_examples),
+                )
+                if record["status"] == "ok":
+                    break
+                coordinator.history.pop()
+                store.record_attempt(record, attempt)
+                retried += 1
+                _say(
+                    progress_line(record, cfg.rounds, vars(stats))
+                    + f" (attempt {attempt + 1} of {s.round_retries + 1})"
+                    if "selected" in record
+                    else f"round {r}: {record.get('error')}",
+                    opts.quiet,
+                )
+            else:
+                raise DeploymentError(
+                    f"round {r} failed {s.round_retries + 1} times: fewer than "
+                    f"min_fit_clients={strategy.min_fit_clients} usable updates by the "
+                    f"{s.round_deadline_s:g} s deadline; see the log above for each client's reason"
+                )
+            store.commit_round(
+                record, coordinator.params, coordinator.opt_state, s.keep_checkpoints
+            )
+            recorder.log_round(record)
+            _say(progress_line(record, cfg.rounds, vars(stats)), opts.quiet)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        store.mark(status)
+        hub.finish()
+        if status == "finished":
+            _linger(hub)
+        stop.set()
+        server.stop(grace=1.0)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    recorder.save_model(
+        coordinator.global_params,
+        metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
+    )
+    recorder.write_curves()
+    summary = summarize(cfg, sim, coordinator.history, time.perf_counter() - start, opts.out)
+    summary.update(
+        num_clients=store.num_clients(),
+        skipped_clients=[],
+        deployment=to_json_safe(
+            {
+                "run_id": info.run_id,
+                "resumed_after_round": info.last_round,
+                "retried_round_attempts": retried,
+                "address": f"{host}:{port}",
+                "auth": auth,
+                "state": str(opts.state),
+                "pid": os.getpid(),
+                # ru_maxrss is in KiB on Linux
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        ),
+    )
+    recorder.write_summary(summary)
+    store.close()
+    return summary
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _reap(hub: Hub, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        hub.reap()
+
+
+def _wait_for_clients(
+    hub: Hub, population: Population, need: int, timeout: float, r: int, quiet: bool
+) -> None:
+    """Block until ``need`` clients with data are ready, then refresh ``population``."""
+    deadline = time.monotonic() + timeout
+    announced = -1
+    while True:
+        ready = {cid: s for cid, s in hub.ready_clients().items() if s.num_examples > 0}
+        if len(ready) >= need:
+            break
+        if len(ready) != announced:
+            _say(f"round {r}: waiting for clients: {len(ready)}/{need} connected", quiet)
+            announced = len(ready)
+        if time.monotonic() > deadline:
+            raise DeploymentError(
+                f"only {len(ready)} of the {need} clients needed (server.min_clients / "
+                f"strategy.min_fit_clients) connected within server.join_timeout_s="
+                f"{timeout:g} s"
+            )
+        time.sleep(0.1)
+    population.num_examples = {cid: s.num_examples for cid, s in ready.items()}
+    population.has_test_data = {cid for cid, s in ready.items() if s.num_test_examples > 0}
+
+
+def _linger(hub: Hub, seconds: float = 3.0) -> None:
+    """Give connected clients a moment to hear that the run finished, so they exit cleanly."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and hub.unnotified():
+        time.sleep(0.05)

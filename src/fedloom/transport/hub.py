@@ -1,0 +1,282 @@
+"""The server's view of connected clients: sessions, task inboxes, and results waiting for the
+engine. Shared, under one lock, by the gRPC handler threads and the coordinator's thread.
+
+A session exists from ``Join`` until ``Leave``, a newer ``Join`` under the same name, or silence for
+longer than the heartbeat timeout. A task handed to a session that goes away fails at once, so a
+round never waits for a client that is known to be gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fedloom.core.task import GlobalParams, Result, Task
+
+log = logging.getLogger("fedloom.server")
+
+
+@dataclass
+class Session:
+    session_id: str
+    name: str
+    client_id: int
+    peer: str
+    last_seen: float
+    task_kinds: frozenset[str] = frozenset()
+    ready: bool = False
+    num_examples: int = 0
+    num_test_examples: int = 0
+    inbox: deque[PendingTask] = field(default_factory=deque)
+
+
+@dataclass
+class PendingTask:
+    task_id: str
+    task: Task
+    session_id: str
+    params: GlobalParams
+    batch: Batch
+    deadline_seconds: float
+    done: bool = False
+    handed_out: bool = False
+
+
+@dataclass
+class Completion:
+    """A finished task as the engine sees it: the result, and the reason it was rejected (if)."""
+
+    task: Task
+    result: Result
+    rejected: str | None = None
+    dropped: bool = False
+
+
+class Batch:
+    """The tasks of one ``Engine.run`` call and the queue their completions arrive on."""
+
+    def __init__(self) -> None:
+        self.completions: queue.Queue[Completion] = queue.Queue()
+        self.pending: dict[str, PendingTask] = {}
+
+    @property
+    def open_tasks(self) -> int:
+        return sum(1 for p in self.pending.values() if not p.done)
+
+
+class Hub:
+    """Sessions and tasks of the running server.
+
+    ``client_id_for(name)`` gives a client's stable integer id (the state store persists it, so a
+    client keeps its id across reconnects and server restarts).
+    """
+
+    def __init__(
+        self,
+        client_id_for: Callable[[str], int],
+        heartbeat_timeout: float,
+        on_client_seen: Callable[[Session], None] | None = None,
+    ) -> None:
+        self._client_id_for = client_id_for
+        self.heartbeat_timeout = heartbeat_timeout
+        self._on_client_seen = on_client_seen
+        self._lock = threading.Condition()
+        self._sessions: dict[str, Session] = {}
+        self._by_name: dict[str, str] = {}
+        self._blobs: dict[str, GlobalParams] = {}
+        self._told_finished: set[str] = set()
+        self.finished = False
+
+    # -- sessions ---------------------------------------------------------------------------
+    def join(self, name: str, peer: str, task_kinds: Sequence[str]) -> Session:
+        """Open a session for ``name``; an older session of the same name is closed."""
+        client_id = self._client_id_for(name)
+        with self._lock:
+            old = self._by_name.get(name)
+            if old is not None:
+                self._close(old, "the client joined again (it restarted or lost its connection)")
+            session = Session(
+                session_id=secrets.token_hex(16),
+                name=name,
+                client_id=client_id,
+                peer=peer,
+                last_seen=time.monotonic(),
+                task_kinds=frozenset(task_kinds),
+            )
+            self._sessions[session.session_id] = session
+            self._by_name[name] = session.session_id
+        log.info("client %s (id %d) joined from %s", name, client_id, peer)
+        return session
+
+    def session(self, session_id: str) -> Session | None:
+        with self._lock:
+            s = self._sessions.get(session_id)
+            if s is not None:
+                s.last_seen = time.monotonic()
+            return s
+
+    def ready(self, session_id: str, num_examples: int, num_test_examples: int) -> None:
+        with self._lock:
+            s = self._sessions[session_id]
+            s.num_examples, s.num_test_examples, s.ready = num_examples, num_test_examples, True
+        if self._on_client_seen is not None:
+            self._on_client_seen(s)
+        log.info(
+            "client %s ready: %d training examples, %d test",
+            s.name,
+            num_examples,
+            num_test_examples,
+        )
+
+    def leave(self, session_id: str) -> None:
+        with self._lock:
+            if session_id in self._sessions:
+                self._close(session_id, "the client left")
+
+    def reap(self) -> list[str]:
+        """Close sessions silent for longer than the heartbeat timeout; returns their names."""
+        now = time.monotonic()
+        gone = []
+        with self._lock:
+            for sid, s in list(self._sessions.items()):
+                if now - s.last_seen > self.heartbeat_timeout:
+                    gone.append(s.name)
+                    self._close(sid, f"no heartbeat for {now - s.last_seen:.1f} s (client dropped)")
+        return gone
+
+    def _close(self, session_id: str, why: str) -> None:
+        s = self._sessions.pop(session_id)
+        if self._by_name.get(s.name) == session_id:
+            del self._by_name[s.name]
+        for p in s.inbox:
+            self._complete(p, Result(p.task, error=f"client {s.name}: {why}"), dropped=True)
+        s.inbox.clear()
+        log.info("client %s disconnected: %s", s.name, why)
+        self._lock.notify_all()
+
+    def ready_clients(self) -> dict[int, Session]:
+        """Sessions that reported their data, by client id."""
+        with self._lock:
+            return {s.client_id: s for s in self._sessions.values() if s.ready}
+
+    # -- tasks ------------------------------------------------------------------------------
+    def dispatch(
+        self, tasks: Sequence[Task], params: GlobalParams, deadline_seconds: float
+    ) -> Batch:
+        """Hand each task to its client's session. A task whose client is not connected fails at
+        once."""
+        batch = Batch()
+        with self._lock:
+            self._blobs = {params.digest: params}  # only the current model is served
+            by_id = {s.client_id: s for s in self._sessions.values() if s.ready}
+            for task in tasks:
+                session = by_id.get(task.client_id)
+                pending = PendingTask(
+                    task_id=secrets.token_hex(8),
+                    task=task,
+                    session_id=session.session_id if session else "",
+                    params=params,
+                    batch=batch,
+                    deadline_seconds=deadline_seconds,
+                )
+                batch.pending[pending.task_id] = pending
+                if session is None:
+                    self._complete(
+                        pending,
+                        Result(task, error=f"client {task.client_id} is not connected"),
+                        dropped=True,
+                    )
+                elif task.kind not in session.task_kinds:
+                    self._complete(
+                        pending,
+                        Result(task, error=f"client {session.name} does not run {task.kind!r}"),
+                    )
+                else:
+                    session.inbox.append(pending)
+            self._lock.notify_all()
+        return batch
+
+    def close_batch(self, batch: Batch) -> list[PendingTask]:
+        """Stop accepting results for ``batch``; returns the tasks that never completed."""
+        with self._lock:
+            left = [p for p in batch.pending.values() if not p.done]
+            for p in left:
+                p.done = True
+                s = self._sessions.get(p.session_id)
+                if s is not None and p in s.inbox:
+                    s.inbox.remove(p)
+            return left
+
+    def poll(self, session_id: str, wait: float) -> PendingTask | None:
+        """The session's next task, waiting up to ``wait`` seconds. The task stays in the inbox
+        (so it fails if the session drops) until a result comes back for it."""
+        end = time.monotonic() + wait
+        with self._lock:
+            while True:
+                s = self._sessions.get(session_id)
+                if s is None or self.finished:
+                    return None
+                s.last_seen = time.monotonic()
+                for p in s.inbox:
+                    if not p.done and not p.handed_out:
+                        p.handed_out = True
+                        return p
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+
+    def pending(self, session_id: str, task_id: str) -> PendingTask | None:
+        with self._lock:
+            s = self._sessions.get(session_id)
+            if s is None:
+                return None
+            return next((p for p in s.inbox if p.task_id == task_id and not p.done), None)
+
+    def complete(self, pending: PendingTask, result: Result, rejected: str | None = None) -> bool:
+        """Deliver a result to the engine; False when the task was already closed (deadline)."""
+        with self._lock:
+            if pending.done:
+                return False
+            s = self._sessions.get(pending.session_id)
+            if s is not None and pending in s.inbox:
+                s.inbox.remove(pending)
+            self._complete(pending, result, rejected=rejected)
+            return True
+
+    def _complete(
+        self,
+        pending: PendingTask,
+        result: Result,
+        *,
+        rejected: str | None = None,
+        dropped: bool = False,
+    ) -> None:
+        pending.done = True
+        pending.batch.completions.put(Completion(pending.task, result, rejected, dropped))
+
+    def blob(self, digest: str) -> GlobalParams | None:
+        with self._lock:
+            return self._blobs.get(digest)
+
+    def finish(self) -> None:
+        """The run is over: pollers are told to exit."""
+        with self._lock:
+            self.finished = True
+            self._lock.notify_all()
+
+    def told_finished(self, session_id: str) -> None:
+        """The session has been told that the run is over."""
+        with self._lock:
+            self._told_finished.add(session_id)
+
+    def unnotified(self) -> int:
+        """Sessions not yet told that the run is over."""
+        with self._lock:
+            return len(set(self._sessions) - self._told_finished)

@@ -1,0 +1,366 @@
+"""The gRPC side of the server: authentication, chunked transfer and upload validation.
+
+Every handler authenticates its caller before it touches the hub: ``Join`` checks the client's
+mTLS certificate (its common name is the client's identity) or its enrolment token, and every
+later call must present its session id, from the same certificate under mTLS. Uploads are checked
+while they stream in (declared spec, codec and size against the task; a running byte count against
+the cap), then decoded and validated with ``fedloom.server.validation.decode_update``, the same
+check the coordinator applies, so a bad update is refused with a reason the client sees and never
+reaches the global model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+
+from fedloom.core.task import EVALUATE, FIT, Result
+from fedloom.errors import DeploymentError, UpdateRejected
+from fedloom.server.validation import decode_update
+from fedloom.transport.certs import Bundle, check_token
+from fedloom.transport.hub import Hub, PendingTask, Session
+from fedloom.transport.proto import fedloom_transport_pb2 as pb
+from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
+from fedloom.transport.wire import (
+    PROTOCOL_VERSION,
+    chunks,
+    spec_from_proto,
+    spec_mismatch,
+    task_to_proto,
+)
+
+log = logging.getLogger("fedloom.server")
+
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Room for the protobuf framing of a chunk on top of its data.
+FRAME_OVERHEAD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service tells clients and enforces."""
+
+    run_id: str
+    config_json: str
+    auth: str  # "mtls", "token" or "none" (plaintext without tokens, --insecure)
+    enrolment_key: bytes | None
+    heartbeat_seconds: float
+    poll_seconds: float
+    chunk_bytes: int
+    compression: str  # "gzip" or "none"
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _peer_common_name(context: grpc.ServicerContext) -> str | None:
+    values = context.auth_context().get("x509_common_name") or []
+    return values[0].decode() if values else None
+
+
+class FederationService(pb_grpc.FederationServicer):
+    """The ``fedloom.transport.v1.Federation`` service over a ``Hub``."""
+
+    def __init__(self, hub: Hub, settings: ServiceSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+
+    # -- authentication ---------------------------------------------------------------------
+    def _refuse(self, context: grpc.ServicerContext, message: str) -> NoReturn:
+        log.warning("refused client at %s: %s", context.peer(), message)
+        _abort(context, grpc.StatusCode.UNAUTHENTICATED, message)
+
+    def _identify(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> str:
+        name = request.client_name
+        if self.settings.auth == "mtls":
+            cn = _peer_common_name(context)
+            if cn is None:
+                self._refuse(context, "no client certificate was presented; use mTLS (--certs)")
+            if name and name != cn:
+                self._refuse(
+                    context,
+                    f"the client calls itself {name!r} but its certificate is for {cn!r}",
+                )
+            name = cn
+        if not CLIENT_NAME.match(name or ""):
+            self._refuse(context, f"invalid client name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        if self.settings.auth == "token" or (
+            self.settings.auth == "none" and self.settings.enrolment_key is not None
+        ):
+            key = self.settings.enrolment_key
+            assert key is not None
+            if not request.token:
+                self._refuse(context, f"client {name!r} sent no enrolment token")
+            if not check_token(key, name, request.token):
+                self._refuse(context, f"invalid enrolment token for client {name!r}")
+        return name
+
+    def _session(self, session_id: str, context: grpc.ServicerContext) -> Session:
+        session = self.hub.session(session_id)
+        if session is None:
+            _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "unknown session (the server restarted or dropped this client); join again",
+            )
+        if self.settings.auth == "mtls" and _peer_common_name(context) != session.name:
+            self._refuse(context, f"session of {session.name!r} used with another certificate")
+        return session
+
+    # -- handlers ---------------------------------------------------------------------------
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        if request.protocol_version != PROTOCOL_VERSION:
+            _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {request.protocol_version} is not supported; this server "
+                f"speaks version {PROTOCOL_VERSION} (upgrade fedloom on the older side)",
+            )
+        name = self._identify(request, context)
+        kinds = list(request.task_kinds) or [FIT, EVALUATE]
+        session = self.hub.join(name, context.peer(), kinds)
+        compression = self.settings.compression
+        if compression not in request.compressions:
+            compression = "none"
+        return pb.JoinReply(
+            session_id=session.session_id,
+            client_id=session.client_id,
+            run_id=self.settings.run_id,
+            config_json=self.settings.config_json,
+            heartbeat_seconds=self.settings.heartbeat_seconds,
+            poll_seconds=self.settings.poll_seconds,
+            chunk_bytes=self.settings.chunk_bytes,
+            compression=compression,
+            protocol_version=PROTOCOL_VERSION,
+        )
+
+    def Ready(self, request: pb.ReadyRequest, context: grpc.ServicerContext) -> pb.ReadyReply:
+        session = self._session(request.session_id, context)
+        if request.num_examples < 0 or request.num_test_examples < 0:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "example counts must be >= 0")
+        self.hub.ready(session.session_id, request.num_examples, request.num_test_examples)
+        return pb.ReadyReply()
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        session = self._session(request.session_id, context)
+        if self.hub.finished:
+            self.hub.told_finished(session.session_id)
+        return pb.HeartbeatReply(run_active=not self.hub.finished)
+
+    def PollTask(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollReply:
+        session = self._session(request.session_id, context)
+        pending = self.hub.poll(session.session_id, self.settings.poll_seconds)
+        if pending is None:
+            if self.hub.finished:
+                self.hub.told_finished(session.session_id)
+                return pb.PollReply(finished=True)
+            return pb.PollReply(idle=True)
+        gp = pending.params
+        return pb.PollReply(
+            task=task_to_proto(
+                pending.task,
+                pending.task_id,
+                gp.digest,
+                len(gp.payload),
+                gp.codec.name,
+                gp.spec,
+                pending.deadline_seconds,
+            )
+        )
+
+    def DownloadParams(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ParamsChunk]:
+        self._session(request.session_id, context)
+        gp = self.hub.blob(request.params_digest)
+        if gp is None:
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"params {request.params_digest[:12]} are not served (a newer round started)",
+            )
+        total = len(gp.payload)
+        if not 0 <= request.offset <= total:
+            _abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {total}]")
+        if self.settings.compression == "gzip":
+            context.set_compression(grpc.Compression.Gzip)
+        offset = request.offset
+        for piece in chunks(gp.payload, self.settings.chunk_bytes, request.offset):
+            yield pb.ParamsChunk(offset=offset, total_bytes=total, data=bytes(piece))
+            offset += len(piece)
+
+    def UploadResult(
+        self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadReply:
+        stream = iter(request_iterator)
+        first = next(stream, None)
+        if first is None or not first.HasField("header"):
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
+        header = first.header
+        session = self._session(header.session_id, context)
+        pending = self.hub.pending(session.session_id, header.task_id)
+        if pending is None:
+            return pb.UploadReply(
+                accepted=False,
+                reason=f"task {header.task_id} is not open for this client (its round closed, "
+                "or it was never assigned)",
+            )
+        task = pending.task
+        if header.error:
+            self.hub.complete(pending, Result(task, error=f"client {session.name}: {header.error}"))
+            return pb.UploadReply(accepted=True, reason="recorded as a client failure")
+        metrics = dict(header.metrics)
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad or header.num_examples < 0:
+            reason = (
+                f"non-finite metrics {sorted(bad)}"
+                if bad
+                else f"num_examples must be >= 0, got {header.num_examples}"
+            )
+            return self._reject(pending, session, reason)
+        if task.kind != FIT:
+            result = Result(
+                task, num_examples=int(header.num_examples), metrics=metrics, seconds=header.seconds
+            )
+            self.hub.complete(pending, result)
+            return pb.UploadReply(accepted=True)
+        payload, why = self._receive_update(header, pending, stream)
+        if payload is None:
+            return self._reject(pending, session, why or "no update")
+        result = Result(
+            task,
+            num_examples=int(header.num_examples),
+            payload=payload,
+            metrics=metrics,
+            seconds=header.seconds,
+        )
+        try:
+            decode_update(result, pending.params, len(pending.params.payload))
+        except UpdateRejected as exc:
+            # The coordinator runs the same check on this result, counts it as rejected and keeps
+            # it out of the aggregate.
+            return self._reject(pending, session, str(exc), result)
+        if not self.hub.complete(pending, result):
+            return pb.UploadReply(accepted=False, reason="the round's deadline passed")
+        return pb.UploadReply(accepted=True)
+
+    def _receive_update(
+        self, header: pb.UploadHeader, pending: PendingTask, stream: Iterator[pb.UploadChunk]
+    ) -> tuple[bytes | None, str | None]:
+        """The update payload, or None and why not. Stops reading at the first byte over the cap,
+        so an oversized upload costs the server no more memory than a correct one."""
+        gp = pending.params
+        expected = len(gp.payload)
+        if header.codec and header.codec != gp.codec.name:
+            return (
+                None,
+                f"update is encoded with {header.codec!r}, the round uses {gp.codec.name!r}",
+            )
+        if header.HasField("spec"):
+            try:
+                why = spec_mismatch(gp.spec, spec_from_proto(header.spec))
+            except ValueError as exc:
+                why = str(exc)
+            if why:
+                return None, why
+        if header.payload_bytes != expected:
+            return None, (
+                f"update is declared as {header.payload_bytes} bytes, the model's encoded size is "
+                f"{expected} bytes"
+            )
+        buf = bytearray()
+        try:
+            for msg in stream:
+                if msg.HasField("header"):
+                    return None, "a second header arrived in the middle of an upload"
+                if len(buf) + len(msg.data) > expected:
+                    return None, f"update exceeds the size cap of {expected} bytes"
+                buf += msg.data
+        except Exception as exc:  # the stream broke: a message over the cap, a lost client
+            return None, f"the upload broke off after {len(buf)} bytes: {exc}"
+        if len(buf) != expected:
+            return None, f"upload ended after {len(buf)} of {expected} bytes"
+        return bytes(buf), None
+
+    def _reject(
+        self, pending: PendingTask, session: Session, reason: str, result: Result | None = None
+    ) -> pb.UploadReply:
+        log.warning(
+            "round %d: update of client %s (id %d) rejected: %s",
+            pending.task.round,
+            session.name,
+            session.client_id,
+            reason,
+        )
+        # Without a payload the coordinator's decode_update rejects it as well ("no update").
+        delivered = result or Result(pending.task, num_examples=0, payload=None)
+        self.hub.complete(pending, delivered, rejected=reason)
+        return pb.UploadReply(accepted=False, reason=f"update rejected: {reason}")
+
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
+        session = self._session(request.session_id, context)
+        self.hub.leave(session.session_id)
+        return pb.LeaveReply()
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # Fail loudly if another process holds the port, instead of silently sharing it.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def start_server(
+    service: FederationService,
+    address: str,
+    *,
+    bundle: Bundle | None,
+    require_client_cert: bool,
+    max_message_bytes: int,
+    max_workers: int,
+) -> tuple[grpc.Server, int]:
+    """Start serving on ``address``; returns the server and the bound port.
+
+    ``bundle`` None serves plaintext (``--insecure``). With ``require_client_cert`` the TLS
+    handshake itself refuses clients without a certificate signed by the run's CA.
+    """
+    if max_message_bytes < service.settings.chunk_bytes + FRAME_OVERHEAD:
+        raise DeploymentError(
+            f"server.max_message_mb ({max_message_bytes} bytes) must exceed the chunk size "
+            f"({service.settings.chunk_bytes} bytes) plus {FRAME_OVERHEAD} bytes of framing"
+        )
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedloom-rpc"),
+        options=server_options(max_message_bytes),
+    )
+    pb_grpc.add_FederationServicer_to_server(service, server)
+    if bundle is None:
+        port = server.add_insecure_port(address)
+    else:
+        assert bundle.cert is not None and bundle.key is not None
+        creds = grpc.ssl_server_credentials(
+            [(bundle.key, bundle.cert)],
+            root_certificates=bundle.ca if require_client_cert else None,
+            require_client_auth=require_client_cert,
+        )
+        port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise DeploymentError(f"cannot listen on {address}: the address is in use or invalid")
+    server.start()
+    return server, port

@@ -1,0 +1,238 @@
+"""The protocol over a real gRPC server on 127.0.0.1, in process: authentication, chunked
+transfer of a model over 100 MB, the content-hash cache, compression and deadlines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from fedloom.client.base import EvalResult, FitResult
+from fedloom.client.deploy import ClientOptions, DeploymentClient
+from fedloom.config import Config
+from fedloom.core.codec import Float32Codec
+from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import EVALUATE, FIT, GlobalParams, Task
+from fedloom.engines.remote import RemoteEngine
+from fedloom.transport.certs import client_bundle, read_token
+from fedloom.transport.client import Backoff, Connection
+from fedloom.transport.proto import fedloom_transport_pb2 as pb
+from fedloom.transport.wire import PROTOCOL_VERSION
+from tests.transport.conftest import MB, Running, serve
+
+
+class ConstantClient:
+    """Returns ``value`` everywhere as its update; evaluates to the mean of the params."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.num_examples = 3
+        self.seen: list[str] = []
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        self.seen.append("fit")
+        spec = ParamSpec.of(params)
+        return FitResult(update=np.full(spec.size, self.value, np.float32), num_examples=3)
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        self.seen.append("evaluate")
+        return EvalResult(loss=float(np.mean(params["w"])), num_examples=2)
+
+
+def _start_client(
+    running: Running, certs: Path | None, name: str, client: ConstantClient, **opts: Any
+) -> tuple[DeploymentClient, threading.Thread, list[int]]:
+    deployment = DeploymentClient(
+        ClientOptions(
+            server=running.address,
+            name=name,
+            certs=certs,
+            insecure=certs is None,
+            give_up_after=5,
+            quiet=True,
+            **opts,
+        ),
+        lambda cfg, cid: client,
+    )
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(deployment.run()))
+    thread.start()
+    return deployment, thread, codes
+
+
+def _wait_ready(running: Running, n: int) -> None:
+    end = time.monotonic() + 30
+    while len(running.hub.ready_clients()) < n:
+        assert time.monotonic() < end, "clients did not connect"
+        time.sleep(0.02)
+
+
+def test_model_over_100_mb_streams_in_chunks_and_is_cached(
+    mtls_server: Running, certs: Path
+) -> None:
+    # Prepare: 30M float32 parameters (120 MB), 30 times the 4 MB message cap
+    spec = ParamSpec(names=("w", "b"), shapes=((6000, 5000), (10,)), dtypes=("<f4", "<f4"))
+    vec = np.random.default_rng(0).standard_normal(spec.size).astype(np.float32)
+    gp = GlobalParams.encode(spec, Float32Codec(), vec)
+    assert len(gp.payload) > 100 * MB
+    client = ConstantClient(0.25)
+    deployment, thread, codes = _start_client(mtls_server, certs, "client-0", client)
+    _wait_ready(mtls_server, 1)
+    engine = RemoteEngine(mtls_server.hub, deadline_s=120)
+
+    # Execute: a fit and an evaluation on the same global params
+    fit = list(engine.run([Task(FIT, 1, 0, {"round": 1})], gp))
+    ev = list(engine.run([Task(EVALUATE, 1, 0, {"round": 1})], gp))
+    mtls_server.hub.finish()
+    thread.join(30)
+
+    # Assert: the update arrived whole; the params were downloaded once
+    assert fit[0].ok, fit[0].error
+    got = np.frombuffer(fit[0].payload or b"", dtype="<f4")
+    assert got.shape == (spec.size,) and np.all(got == 0.25)
+    assert ev[0].ok and ev[0].metrics["loss"] == pytest.approx(
+        float(np.mean(vec[:30_000_000])), rel=1e-5
+    )
+    assert client.seen == ["fit", "evaluate"]
+    assert deployment.cache.downloads == 1 and deployment.cache.bytes_down == len(gp.payload)
+    assert codes == [0]
+
+
+def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
+    running = serve(certs, "token", compression="gzip")
+    try:
+        spec = ParamSpec(names=("w",), shapes=((1000,),), dtypes=("<f4",))
+        gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(1000, np.float32))
+        # Execute: a token client (no certificate) takes part
+        token_only = certs / "token-only"
+        token_only.mkdir(exist_ok=True)
+        (token_only / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
+        deployment, thread, codes = _start_client(
+            running,
+            token_only,
+            "client-1",
+            ConstantClient(1.0),
+            token=read_token(certs, "client-1"),
+        )
+        _wait_ready(running, 1)
+        results = list(RemoteEngine(running.hub, deadline_s=30).run([Task(FIT, 1, 0)], gp))
+        # Execute: a wrong token is refused with a clear reason
+        conn = Connection(
+            running.address,
+            bundle=client_bundle(certs, "x", with_cert=False),
+            max_message_bytes=4 * MB,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            conn.join("client-2", read_token(certs, "client-1"), ["fit"])
+        conn.close()
+        running.hub.finish()
+        thread.join(30)
+    finally:
+        running.server.stop(0)
+
+    # Assert
+    assert results[0].ok and deployment.cache.downloads == 1
+    assert codes == [0]
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "invalid enrolment token for client 'client-2'" in (refused.value.details() or "")
+
+
+def test_old_protocol_and_unknown_sessions_are_refused(mtls_server: Running, certs: Path) -> None:
+    conn = Connection(
+        mtls_server.address, bundle=client_bundle(certs, "client-0"), max_message_bytes=4 * MB
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as old:
+            conn.stub.Join(pb.JoinRequest(protocol_version=PROTOCOL_VERSION + 1))
+        conn.session_id = "not-a-session"
+        with pytest.raises(grpc.RpcError) as unknown:
+            conn.poll(0.1)
+    finally:
+        conn.close()
+    assert old.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "protocol version" in (old.value.details() or "")
+    assert unknown.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "join again" in (unknown.value.details() or "")
+
+
+def test_silent_clients_are_dropped_at_the_deadline(mtls_server: Running, certs: Path) -> None:
+    # Prepare: a client that joins and then never polls (it holds the task forever)
+    conn = Connection(
+        mtls_server.address, bundle=client_bundle(certs, "client-0"), max_message_bytes=4 * MB
+    )
+    conn.join("client-0", "", ["fit"])
+    conn.ready(10, 0)
+    spec = ParamSpec(names=("w",), shapes=((4,),), dtypes=("<f4",))
+    gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(4, np.float32))
+    engine = RemoteEngine(mtls_server.hub, deadline_s=0.5)
+
+    # Execute: one task for the silent client, one for a client that never connected
+    start = time.monotonic()
+    results = list(engine.run([Task(FIT, 1, 0), Task(FIT, 1, 7)], gp))
+    conn.close()
+
+    # Assert: both end as dropped, the round took the deadline and no longer
+    assert time.monotonic() - start < 5
+    errors = sorted(r.error or "" for r in results)
+    assert errors[0] == "client 7 is not connected"
+    assert errors[1].startswith("no result before the round deadline")
+    assert engine.last_stats.dropped == 2
+
+
+def test_backoff_grows_with_full_jitter() -> None:
+    import random
+
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(0))
+    waits = [backoff.next() for _ in range(8)]
+    assert all(0 < w <= 8.0 for w in waits)
+    assert max(waits[:2]) <= 2.0
+    backoff.reset()
+    assert backoff.next() <= 1.0
+
+
+def test_config_without_certs_needs_insecure(tmp_path: Path) -> None:
+    from fedloom.errors import DeploymentError
+
+    with pytest.raises(DeploymentError, match="--certs DIR is required"):
+        DeploymentClient(
+            ClientOptions(server="127.0.0.1:1", name="client-0"), lambda c, i: ConstantClient(0)
+        )
+    ca_only = tmp_path / "ca-only"
+    ca_only.mkdir()
+    (ca_only / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(DeploymentError, match="no credentials for 'client-0'"):
+        DeploymentClient(
+            ClientOptions(server="127.0.0.1:1", name="client-0", certs=ca_only),
+            lambda c, i: ConstantClient(0),
+        )
+    assert Config().server.auth == "mtls"
+
+
+def test_over_selection_takes_the_first_updates_and_cancels_the_rest(
+    mtls_server: Running, certs: Path
+) -> None:
+    # Prepare: three clients; the strategy asked for one, the engine over-selects two more
+    clients = [ConstantClient(float(i)) for i in range(3)]
+    started = [_start_client(mtls_server, certs, f"client-{i}", c) for i, c in enumerate(clients)]
+    _wait_ready(mtls_server, 3)
+    spec = ParamSpec(names=("w",), shapes=((8,),), dtypes=("<f4",))
+    gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(8, np.float32))
+    engine = RemoteEngine(mtls_server.hub, deadline_s=30, over_selection=2.0)
+
+    # Execute
+    results = list(engine.run([Task(FIT, 1, 0, {"round": 1})], gp))
+    mtls_server.hub.finish()
+    for _, thread, _ in started:
+        thread.join(30)
+
+    # Assert: one accepted update came back; the other tasks were cancelled, not waited for
+    stats = engine.last_stats
+    assert (stats.dispatched, stats.over_selected, stats.accepted) == (3, 2, 1)
+    assert [r.ok for r in results] == [True]
+    assert stats.cancelled <= 2 and stats.dropped == 0
