@@ -46,7 +46,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     )
     summary = serve(cfg, opts)
     if not args.quiet:
-        render_summary_table(summary)
+        render_summary_table(summary, title="fedloom server summary")
     return 0
 
 
@@ -75,6 +75,10 @@ def cmd_client(args: argparse.Namespace) -> int:
     from fedloom.client.deploy import ClientOptions, DeploymentClient
 
     logging.getLogger("fedloom").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     opts = ClientOptions(
         server=args.server,
         name=args.name,
@@ -142,6 +146,12 @@ def register(sub: Any) -> None:
         type=float,
         default=600.0,
         help="exit after the server is unreachable this many seconds",
+    )
+    client.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads for local training (default: torch's choice; use 1 when several "
+        "clients share a machine)",
     )
     client.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     client.set_defaults(func=cmd_client)

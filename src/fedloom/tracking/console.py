@@ -191,7 +191,12 @@ def _first(summary: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return next((summary[k] for k in keys if summary.get(k) is not None), None)
 
 
-def render_summary_table(summary: Mapping[str, Any], *, console: Console | None = None) -> None:
+def render_summary_table(
+    summary: Mapping[str, Any],
+    *,
+    console: Console | None = None,
+    title: str = "fedloom run summary",
+) -> None:
     """Print the closing table of a run: its scalar metrics, then rounds, wall time and folder.
 
     Rows are the numeric entries of ``summary["final"]`` (the final metrics), if present, then the
@@ -200,7 +205,7 @@ def render_summary_table(summary: Mapping[str, Any], *, console: Console | None 
     ``wall_seconds`` and ``out_dir`` when present.
     """
     console = console if console is not None else Console(stderr=False)
-    table = Table(title="fedloom run summary")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right", overflow="fold")
     for name, text in _metric_rows(summary):
