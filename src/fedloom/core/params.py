@@ -8,6 +8,7 @@ happens only at the edge (``fedloom.client``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,16 +35,16 @@ class ParamSpec:
             dtypes=tuple(np.asarray(a).dtype.str for a in params.values()),
         )
 
-    @property
+    @functools.cached_property
     def sizes(self) -> tuple[int, ...]:
         return tuple(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         """Total number of scalars."""
         return sum(self.sizes)
 
-    @property
+    @functools.cached_property
     def offsets(self) -> tuple[int, ...]:
         """Start of each tensor in the flat vector."""
         out, acc = [], 0

@@ -22,7 +22,12 @@ class SequentialEngine:
     def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
         params = self._decoded(global_params)
         for task in tasks:
-            yield execute_task(self.client_fn(task.client_id), task, params, global_params)
+            try:
+                client = self.client_fn(task.client_id)
+            except Exception as exc:  # a broken client factory fails that client only
+                yield Result(task, error=f"{type(exc).__name__}: {exc}")
+                continue
+            yield execute_task(client, task, params, global_params)
 
     def _decoded(self, global_params: GlobalParams) -> Params:
         # In one process every client shares the decoded model; decode once per content hash.

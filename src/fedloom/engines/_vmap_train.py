@@ -1,0 +1,175 @@
+"""Train a chunk of TorchClients in lockstep: the training loop of the vectorized engine.
+
+Equivalence with ``TorchClient.fit`` (the sequential reference):
+
+- minibatches: epoch ``e`` of client ``k`` visits ``torch.randperm(n_k, generator=g_k)`` with
+  ``g_k = torch.Generator().manual_seed(client_seed(seed, round, k))``, in slices of ``batch_size``;
+  gradient mode (FedSGD) visits the data in order;
+- padding: every minibatch is padded to ``batch_size`` with real samples of the same client whose
+  weight is zero, and a client's last, partial batch is a mean over its own true size;
+- finished clients: clients are sorted by step count, longest first, so a step runs on the leading
+  block of still-active rows and leaves the others' parameters and optimiser state untouched;
+- optimisers: ``fedloom.engines._vmap_optim`` repeats ``torch.optim.SGD`` / ``Adam`` element-wise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedloom.client.torch_client import LocalTraining, TorchClient
+from fedloom.engines._vmap_model import CohortModel
+from fedloom.engines._vmap_optim import make_cohort_optimizer, optimizer_state_rows
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """Rows in the chunk's client order: updates ``(clients, spec.size)`` float32 and losses."""
+
+    updates: np.ndarray
+    losses: list[float]
+
+
+def client_steps(n: int, training: LocalTraining, gradient: bool) -> int:
+    batches = -(-n // training.batch_size)
+    return batches if gradient else training.epochs * batches
+
+
+def bytes_per_client(
+    model: CohortModel,
+    activation_bytes: int,
+    training: LocalTraining,
+    gradient: bool,
+    steps: int,
+    sample_bytes: int,
+) -> int:
+    """Estimated peak memory that one more client adds to a chunk.
+
+    Parameter-sized rows: the stacked params, their autograd gradients, a weight-decay or Adam
+    temporary, the flattened result and the update handed to the codec, plus the optimiser state
+    (and the gradient sum in gradient mode). Activations, measured by the probe, count three times:
+    saved for backward, their gradients, and the per-sample loss. Data: every step's padded
+    minibatch, pre-gathered once per chunk, with its int64 index and float weight.
+    """
+    rows = 5 + optimizer_state_rows(training) + (1 if gradient else 0)
+    param_bytes = rows * model.num_trainable * 4 + model.spec.size * 4
+    data_bytes = steps * training.batch_size * (sample_bytes + 12)
+    return param_bytes + 3 * activation_bytes + data_bytes
+
+
+@dataclass(frozen=True)
+class MinibatchPlan:
+    """Where every sample of every client goes: step ``t``, cohort row ``k``, batch slot ``i``.
+
+    ``index[t, k, i]`` is a row of the chunk's concatenated data (padding points at a real sample of
+    the same client), ``weights[t, k, i]`` its weight in client ``k``'s loss at step ``t``
+    (``1 / true batch size``, or ``1 / n_k`` in gradient mode, and 0 for padding), ``counts[t, k]``
+    the samples that step's loss stands for in the ``train_loss`` metric, and ``active[t]`` how many
+    leading rows still train at step ``t``.
+    """
+
+    index: np.ndarray
+    weights: np.ndarray
+    counts: np.ndarray
+    active: list[int]
+
+
+def plan_minibatches(
+    sizes: np.ndarray, local: np.ndarray, passes: int, batch: int, gradient: bool
+) -> MinibatchPlan:
+    """Lay out minibatches for clients of ``sizes`` (sorted by step count, longest first).
+
+    ``local`` holds, client after client, the sample order of each of its ``passes`` epochs (each a
+    permutation of ``range(n_k)``), exactly as ``TorchClient`` would visit them. Built with whole-array
+    numpy operations: no Python loop over clients or steps.
+    """
+    num = len(sizes)
+    batches = -(-sizes // batch)
+    steps = passes * batches
+    total = int(steps.max(initial=0))
+    # Padding reads the first sample of its client: finite, and weighted zero.
+    base = np.minimum(np.cumsum(sizes) - sizes, max(int(sizes.sum()) - 1, 0))
+    index = np.broadcast_to(base[None, :, None], (total, num, batch)).copy()
+    weights = np.zeros((total, num, batch), np.float32)
+    t_grid = np.arange(total)[:, None]
+    live = t_grid < steps[None, :]
+    true_size = np.minimum(batch, sizes - (t_grid % np.maximum(batches, 1)) * batch)
+    counts = np.where(live, 1.0 if gradient else true_size, 0.0)
+    per_client = passes * sizes
+    client = np.repeat(np.arange(num), per_client)
+    if len(client):
+        offset = np.repeat(np.cumsum(per_client) - per_client, per_client)
+        epoch, position = np.divmod(np.arange(len(client)) - offset, sizes[client])
+        t = epoch * batches[client] + position // batch
+        slot = position % batch
+        index[t, client, slot] = local + base[client]
+        scale = 1.0 / sizes[client] if gradient else 1.0 / true_size[t, client]
+        weights[t, client, slot] = scale
+    active = live.sum(1).tolist()
+    return MinibatchPlan(index, weights, counts, active)
+
+
+def train_chunk(
+    model: CohortModel,
+    global_vec: torch.Tensor,
+    clients: Sequence[TorchClient],
+    seeds: Sequence[int],
+    training: LocalTraining,
+    gradient: bool,
+) -> ChunkOutcome:
+    """Run ``TorchClient.fit`` for every client of the chunk at once.
+
+    Returns, per client in the given order, the delta ``local - global`` (train mode) or the full
+    local gradient (gradient mode), and the ``train_loss`` metric.
+    """
+    steps = [client_steps(c.num_examples, training, gradient) for c in clients]
+    order = sorted(range(len(clients)), key=lambda i: -steps[i])  # stable: longest first
+    ordered = [clients[i] for i in order]
+    sizes = np.array([c.num_examples for c in ordered], np.int64)
+    num, passes = len(clients), 1 if gradient else training.epochs
+    if gradient:
+        local = np.concatenate([np.arange(n) for n in sizes]) if num else np.zeros(0, np.int64)
+    else:
+        perms = []
+        for i in order:
+            generator = torch.Generator().manual_seed(seeds[i])
+            n = clients[i].num_examples
+            perms += [torch.randperm(n, generator=generator) for _ in range(passes)]
+        local = torch.cat(perms).numpy() if perms else np.zeros(0, np.int64)
+    plan = plan_minibatches(sizes, local, passes, training.batch_size, gradient)
+    total_steps = len(plan.active)
+
+    trainable, consts = model.split(global_vec)
+    params = model.stack(trainable, num)
+    accumulated = [torch.zeros_like(p) for p in params] if gradient else params
+    losses = torch.zeros((total_steps, num), dtype=trainable.dtype)
+    if total_steps:
+        index = torch.from_numpy(plan.index)
+        x = torch.from_numpy(np.concatenate([c.x_train for c in ordered]))[index]
+        y = torch.from_numpy(np.concatenate([c.y_train for c in ordered]))[index]
+        w = torch.from_numpy(plan.weights)
+        model.module.train()
+        optimizer = None if gradient else make_cohort_optimizer(training, params)
+        for t, k in enumerate(plan.active):
+            rows = [p[:k] for p in params]
+            loss, grads = model.loss_and_grads(rows, consts, x[t, :k], y[t, :k], w[t, :k])
+            losses[t, :k] = loss
+            with torch.no_grad():
+                if optimizer is None:
+                    torch._foreach_add_([a[:k] for a in accumulated], grads)
+                else:
+                    optimizer.step(rows, grads, t)
+    flat = model.flatten(accumulated)
+    if not gradient:
+        flat -= trainable
+    totals = (losses.double() * torch.from_numpy(plan.counts)).sum(0).numpy()
+    seen = np.maximum(1, np.ones_like(sizes) if gradient else training.epochs * sizes)
+    updates = model.expand(flat).to(torch.float32).numpy()
+    unsorted = np.empty_like(updates)
+    unsorted[order] = updates
+    loss_out = np.empty(num)
+    loss_out[order] = totals / seen
+    return ChunkOutcome(unsorted, loss_out.tolist())

@@ -1,0 +1,172 @@
+"""Shared fixtures of the engine conformance suite: the engines under test and small worlds.
+
+Every engine must give the numbers of the sequential engine (the reference). To put a new engine
+under the whole suite, add one line to ``ENGINE_FACTORIES``; import optional dependencies inside the
+factory (``pytest.importorskip``) so the suite still runs where they are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedloom.client.torch_client import TorchClient, get_params
+from fedloom.core.codec import Float32Codec
+from fedloom.core.params import ParamSpec
+from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.engines import ClientFn, Engine, SequentialEngine
+from fedloom.engines.vectorized import VectorizationFallbackWarning, VectorizedEngine
+from fedloom.models import build_model
+
+EngineFactory = Callable[[ClientFn], Engine]
+
+ENGINE_FACTORIES: dict[str, EngineFactory] = {
+    "sequential": SequentialEngine,
+    "vectorized": VectorizedEngine,
+    # A budget this small forces one client per chunk: the chunking path, and chunk independence.
+    "vectorized-chunked": lambda client_fn: VectorizedEngine(client_fn, max_memory_mb=1e-3),
+}
+
+
+@contextmanager
+def allow_fallback_warnings() -> Iterator[None]:
+    """Engines may warn that some clients ran on a slower path; these tests check numbers only."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VectorizationFallbackWarning)
+        yield
+
+
+@dataclass(frozen=True)
+class Case:
+    """A small federation: one model shared by clients of the given sizes, and one fit config."""
+
+    name: str
+    model: str
+    sizes: tuple[int, ...]
+    config: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "classification"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, 12, 12) if self.model == "cnn" else (6,)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "regression" else 3
+
+
+SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
+# Adam divides by sqrt(v): a parameter whose gradient is ~0 moves by up to lr on float noise alone,
+# so its lr sets the scale of the agreement that can be asked for.
+ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-3}
+E2B5 = {"epochs": 2, "batch_size": 5}  # sizes below leave partial last batches
+UNEQUAL = (3, 17, 9, 12, 1)
+EQUAL = (12, 12, 12, 12)
+
+CASES = [
+    Case("mlp-sgd-equal", "mlp", EQUAL, {**SGD, **E2B5}),
+    Case("mlp-sgd-unequal", "mlp", UNEQUAL, {**SGD, **E2B5}),
+    Case("mlp-plain-sgd", "mlp", UNEQUAL, {"lr": 0.05, **E2B5}),
+    Case("mlp-adam-equal", "mlp", EQUAL, {**ADAM, **E2B5}),
+    Case("mlp-adam-unequal", "mlp", UNEQUAL, {**ADAM, **E2B5}),
+    Case("mlp-gradient", "mlp", UNEQUAL, {"mode": "gradient", "batch_size": 5}),
+    Case("cnn-sgd-equal", "cnn", EQUAL, {**SGD, **E2B5}),
+    Case("cnn-sgd-unequal", "cnn", UNEQUAL, {**SGD, **E2B5}),
+    Case("cnn-adam-equal", "cnn", EQUAL, {**ADAM, **E2B5}),
+    Case("cnn-adam-unequal", "cnn", UNEQUAL, {**ADAM, **E2B5}),
+    Case("cnn-gradient", "cnn", UNEQUAL, {"mode": "gradient", "batch_size": 5}),
+    Case("linear-regression", "linear", UNEQUAL, {**SGD, **E2B5}, task="regression"),
+]
+
+
+@dataclass
+class World:
+    client_fn: ClientFn
+    global_params: GlobalParams
+    case: Case
+
+    def tasks(self, client_ids: Sequence[int] | None = None, round_num: int = 3) -> list[Task]:
+        ids = range(len(self.case.sizes)) if client_ids is None else client_ids
+        config = {**self.case.config, "round": round_num, "seed": 7}
+        return [Task(FIT, round_num, cid, config) for cid in ids]
+
+
+def make_world(case: Case) -> World:
+    """Synthetic, learnable data; the model's initial weights are the global params."""
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+    data = []
+    for n in case.sizes:
+        x = rng.normal(size=(n, *case.input_shape)).astype(np.float32)
+        score = x.reshape(n, -1)[:, :3]
+        if case.task == "regression":
+            y: np.ndarray = (score.sum(1) + 0.1 * rng.normal(size=n)).astype(np.float32)
+        else:
+            y = score.argmax(1).astype(np.int64)
+        data.append((x, y))
+    torch.manual_seed(0)
+    model = build_model(case.model, case.input_shape, case.num_outputs, hidden=[16])
+
+    def client_fn(cid: int) -> TorchClient:
+        x, y = data[cid]
+        return TorchClient(
+            model,
+            x,
+            y,
+            task=case.task,  # type: ignore[arg-type]
+            num_classes=case.num_outputs,
+            client_id=cid,
+            seed=1,
+        )
+
+    init = get_params(model)
+    spec = ParamSpec.of(init)
+    return World(client_fn, GlobalParams.encode(spec, Float32Codec(), spec.flatten(init)), case)
+
+
+def run_engine(
+    factory: EngineFactory, client_fn: ClientFn, tasks: Sequence[Task], gp: GlobalParams
+) -> dict[int, Result]:
+    """Results by client id; every task gets exactly one."""
+    engine = factory(client_fn)
+    try:
+        results = list(engine.run(tasks, gp))
+    finally:
+        engine.close()
+    assert sorted(r.task.client_id for r in results) == sorted(t.client_id for t in tasks)
+    return {r.task.client_id: r for r in results}
+
+
+CASES_BY_NAME = {case.name: case for case in CASES}
+
+
+@functools.cache
+def reference(case_name: str) -> dict[int, Result]:
+    """What the sequential engine returns for every client of the case (computed once)."""
+    world = make_world(CASES_BY_NAME[case_name])
+    return run_engine(SequentialEngine, world.client_fn, world.tasks(), world.global_params)
+
+
+def update(result: Result) -> np.ndarray:
+    assert result.ok, result.error
+    assert result.payload is not None
+    return np.frombuffer(result.payload, dtype="<f4")
+
+
+def assert_same_result(got: Result, want: Result, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    assert got.ok, got.error
+    assert got.task == want.task
+    assert got.num_examples == want.num_examples
+    np.testing.assert_allclose(update(got), update(want), rtol=rtol, atol=atol)
+    assert set(got.metrics) == set(want.metrics)
+    for key, value in want.metrics.items():
+        assert got.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -1,0 +1,196 @@
+"""The engine conformance suite: every engine in ENGINE_FACTORIES gives the sequential engine's numbers.
+
+Prepare a small federation, execute it on the engine under test, and assert that each client's
+update, example count and metrics match the sequential reference within float tolerance.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedloom.client.base import Client, EvalResult, FitResult
+from fedloom.client.torch_client import LocalTraining, TorchClient, get_params
+from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import EVALUATE, FIT, Task
+from fedloom.data import load_dataset, partition
+from fedloom.engines import SequentialEngine
+from fedloom.models import build_model
+from fedloom.server.coordinator import Coordinator, Population
+from fedloom.strategies import FedAvg, FedSGD, Strategy
+from tests.engines.conformance import (
+    CASES,
+    CASES_BY_NAME,
+    ENGINE_FACTORIES,
+    allow_fallback_warnings,
+    assert_same_result,
+    make_world,
+    reference,
+    run_engine,
+    update,
+)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+ENGINES = pytest.mark.parametrize("engine", list(ENGINE_FACTORIES))
+
+
+@ENGINES
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_fit_results_match_the_sequential_engine(engine: str, case: Any) -> None:
+    world = make_world(case)
+
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, world.tasks(), world.global_params)
+
+    want = reference(case.name)
+    for cid, result in want.items():
+        assert_same_result(got[cid], result)
+
+
+@ENGINES
+@pytest.mark.parametrize("case_name", ["mlp-adam-unequal", "cnn-sgd-unequal"])
+def test_a_client_result_does_not_depend_on_its_cohort(engine: str, case_name: str) -> None:
+    world = make_world(CASES_BY_NAME[case_name])
+    factory, want = ENGINE_FACTORIES[engine], reference(case_name)
+
+    alone = run_engine(factory, world.client_fn, world.tasks([1]), world.global_params)
+    pair = run_engine(factory, world.client_fn, world.tasks([4, 1]), world.global_params)
+    reordered = run_engine(
+        factory, world.client_fn, world.tasks([3, 1, 0, 4, 2]), world.global_params
+    )
+
+    for results in (alone, pair, reordered):
+        assert_same_result(results[1], want[1])
+    assert_same_result(pair[4], want[4])
+
+
+@ENGINES
+def test_evaluate_tasks_match_the_sequential_engine(engine: str) -> None:
+    world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
+    tasks = [Task(EVALUATE, 1, cid, {"round": 1}) for cid in range(5)]
+
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.global_params)
+
+    want = run_engine(SequentialEngine, world.client_fn, tasks, world.global_params)
+    for cid, result in want.items():
+        assert got[cid].ok and got[cid].num_examples == result.num_examples
+        assert got[cid].metrics == pytest.approx(result.metrics, rel=1e-5)
+
+
+class FixedDeltaClient:
+    """A user's own client: no torch, a fixed update, or an exception."""
+
+    def __init__(self, size: int, fail: bool = False) -> None:
+        self.size, self.fail = size, fail
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        if self.fail:
+            raise RuntimeError("sensor offline")
+        return FitResult(update=np.full(self.size, 0.5, np.float32), num_examples=3)
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        return EvalResult(loss=1.0, num_examples=3)
+
+
+@ENGINES
+def test_user_clients_and_failures_mix_with_torch_clients(engine: str) -> None:
+    world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
+    size = world.global_params.spec.size
+    special: dict[int, Client] = {
+        10: FixedDeltaClient(size),
+        11: FixedDeltaClient(size, fail=True),
+    }
+
+    def client_fn(cid: int) -> Client:
+        return special[cid] if cid in special else world.client_fn(cid)
+
+    with allow_fallback_warnings():
+        got = run_engine(
+            ENGINE_FACTORIES[engine], client_fn, world.tasks([0, 10, 1, 11, 2]), world.global_params
+        )
+
+    assert got[11].error is not None and "RuntimeError: sensor offline" in got[11].error
+    np.testing.assert_array_equal(update(got[10]), np.full(size, 0.5, np.float32))
+    want = reference("mlp-sgd-unequal")
+    for cid in (0, 1, 2):
+        assert_same_result(got[cid], want[cid])
+
+
+def _digits_coordinator(engine: str, strategy: Strategy) -> Coordinator:
+    ds = load_dataset("digits", seed=0)
+    parts = partition("quantity", ds.y_train, 12, seed=0, quantity_sigma=0.8)
+    torch.manual_seed(0)
+    model = build_model("mlp", ds.input_shape, ds.num_classes, hidden=[32])
+    training = LocalTraining(epochs=1, batch_size=10, lr=0.05)
+
+    def client_fn(cid: int) -> TorchClient:
+        rows = parts[cid]
+        return TorchClient(
+            model,
+            ds.x_train[rows],
+            ds.y_train[rows],
+            num_classes=10,
+            client_id=cid,
+            seed=0,
+            training=training,
+        )
+
+    init = get_params(model)
+    spec = ParamSpec.of(init)
+    return Coordinator(
+        strategy=strategy,
+        engine=ENGINE_FACTORIES[engine](client_fn),
+        spec=spec,
+        params=spec.flatten(init),
+        population=Population({cid: len(rows) for cid, rows in enumerate(parts)}),
+        seed=0,
+    )
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "fedavg-momentum": lambda: FedAvg(
+        fraction_fit=0.75, client_config={"momentum": 0.9, "weight_decay": 1e-4}
+    ),
+    "fedavg-adam": lambda: FedAvg(client_config={"optimizer": "adam", "lr": 1e-3, "epochs": 2}),
+    "fedsgd": lambda: FedSGD(client_config={"batch_size": 16}),
+}
+
+
+@functools.cache
+def _reference_run(strategy: str) -> Coordinator:
+    coordinator = _digits_coordinator("sequential", STRATEGIES[strategy]())
+    coordinator.run(2)
+    return coordinator
+
+
+@ENGINES
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_two_coordinator_rounds_give_the_same_global_model(engine: str, strategy: str) -> None:
+    reference_run = _reference_run(strategy)
+    coordinator = _digits_coordinator(engine, STRATEGIES[strategy]())
+
+    history = coordinator.run(2)
+
+    coordinator.engine.close()
+    np.testing.assert_allclose(coordinator.params, reference_run.params, rtol=1e-4, atol=1e-5)
+    for got, want in zip(history, reference_run.history, strict=True):
+        assert (got["returned"], got["failed"], got["rejected"]) == (want["returned"], 0, 0)
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+
+
+@ENGINES
+def test_every_fit_task_is_answered_once_with_its_own_task(engine: str) -> None:
+    world = make_world(CASES_BY_NAME["mlp-plain-sgd"])
+    tasks = [*world.tasks([2, 0]), Task(FIT, 3, 1, {"round": 3, "seed": 7, "lr": 0.2})]
+
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.global_params)
+
+    want = run_engine(SequentialEngine, world.client_fn, tasks, world.global_params)
+    for cid, result in want.items():
+        assert got[cid].task is tasks[[t.client_id for t in tasks].index(cid)]
+        assert_same_result(got[cid], result)
