@@ -6,6 +6,7 @@ taken from these payloads, never estimated.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -21,42 +22,40 @@ class Codec(Protocol):
     def decode(self, data: bytes, size: int) -> np.ndarray: ...
 
 
-class Float32Codec:
-    """Lossless little-endian float32: 4 bytes per parameter."""
+class DtypeCodec:
+    """Each parameter as one little-endian value of ``dtype``; decoding returns float32."""
 
-    name = "float32"
+    def __init__(self, name: str, dtype: str) -> None:
+        self.name = name
+        self.dtype = np.dtype(dtype)
 
     def encode(self, vec: np.ndarray) -> bytes:
-        return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+        return np.ascontiguousarray(vec, dtype=self.dtype).tobytes()
 
     def decode(self, data: bytes, size: int) -> np.ndarray:
-        if len(data) != 4 * size:
+        expected = self.dtype.itemsize * size
+        if len(data) != expected:
             raise ValueError(
-                f"payload has {len(data)} bytes, expected {4 * size} (float32 x {size})"
+                f"payload has {len(data)} bytes, expected {expected} ({self.name} x {size})"
             )
-        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+        return np.frombuffer(data, dtype=self.dtype).astype(np.float32)
 
 
-class Float16Codec:
+class Float32Codec(DtypeCodec):
+    """Lossless float32: 4 bytes per parameter."""
+
+    def __init__(self) -> None:
+        super().__init__("float32", "<f4")
+
+
+class Float16Codec(DtypeCodec):
     """Half precision: 2 bytes per parameter, relative error about 1e-3."""
 
-    name = "float16"
-
-    def encode(self, vec: np.ndarray) -> bytes:
-        return np.ascontiguousarray(vec, dtype="<f2").tobytes()
-
-    def decode(self, data: bytes, size: int) -> np.ndarray:
-        if len(data) != 2 * size:
-            raise ValueError(
-                f"payload has {len(data)} bytes, expected {2 * size} (float16 x {size})"
-            )
-        return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    def __init__(self) -> None:
+        super().__init__("float16", "<f2")
 
 
-CODECS: dict[str, type[Float32Codec] | type[Float16Codec]] = {
-    "float32": Float32Codec,
-    "float16": Float16Codec,
-}
+CODECS: dict[str, Callable[[], Codec]] = {"float32": Float32Codec, "float16": Float16Codec}
 
 
 def get_codec(name: str) -> Codec:
