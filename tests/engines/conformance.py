@@ -25,6 +25,7 @@ from fedloom.core.task import FIT, GlobalParams, Result, Task
 from fedloom.engines import ClientFn, Engine, SequentialEngine
 from fedloom.engines.vectorized import VectorizationFallbackWarning, VectorizedEngine
 from fedloom.models import build_model
+from tests.engines.test_ray_engine import shared_ray_engine
 
 EngineFactory = Callable[[ClientFn], Engine]
 
@@ -33,6 +34,7 @@ ENGINE_FACTORIES: dict[str, EngineFactory] = {
     "vectorized": VectorizedEngine,
     # A budget this small forces one client per chunk: the chunking path, and chunk independence.
     "vectorized-chunked": lambda client_fn: VectorizedEngine(client_fn, max_memory_mb=1e-3),
+    "ray": shared_ray_engine,
 }
 
 
