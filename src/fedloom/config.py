@@ -77,7 +77,8 @@ class EngineConfig(_Section):
         1024.0, gt=0, description="vectorized: memory budget per chunk of clients trained together"
     )
     address: str | None = Field(
-        None, description="ray: cluster address (e.g. 'auto' or 'HOST:6379'); None starts a local one"
+        None,
+        description="ray: cluster address (e.g. 'auto' or 'HOST:6379'); None starts a local one",
     )
     num_workers: int | None = Field(
         None, ge=1, description="ray: client workers (actors); default: the CPUs Ray sees"

@@ -201,7 +201,7 @@ class TorchClient:
         # Dropout and other in-model randomness. Seed the CPU generator only: torch.manual_seed
         # also queues lazy accelerator seeding and captures a stack trace each time, which cost a
         # quarter of a digits-mlp-100 round (bench/profile_round.py).
-        torch.random.default_generator.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         optimizer = make_optimizer(model, training)
         x, y = torch.from_numpy(self.x_train), torch.from_numpy(self.y_train)
         model.train()
