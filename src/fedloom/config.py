@@ -76,6 +76,12 @@ class EngineConfig(_Section):
     max_memory_mb: float = Field(
         1024.0, gt=0, description="vectorized: memory budget per chunk of clients trained together"
     )
+    max_params: int | None = Field(
+        1_000_000,
+        ge=1,
+        description="vectorized: models with more parameters train client by client "
+        "(null: always vectorise)",
+    )
     address: str | None = Field(
         None,
         description="ray: cluster address (e.g. 'auto' or 'HOST:6379'); None starts a local one",

@@ -191,7 +191,9 @@ class Simulation:
         if e.name == "vectorized":
             from fedloom.engines.vectorized import VectorizedEngine
 
-            return VectorizedEngine(self.client, max_memory_mb=e.max_memory_mb)
+            return VectorizedEngine(
+                self.client, max_memory_mb=e.max_memory_mb, max_params=e.max_params
+            )
         if e.name == "ray":
             from fedloom.engines.ray_engine import RayEngine
 

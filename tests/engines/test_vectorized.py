@@ -304,3 +304,19 @@ def test_the_memory_budget_must_be_positive() -> None:
 def test_importing_the_engines_package_does_not_import_torch_func() -> None:
     code = "import sys, fedloom.engines; assert 'torch.func' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_models_over_max_params_run_client_by_client_exactly_like_sequential(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # LinearModel(4, 3) has 4*3 + 3 = 15 parameters: over a cap of 14, within one of 15.
+    client_fn, gp = _world(LinearModel(4, 3))
+    capped = VectorizedEngine(client_fn, max_params=14)
+    with caplog.at_level("INFO", logger="fedloom"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deliberate choice, not a fallback: no warning
+        tasks = _tasks()
+        want = run_engine(SequentialEngine, client_fn, tasks, gp)
+        got = {r.task.client_id: r for r in capped.run(tasks, gp)}
+        for cid, result in want.items():
+            assert_same_result(got[cid], result, rtol=0, atol=0)
+    assert "the model has 15 parameters, over engine.max_params=14" in caplog.text
