@@ -71,7 +71,7 @@ class ClientConfig(_Section):
 
 
 class EngineConfig(_Section):
-    name: Literal["sequential", "vectorized", "ray"] = "sequential"
+    name: Literal["sequential", "vectorized", "ray"] = "vectorized"
     threads: int | None = Field(None, ge=1, description="torch threads; default: torch's choice")
     max_memory_mb: float = Field(
         1024.0, gt=0, description="vectorized: memory budget per chunk of clients trained together"
