@@ -11,6 +11,7 @@ from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import FIT, GlobalParams, Result, Task
 from fedloom.engines import SequentialEngine
+from fedloom.engines.base import MeasuresTransfer, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.selection import sample_clients
@@ -97,6 +98,51 @@ def test_validation_rejects_garbage_oversize_and_nan() -> None:
     nan = Float32Codec().encode(np.array([np.nan, np.inf], np.float32))
     with pytest.raises(UpdateRejected, match="2 non-finite values"):
         decode_update(Result(task, 1, payload=nan), gp)
+
+
+class MeteredEngine:
+    """An in-process engine that reports fixed measured traffic, as a network engine would."""
+
+    name = "metered"
+
+    def __init__(self, inner: SequentialEngine, transfer: Transfer) -> None:
+        self.inner, self.transfer = inner, transfer
+
+    def run(self, tasks: Any, global_params: GlobalParams) -> Any:
+        return self.inner.run(tasks, global_params)
+
+    def last_transfer(self) -> Transfer:
+        return self.transfer
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_bytes_are_measured_by_the_engine_when_it_can_and_assumed_otherwise() -> None:
+    # Prepare: two clients, 8-byte params and updates, federated evaluation on both
+    clients = {i: DeltaClient(np.array([1.0, 1.0], np.float32)) for i in range(2)}
+
+    def coordinator(engine: Any) -> Coordinator:
+        return Coordinator(
+            strategy=FedAvg(),
+            engine=engine,
+            spec=SPEC,
+            params=np.zeros(2, np.float32),
+            population=Population({0: 1, 1: 1}, {0, 1}),
+            federated_eval=True,
+        )
+
+    metered = MeteredEngine(SequentialEngine(clients.__getitem__), Transfer(5, 3))
+    assert isinstance(metered, MeasuresTransfer)
+    assert not isinstance(SequentialEngine(clients.__getitem__), MeasuresTransfer)
+
+    # Execute
+    assumed = coordinator(SequentialEngine(clients.__getitem__)).run_round(1)
+    measured = coordinator(metered).run_round(1)
+
+    # Assert: in process every selected client downloads (fit and evaluate); measured is as told
+    assert (assumed["bytes_down"], assumed["bytes_up"]) == (2 * 8 + 2 * 8, 2 * 8)
+    assert (measured["bytes_down"], measured["bytes_up"]) == (5 + 5, 3)
 
 
 def test_federated_evaluation_reports_mean_std_and_worst10() -> None:

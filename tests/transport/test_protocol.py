@@ -19,7 +19,10 @@ from fedloom.config import Config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import EVALUATE, FIT, GlobalParams, Task
+from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine
+from fedloom.server.coordinator import Coordinator, Population
+from fedloom.strategies import FedAvg
 from fedloom.transport.certs import client_bundle, read_token
 from fedloom.transport.client import Backoff, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -101,6 +104,7 @@ def test_model_over_100_mb_streams_in_chunks_and_is_cached(
     )
     assert client.seen == ["fit", "evaluate"]
     assert deployment.cache.downloads == 1 and deployment.cache.bytes_down == len(gp.payload)
+    assert engine.last_transfer() == Transfer(0, 0)  # the evaluation streamed nothing
     assert codes == [0]
 
 
@@ -236,3 +240,43 @@ def test_over_selection_takes_the_first_updates_and_cancels_the_rest(
     assert (stats.dispatched, stats.over_selected, stats.accepted) == (3, 2, 1)
     assert [r.ok for r in results] == [True]
     assert stats.cancelled <= 2 and stats.dropped == 0
+
+
+def test_bytes_count_what_was_streamed_so_cached_clients_download_nothing(
+    mtls_server: Running, certs: Path
+) -> None:
+    # Prepare: two clients whose updates are zero, so FedAvg leaves the model unchanged and the
+    # evaluation after the fit uses params both clients already hold
+    started = [
+        _start_client(mtls_server, certs, f"client-{i}", ConstantClient(0.0)) for i in range(2)
+    ]
+    _wait_ready(mtls_server, 2)
+    spec = ParamSpec(names=("w",), shapes=((1000,),), dtypes=("<f4",))
+    size = 4 * spec.size
+    engine = RemoteEngine(mtls_server.hub, deadline_s=30)
+    coordinator = Coordinator(
+        strategy=FedAvg(),
+        engine=engine,
+        spec=spec,
+        params=np.ones(spec.size, np.float32),
+        population=Population({0: 3, 1: 3}, {0, 1}),
+        federated_eval=True,
+    )
+
+    # Execute: a round with fit and federated evaluation, then an evaluation alone
+    record = coordinator.run_round(1)
+    evaluation = engine.run(
+        [Task(EVALUATE, 1, 0), Task(EVALUATE, 1, 1)],
+        GlobalParams.encode(spec, Float32Codec(), coordinator.params),
+    )
+    assert all(r.ok for r in evaluation)
+    mtls_server.hub.finish()
+    for _, thread, _ in started:
+        thread.join(30)
+
+    # Assert: each client downloaded the params once and uploaded one update; the evaluations
+    # streamed nothing
+    assert record["status"] == "ok" and record["fed_loss_mean"] == 1.0
+    assert (record["bytes_down"], record["bytes_up"]) == (2 * size, 2 * size)
+    assert engine.last_transfer() == Transfer(0, 0)
+    assert [d.cache.downloads for d, _, _ in started] == [1, 1]

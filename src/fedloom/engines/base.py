@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from fedloom.client.base import Client
 from fedloom.core.params import Params
@@ -28,6 +29,28 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Payload bytes one ``Engine.run`` moved: params down to clients, updates up from them."""
+
+    bytes_down: int
+    bytes_up: int
+
+
+@runtime_checkable
+class MeasuresTransfer(Protocol):
+    """An engine that measures its traffic, for the round's ``bytes_down`` and ``bytes_up``.
+
+    Without it the coordinator counts what an in-process engine moves: the params once for every
+    task, and every update it receives. An engine on a real network knows better: a client with the
+    params in its content-hash cache downloads nothing, and a refused upload still crossed the wire.
+    """
+
+    def last_transfer(self) -> Transfer:
+        """The payload bytes of the latest ``run``, complete once its iterator is exhausted."""
+        ...
 
 
 def execute_task(client: Client, task: Task, params: Params, global_params: GlobalParams) -> Result:

@@ -10,7 +10,10 @@ engines. It adds what only a real deployment needs:
   it also asks ``over_selection`` times as many extra connected clients, and stops at the first
   ``len(tasks)`` accepted updates; the stragglers' tasks are cancelled.
 
-``last_stats`` holds the counts of the latest ``run`` for the server's progress line.
+``last_stats`` holds the counts of the latest ``run`` for the server's progress line, and
+``last_transfer()`` the payload bytes it actually streamed (``MeasuresTransfer``): the hub's traffic
+counters between the start and the end of the run. Bytes a straggler streams after its round closed
+count toward the next run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.engines.base import Transfer
 from fedloom.transport.hub import Completion, Hub
 
 
@@ -58,10 +62,16 @@ class RemoteEngine:
         self.seed = seed
         self.tick_s = tick_s
         self.last_stats = RemoteRunStats()
+        self._transfer = Transfer(0, 0)
+
+    def last_transfer(self) -> Transfer:
+        return self._transfer
 
     def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
         stats = RemoteRunStats()
         self.last_stats = stats
+        self._transfer = Transfer(0, 0)
+        down0, up0 = self.hub.traffic()
         extras = self._over_select(tasks)
         stats.dispatched, stats.over_selected = len(tasks) + len(extras), len(extras)
         batch = self.hub.dispatch([*tasks, *extras], global_params, self.deadline_s)
@@ -82,6 +92,8 @@ class RemoteEngine:
                 yield done.result
         finally:
             leftover = self.hub.close_batch(batch)
+            down, up = self.hub.traffic()
+            self._transfer = Transfer(down - down0, up - up0)
         for pending in leftover:
             if extras and stats.accepted >= len(tasks):
                 stats.cancelled += 1

@@ -18,7 +18,7 @@ import numpy as np
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import GlobalParams, Result
-from fedloom.engines.base import Engine
+from fedloom.engines.base import Engine, MeasuresTransfer, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
@@ -131,9 +131,9 @@ class Coordinator:
             "returned": agg.count,
             "rejected": len(rejected),
             "failed": len(failed),
-            "bytes_down": len(down.payload) * len(tasks),
-            "bytes_up": bytes_up,
         }
+        transfer = self._transfer(Transfer(len(down.payload) * len(tasks), bytes_up))
+        record["bytes_down"], record["bytes_up"] = transfer.bytes_down, transfer.bytes_up
         if agg.count >= self.strategy.min_fit_clients:
             pseudo_grad = self.strategy.pseudo_gradient(agg.finish())
             self.params, self.opt_state = self.strategy.server_optimizer.step(
@@ -200,7 +200,14 @@ class Coordinator:
             higher = k not in ("loss", "rmse", "mae")
             for stat, v in fairness_summary(values, higher_is_better=higher).items():
                 out[f"fed_{k}_{stat}"] = v
-        return out, len(down.payload) * len(tasks)
+        return out, self._transfer(Transfer(len(down.payload) * len(tasks), 0)).bytes_down
+
+    def _transfer(self, assumed: Transfer) -> Transfer:
+        """The bytes of the engine's latest run: measured if the engine measures them, else
+        ``assumed`` (what an in-process engine moves)."""
+        if isinstance(self.engine, MeasuresTransfer):
+            return self.engine.last_transfer()
+        return assumed
 
 
 def _preview(ids: Sequence[int], n: int = 10) -> str:

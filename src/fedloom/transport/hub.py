@@ -91,6 +91,8 @@ class Hub:
         self._by_name: dict[str, str] = {}
         self._blobs: dict[str, GlobalParams] = {}
         self._told_finished: set[str] = set()
+        self._bytes_down = 0
+        self._bytes_up = 0
         self.finished = False
 
     # -- sessions ---------------------------------------------------------------------------
@@ -260,6 +262,22 @@ class Hub:
     ) -> None:
         pending.done = True
         pending.batch.completions.put(Completion(pending.task, result, rejected, dropped))
+
+    # -- traffic ----------------------------------------------------------------------------
+    def count_down(self, n: int) -> None:
+        """``n`` payload bytes of params were streamed to a client."""
+        with self._lock:
+            self._bytes_down += n
+
+    def count_up(self, n: int) -> None:
+        """``n`` payload bytes of an update were received from a client."""
+        with self._lock:
+            self._bytes_up += n
+
+    def traffic(self) -> tuple[int, int]:
+        """Payload bytes streamed down and received up since the hub started."""
+        with self._lock:
+            return self._bytes_down, self._bytes_up
 
     def blob(self, digest: str) -> GlobalParams | None:
         with self._lock:

@@ -6,7 +6,7 @@ later call must present its session id, from the same certificate under mTLS. Up
 while they stream in (declared spec, codec and size against the task; a running byte count against
 the cap), then decoded and validated with ``fedloom.server.validation.decode_update``, the same
 check the coordinator applies, so a bad update is refused with a reason the client sees and never
-reaches the global model.
+reaches the global model. The hub counts the payload bytes streamed each way.
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ class FederationService(pb_grpc.FederationServicer):
             context.set_compression(grpc.Compression.Gzip)
         offset = request.offset
         for piece in chunks(gp.payload, self.settings.chunk_bytes, request.offset):
+            # Counted as it is handed to gRPC, so it is counted before the client can upload.
+            self.hub.count_down(len(piece))
             yield pb.ParamsChunk(offset=offset, total_bytes=total, data=bytes(piece))
             offset += len(piece)
 
@@ -280,8 +282,10 @@ class FederationService(pb_grpc.FederationServicer):
                 f"{expected} bytes"
             )
         buf = bytearray()
+        received = 0
         try:
             for msg in stream:
+                received += len(msg.data)
                 if msg.HasField("header"):
                     return None, "a second header arrived in the middle of an upload"
                 if len(buf) + len(msg.data) > expected:
@@ -289,6 +293,8 @@ class FederationService(pb_grpc.FederationServicer):
                 buf += msg.data
         except Exception as exc:  # the stream broke: a message over the cap, a lost client
             return None, f"the upload broke off after {len(buf)} bytes: {exc}"
+        finally:
+            self.hub.count_up(received)
         if len(buf) != expected:
             return None, f"upload ended after {len(buf)} of {expected} bytes"
         return bytes(buf), None
