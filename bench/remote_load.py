@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import yaml
+from _deploy import HOST, free_port, run_clients
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 
 
 class ConstantUpdateClient:
@@ -56,37 +55,11 @@ class ConstantUpdateClient:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from fedloom.client.deploy import ClientOptions, DeploymentClient
-
-    codes: list[int] = []
-
-    def one(i: int) -> None:
-        opts = ClientOptions(
-            server=f"{HOST}:{args.port}",
-            name=f"client-{i}",
-            certs=Path(args.certs),
-            give_up_after=120,
-            quiet=True,
-        )
+    def factory_for(i: int) -> Any:
         client = ConstantUpdateClient((i + 1) / args.total, i + 1)
-        codes.append(DeploymentClient(opts, lambda cfg, cid: client).run())
+        return lambda cfg, cid: client
 
-    threads = [
-        threading.Thread(target=one, args=(i,)) for i in range(args.first, args.first + args.count)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return 0 if codes == [0] * args.count else 1
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    return run_clients(args, factory_for, give_up_after=120)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -117,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
             }
         )
     )
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     log = (work / "server.log").open("wb")
     start = time.perf_counter()

@@ -18,20 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _deploy import HOST, free_port, run_clients
 
 REPO = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
+
 HIDDEN = {"1M": [1000, 936], "25M": [4096, 6000]}
 
 
@@ -58,28 +57,9 @@ def _config(path: Path, size: str, rounds: int, clients: int) -> Path:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from fedloom.client.deploy import ClientOptions, DeploymentClient, demo_factory
+    from fedloom.client.deploy import demo_factory
 
-    codes: list[int] = []
-
-    def one(i: int) -> None:
-        opts = ClientOptions(
-            server=f"{HOST}:{args.port}",
-            name=f"client-{i}",
-            certs=Path(args.certs),
-            give_up_after=300,
-            quiet=True,
-        )
-        codes.append(DeploymentClient(opts, demo_factory("digits", i, args.total)).run())
-
-    threads = [
-        threading.Thread(target=one, args=(i,)) for i in range(args.first, args.first + args.count)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return 0 if codes == [0] * args.count else 1
+    return run_clients(args, lambda i: demo_factory("digits", i, args.total), give_up_after=300)
 
 
 def sequential(config: Path) -> list[dict[str, Any]]:
@@ -95,9 +75,7 @@ def remote(config: Path, work: Path, clients: int, processes: int) -> list[dict[
 
     certs = work / "certs"
     create_certs(certs, clients)
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (work / "server.log").open("wb") as log:
         server = subprocess.Popen(

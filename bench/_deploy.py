@@ -1,0 +1,48 @@
+"""Shared by the deployment benchmarks: a free loopback port, and a worker process that hosts a
+share of the clients as threads, each with its own gRPC channel, TLS session and long poll."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def run_clients(
+    args: argparse.Namespace, factory_for: Callable[[int], Any], give_up_after: float
+) -> int:
+    """Run clients ``args.first .. args.first + args.count - 1`` against ``args.port`` until the
+    run ends; ``factory_for(i)`` is client ``i``'s client factory. 0 when every client exits 0."""
+    from fedloom.client.deploy import ClientOptions, DeploymentClient
+
+    codes: list[int] = []
+
+    def one(i: int) -> None:
+        opts = ClientOptions(
+            server=f"{HOST}:{args.port}",
+            name=f"client-{i}",
+            certs=Path(args.certs),
+            give_up_after=give_up_after,
+            quiet=True,
+        )
+        codes.append(DeploymentClient(opts, factory_for(i)).run())
+
+    threads = [
+        threading.Thread(target=one, args=(i,)) for i in range(args.first, args.first + args.count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 0 if codes == [0] * args.count else 1
