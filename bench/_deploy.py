@@ -4,13 +4,17 @@ share of the clients as threads, each with its own gRPC channel, TLS session and
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -46,3 +50,70 @@ def run_clients(
     for t in threads:
         t.join()
     return 0 if codes == [0] * args.count else 1
+
+
+def start_deployment(
+    script: str,
+    config: Path,
+    work: Path,
+    clients: int,
+    processes: int,
+    log: IO[bytes],
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
+    """Start ``fedloom server`` (TLS + mTLS on a free loopback port, certificates in
+    ``work/certs``, output to ``log``) and ``processes`` worker processes of ``script`` hosting
+    ``clients`` clients between them, all with ``env`` added to the environment; returns the
+    server and the workers."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    certs = str(work / "certs")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedloom.cli.main",
+            "server",
+            "--config",
+            str(config),
+            "--address",
+            f"{HOST}:{port}",
+            "--certs",
+            certs,
+            "--state",
+            str(work / "state"),
+            "--out",
+            str(work / "out"),
+            "-q",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    per = -(-clients // processes)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                script,
+                "worker",
+                "--port",
+                str(port),
+                "--certs",
+                certs,
+                "--first",
+                str(first),
+                "--count",
+                str(min(per, clients - first)),
+                "--total",
+                str(clients),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for first in range(0, clients, per)
+    ]
+    return server, workers

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from _deploy import HOST, free_port, run_clients
+from _deploy import run_clients, start_deployment
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,58 +88,11 @@ def main(args: argparse.Namespace) -> int:
             }
         )
     )
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     log = (work / "server.log").open("wb")
     start = time.perf_counter()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedloom.cli.main",
-            "server",
-            "--config",
-            str(config),
-            "--address",
-            f"{HOST}:{port}",
-            "--certs",
-            str(work / "certs"),
-            "--state",
-            str(work / "state"),
-            "--out",
-            str(work / "out"),
-            "-q",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
+    server, workers = start_deployment(
+        __file__, config, work, n, args.processes, log, env={"OMP_NUM_THREADS": "1"}
     )
-    per = -(-n // args.processes)
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "worker",
-                "--port",
-                str(port),
-                "--certs",
-                str(work / "certs"),
-                "--first",
-                str(first),
-                "--count",
-                str(min(per, n - first)),
-                "--total",
-                str(n),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for first in range(0, n, per)
-    ]
     code = server.wait(timeout=900)
     worker_codes = [w.wait(timeout=120) for w in workers]
     wall = time.perf_counter() - start

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _deploy import HOST, free_port, run_clients
+from _deploy import run_clients, start_deployment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,57 +73,8 @@ def remote(config: Path, work: Path, clients: int, processes: int) -> list[dict[
 
     certs = work / "certs"
     create_certs(certs, clients)
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (work / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fedloom.cli.main",
-                "server",
-                "--config",
-                str(config),
-                "--address",
-                f"{HOST}:{port}",
-                "--certs",
-                str(certs),
-                "--state",
-                str(work / "state"),
-                "--out",
-                str(work / "out"),
-                "-q",
-            ],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    per = -(-clients // processes)
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "worker",
-                "--port",
-                str(port),
-                "--certs",
-                str(certs),
-                "--first",
-                str(first),
-                "--count",
-                str(min(per, clients - first)),
-                "--total",
-                str(clients),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for first in range(0, clients, per)
-    ]
+        server, workers = start_deployment(__file__, config, work, clients, processes, log)
     if server.wait(timeout=3600) != 0:
         raise RuntimeError((work / "server.log").read_text()[-3000:])
     for w in workers:
