@@ -305,8 +305,10 @@ def run(cfg: Config, out_dir: str | Path, *, quiet: bool = False) -> dict[str, A
     recorder = RunRecorder(out)
     with RoundProgress(cfg.rounds, quiet=quiet) as progress:
         coordinator = sim.coordinator([_ProgressListener(progress), _RecorderListener(recorder)])
-        history = coordinator.run(cfg.rounds)
-        coordinator.engine.close()
+        try:
+            history = coordinator.run(cfg.rounds)
+        finally:  # a Ray engine must shut down the cluster it started, even on error
+            coordinator.engine.close()
     recorder.save_model(
         coordinator.global_params,
         metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
