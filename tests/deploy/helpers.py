@@ -125,6 +125,24 @@ def client(
     return fedloom(args, log, env)
 
 
+def slow_client(
+    port: int, index: int, count: int, certs: Path, log: Path, fit_delay: float
+) -> subprocess.Popen[bytes]:
+    """Client ``client-{index}`` on partition ``index/count`` whose every fit takes at least
+    ``fit_delay`` seconds longer (tests.deploy.apps:slow_client), so a kill lands mid-round."""
+    return client(
+        port,
+        f"client-{index}",
+        certs,
+        log,
+        ["--app", "tests.deploy.apps:slow_client"],
+        env={
+            "FEDLOOM_TEST_PARTITION": f"{index}/{count}",
+            "FEDLOOM_TEST_FIT_DELAY": str(fit_delay),
+        },
+    )
+
+
 def wait_for_line(
     log: Path, text: str, timeout: float, proc: subprocess.Popen[bytes] | None = None
 ) -> None:

@@ -28,16 +28,7 @@ def test_two_of_six_clients_killed_mid_round(tmp_path: Path, certs: Path) -> Non
     try:
         h.listening(log, procs[0])
         for i in range(6):
-            procs.append(
-                h.client(
-                    port,
-                    f"client-{i}",
-                    certs,
-                    client_logs[i],
-                    ["--app", "tests.deploy.apps:slow_client"],
-                    env={"FEDLOOM_TEST_PARTITION": f"{i}/6", "FEDLOOM_TEST_FIT_DELAY": "1.5"},
-                )
-            )
+            procs.append(h.slow_client(port, i, 6, certs, client_logs[i], fit_delay=1.5))
         h.wait_for_line(log, "| selected 6 |", 90, procs[0])
         full = int(re.findall(r"round (\d+)/\d+ \| selected 6 \|", h.read(log))[0])
         assert full < ROUNDS - 1, "too late to test later rounds"

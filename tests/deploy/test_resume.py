@@ -32,16 +32,7 @@ def test_server_killed_after_round_2_resumes_and_finishes(tmp_path: Path, certs:
     try:
         h.listening(first_log, procs[0])
         for i in range(2):
-            procs.append(
-                h.client(
-                    port,
-                    f"client-{i}",
-                    certs,
-                    tmp_path / f"c{i}.log",
-                    ["--app", "tests.deploy.apps:slow_client"],
-                    env={"FEDLOOM_TEST_PARTITION": f"{i}/2", "FEDLOOM_TEST_FIT_DELAY": "0.5"},
-                )
-            )
+            procs.append(h.slow_client(port, i, 2, certs, tmp_path / f"c{i}.log", fit_delay=0.5))
         h.wait_for_line(first_log, f"round 2/{ROUNDS} |", 90, procs[0])
 
         # Execute: kill -9, then restart with the same state folder
