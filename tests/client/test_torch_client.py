@@ -25,6 +25,7 @@ def _theta() -> dict[str, np.ndarray]:
 def test_gradient_mode_returns_the_full_batch_gradient() -> None:
     # L = mean((w x + b - y)^2) at w=1, b=0: residuals [-1, 0] -> dL/dw = -1, dL/db = -1, L = 0.5
     res = _client().fit(_theta(), {"mode": "gradient", "batch_size": 1})
+    assert isinstance(res.update, np.ndarray)
     np.testing.assert_allclose(res.update, [-1.0, -1.0], rtol=1e-6)
     assert res.metrics["train_loss"] == pytest.approx(0.5)
     assert res.num_examples == 2
@@ -34,12 +35,14 @@ def test_train_mode_returns_the_delta_of_one_sgd_step() -> None:
     # one full-batch step with lr 0.1: w = 1 + 0.1, b = 0 + 0.1
     client = _client(training=LocalTraining(epochs=1, batch_size=2, lr=0.1))
     res = client.fit(_theta(), {"mode": "train"})
+    assert isinstance(res.update, np.ndarray)
     np.testing.assert_allclose(res.update, [0.1, 0.1], rtol=1e-6)
 
 
 def test_config_overrides_local_training() -> None:
     client = _client(training=LocalTraining(epochs=1, batch_size=2, lr=0.1))
     res = client.fit(_theta(), {"mode": "train", "lr": 0.2})
+    assert isinstance(res.update, np.ndarray)
     np.testing.assert_allclose(res.update, [0.2, 0.2], rtol=1e-6)
 
 
@@ -60,6 +63,9 @@ def test_training_is_deterministic_per_client_and_round() -> None:
     a = client.fit(theta, {"round": 2, "batch_size": 4})
     b = client.fit(theta, {"round": 2, "batch_size": 4})
     c = client.fit(theta, {"round": 3, "batch_size": 4})
+    assert isinstance(a.update, np.ndarray)
+    assert isinstance(b.update, np.ndarray)
+    assert isinstance(c.update, np.ndarray)
     np.testing.assert_array_equal(a.update, b.update)
     assert not np.array_equal(a.update, c.update)
     assert client_seed(0, 1, 2) != client_seed(0, 2, 1)

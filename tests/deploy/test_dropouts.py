@@ -7,7 +7,11 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.deploy import helpers as h
+
+pytestmark = pytest.mark.deploy
 
 ROUNDS = 5
 

@@ -13,6 +13,8 @@ from fedloom.errors import DeploymentError
 from fedloom.server.state import StateStore
 from tests.deploy import helpers as h
 
+pytestmark = pytest.mark.deploy
+
 
 def test_tls_is_required_unless_insecure(tmp_path: Path) -> None:
     config = h.write_config(tmp_path / "run.yaml")

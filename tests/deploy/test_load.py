@@ -10,6 +10,8 @@ import pytest
 
 from tests.deploy.helpers import REPO
 
+pytestmark = pytest.mark.deploy
+
 
 @pytest.mark.slow
 def test_200_concurrent_clients_lose_no_update() -> None:

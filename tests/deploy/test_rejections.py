@@ -18,6 +18,8 @@ from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.wire import spec_to_proto
 from tests.deploy import helpers as h
 
+pytestmark = pytest.mark.deploy
+
 MB = 1024 * 1024
 
 

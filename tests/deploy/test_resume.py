@@ -8,11 +8,14 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from fedloom.config import load_config
 from fedloom.simulation import Simulation
 from tests.deploy import helpers as h
+
+pytestmark = pytest.mark.deploy
 
 ROUNDS = 5
 

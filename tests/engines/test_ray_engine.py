@@ -26,6 +26,8 @@ from fedloom.engines import ClientFn
 from fedloom.engines.ray_engine import RayEngine
 from fedloom.simulation import Simulation
 
+pytestmark = pytest.mark.ray
+
 SIZE = 4
 GP = GlobalParams.encode(
     ParamSpec(names=("w",), shapes=((SIZE,),), dtypes=("<f4",)),

@@ -37,7 +37,7 @@ def serve(certs: Path | None, auth: str = "mtls", **settings: object) -> Running
     """A real gRPC server on 127.0.0.1 (an ephemeral port) in this process."""
     ids: dict[str, int] = {}
     hub = Hub(lambda name: ids.setdefault(name, len(ids)), heartbeat_timeout=10.0)
-    base = dict(
+    base: dict[str, object] = dict(
         run_id="test",
         config_json=Config().model_dump_json(),
         auth=auth,

@@ -29,6 +29,8 @@ from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.wire import PROTOCOL_VERSION
 from tests.transport.conftest import MB, Running, serve
 
+pytestmark = pytest.mark.deploy
+
 
 class ConstantClient:
     """Returns ``value`` everywhere as its update; evaluates to the mean of the params."""
