@@ -51,7 +51,7 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold"] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
@@ -59,6 +59,7 @@ class StrategyConfig(_Section):
     server_momentum: float = Field(0.0, ge=0, lt=1)
     server_optimizer: Literal["sgd", "adam"] = "sgd"
     aggregation: Literal["mean", "sum"] = "mean"
+    proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
 
 
 class ClientConfig(_Section):

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from fedloom import __version__
+from fedloom.client.local import LocalTraining
 from fedloom.client.torch_client import (
-    LocalTraining,
     TorchClient,
     evaluate_model,
     get_params,
@@ -31,7 +31,7 @@ from fedloom.errors import ConfigError
 from fedloom.models import build_model
 from fedloom.optim import make_server_optimizer
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.strategies import FedAvg, FedSGD, Strategy
+from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 
 
@@ -81,8 +81,12 @@ def make_strategy(cfg: Config) -> Strategy:
     if s.aggregation != "mean":
         raise ConfigError(
             f"strategy.aggregation={s.aggregation!r} applies to fedsgd only; "
-            "fedavg always takes the example-weighted mean"
+            f"{s.name} always takes the example-weighted mean"
         )
+    if s.name == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **common)
+    if s.name == "scaffold":
+        return Scaffold(**common)
     return FedAvg(**common)
 
 

@@ -1,5 +1,5 @@
 """Aggregators combine client updates into one vector."""
 
-from fedloom.aggregators.mean import Aggregator, Sum, WeightedMean
+from fedloom.aggregators.mean import Aggregator, EmptyAggregate, Sum, WeightedMean
 
-__all__ = ["Aggregator", "Sum", "WeightedMean"]
+__all__ = ["Aggregator", "EmptyAggregate", "Sum", "WeightedMean"]

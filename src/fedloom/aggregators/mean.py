@@ -11,6 +11,10 @@ from typing import Protocol
 import numpy as np
 
 
+class EmptyAggregate(ValueError):
+    """``finish`` was called with nothing to aggregate (no updates, or every weight zero)."""
+
+
 class Aggregator(Protocol):
     """``begin(size)``, then ``add(vec, weight)`` per client, then ``finish()``."""
 
@@ -49,7 +53,9 @@ class WeightedMean:
 
     def finish(self) -> np.ndarray:
         if self._sum is None or self._total <= 0:
-            raise ValueError("no updates with positive weight to aggregate")
+            raise EmptyAggregate(
+                f"{self._count} updates, total weight {self._total:g} (num_examples all 0?)"
+            )
         return (self._sum / self._total).astype(np.float32)
 
     @property
@@ -76,7 +82,7 @@ class Sum:
 
     def finish(self) -> np.ndarray:
         if self._sum is None or self._count == 0:
-            raise ValueError("no updates to aggregate")
+            raise EmptyAggregate("no updates to aggregate")
         return self._sum.astype(np.float32)
 
     @property

@@ -17,7 +17,8 @@ class FitResult:
 
     ``update`` is what the strategy asked for (``config["mode"]``): the model delta
     ``local - global`` after local training, or the gradient of the local loss at the global model.
-    It may be Params or a flat vector in the model's ParamSpec order.
+    It may be Params or a flat vector in the model's ParamSpec order; algorithms that upload more
+    than one model-sized vector (SCAFFOLD's control variate delta) return them concatenated.
     """
 
     update: Params | np.ndarray
@@ -34,9 +35,27 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class ClientContext:
+    """What a task gives a client beside the global params and the config.
+
+    ``blobs``: the task's other payloads by role (flat vectors in the model's parameter order), for
+    instance SCAFFOLD's server control variate. ``state``: this client's state (named arrays kept
+    across rounds by the engine or the client process); the client updates it in place.
+    """
+
+    blobs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Client(Protocol):
-    """One participant. ``params`` is the global model; ``config`` comes from the strategy."""
+    """One participant. ``params`` is the global model; ``config`` comes from the strategy.
+
+    A client whose ``fit`` and ``evaluate`` also take a third argument, ``context``
+    (``ClientContext``), receives the task's extra payloads and its own state; algorithms that need
+    them (SCAFFOLD) refuse clients that do not take it.
+    """
 
     def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult: ...
 

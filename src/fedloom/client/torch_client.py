@@ -3,47 +3,40 @@
 Local training follows FedAvg's ClientUpdate (McMahan et al. 2017): ``epochs`` passes over the local
 data in shuffled minibatches of ``batch_size``. The shuffling order and any dropout draw from a
 generator seeded by (seed, round, client id), so a client's result does not depend on which other
-clients ran before it or beside it.
+clients ran before it or beside it. The loop runs the shared local-training functions of
+``fedloom.client.local`` (optimiser steps and the algorithm hooks named in the task config), the
+same ones the vectorized engine runs for a whole cohort.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedloom.client.base import EvalResult, FitResult
+from fedloom.client.base import ClientContext, EvalResult, FitResult
+from fedloom.client.local import (
+    LocalHooks,
+    LocalOptimizer,
+    LocalTraining,
+    Tensors,
+    client_seed,
+    flat_part,
+    hooks_for,
+    local_steps,
+    make_local_optimizer,
+    named_views,
+    state_arrays,
+    state_views,
+)
 from fedloom.core.params import Params, ParamSpec
 from fedloom.metrics import classification_metrics, regression_metrics
 
 TaskType = Literal["classification", "regression"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """Local training hyperparameters; a task's config may override any of them per round."""
-
-    epochs: int = 1
-    batch_size: int = 10
-    lr: float = 0.05
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def updated(self, config: Mapping[str, Any]) -> LocalTraining:
-        keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay")
-        return replace(self, **{k: config[k] for k in keys if k in config})
-
-
-def client_seed(seed: int, round_num: int, client_id: int) -> int:
-    """A 63-bit seed for one client in one round, independent of every other client's."""
-    state = np.random.SeedSequence([seed, round_num, client_id]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def get_params(model: nn.Module) -> Params:
@@ -67,21 +60,6 @@ def default_loss(task: TaskType) -> LossFn:
     if task == "regression":
         return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
     return nn.functional.cross_entropy
-
-
-def make_optimizer(model: nn.Module, training: LocalTraining) -> torch.optim.Optimizer:
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=training.lr,
-            momentum=training.momentum,
-            weight_decay=training.weight_decay,
-        )
-    if training.optimizer == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=training.lr, weight_decay=training.weight_decay
-        )
-    raise ValueError(f"unknown optimizer {training.optimizer!r}; choose 'sgd' or 'adam'")
 
 
 @torch.no_grad()
@@ -155,28 +133,56 @@ class TorchClient:
     def num_examples(self) -> int:
         return len(self.x_train)
 
-    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
-        """Train locally (``mode="train"``, returns the delta) or take the local gradient at the
-        global model (``mode="gradient"``, FedSGD)."""
+    def fit(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
+    ) -> FitResult:
+        """Train locally (``mode="train"``, returns the delta, or what the task's hooks upload) or
+        take the local gradient at the global model (``mode="gradient"``, FedSGD)."""
+        context = context if context is not None else ClientContext()
         set_params(self.model, params)
         spec = ParamSpec.of(params)
         seed = client_seed(
             int(config.get("seed", self.seed)), int(config.get("round", 0)), self.client_id
         )
         training = self.training.updated(config)
+        hooks = hooks_for(config, training)
         if config.get("mode", "train") == "gradient":
+            if type(hooks) is not LocalHooks:
+                raise ValueError(f"gradient mode (FedSGD) takes no local hooks, got {hooks.name!r}")
             loss, grads = self._full_gradient(training.batch_size)
             return FitResult(
                 update=spec.flatten(grads),
                 num_examples=self.num_examples,
                 metrics={"train_loss": loss},
             )
-        loss = self._train(training, seed)
-        local = get_params(self.model)
-        delta = spec.flatten(local) - spec.flatten(params)
-        return FitResult(update=delta, num_examples=self.num_examples, metrics={"train_loss": loss})
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        global_vec = torch.from_numpy(spec.flatten(params))
+        shared = {"global": named_views(spec, names, global_vec)}
+        for role in hooks.blobs:
+            if role not in context.blobs:
+                raise ValueError(f"local training {hooks.name!r} needs the task's {role!r} blob")
+            blob = np.array(context.blobs[role], dtype=np.float32)  # writable, for torch
+            shared[role] = named_views(spec, names, torch.from_numpy(blob))
+        own = state_views(hooks.state, spec, names, context.state)
+        loss = self._train(training, seed, hooks, shared, own)
+        local = torch.from_numpy(spec.flatten(get_params(self.model)))
+        full_delta = local - global_vec
+        delta = named_views(spec, names, full_delta)
+        steps = torch.tensor(float(local_steps(self.num_examples, training)))
+        with torch.no_grad():
+            parts, new_state = hooks.final(delta, shared, own, steps)
+        zeros = torch.zeros_like(full_delta)
+        upload = torch.cat(
+            [flat_part(spec, part, full_delta if i == 0 else zeros) for i, part in enumerate(parts)]
+        )
+        context.state.update(state_arrays(new_state))
+        return FitResult(
+            update=upload.numpy(), num_examples=self.num_examples, metrics={"train_loss": loss}
+        )
 
-    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+    def evaluate(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
+    ) -> EvalResult:
         """Evaluate the global model on the local test split (the training data if there is none)."""
         set_params(self.model, params)
         x, y = (
@@ -195,26 +201,49 @@ class TorchClient:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return EvalResult(loss=scalars.pop("loss"), num_examples=len(x), metrics=scalars)
 
-    def _train(self, training: LocalTraining, seed: int) -> float:
+    def _train(
+        self,
+        training: LocalTraining,
+        seed: int,
+        hooks: LocalHooks,
+        shared: Mapping[str, Tensors],
+        own: Mapping[str, Tensors],
+    ) -> float:
         model, n = self.model, self.num_examples
         generator = torch.Generator().manual_seed(seed)
         # Dropout and other in-model randomness. Seed the CPU generator only: torch.manual_seed
         # also queues lazy accelerator seeding and captures a stack trace each time, which cost a
         # quarter of a digits-mlp-100 round (bench/profile_round.py).
         torch.default_generator.manual_seed(seed)
-        optimizer = make_optimizer(model, training)
+        named = {k: p for k, p in model.named_parameters() if p.requires_grad}
         x, y = torch.from_numpy(self.x_train), torch.from_numpy(self.y_train)
         model.train()
-        total, seen = 0.0, 0
+        total, seen, step = 0.0, 0, 0
+        optimizer: LocalOptimizer | None = None
+        trained: list[str] = []
         for _ in range(training.epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, training.batch_size):
                 idx = order[start : start + training.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(model(x[idx]), y[idx])
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
+                data_loss = self.loss_fn(model(x[idx]), y[idx])
+                loss = data_loss + hooks.loss(named, shared, own) if hooks.has_loss else data_loss
+                grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+                if optimizer is None:
+                    # Like torch.optim, parameters the loss does not reach are left alone.
+                    trained = [k for k, g in zip(named, grads, strict=True) if g is not None]
+                    optimizer = make_local_optimizer(training, [named[k] for k in trained])
+                by_name = dict(zip(named, grads, strict=True))
+                step_grads = {k: by_name[k] for k in trained}
+                if any(g is None for g in step_grads.values()):
+                    raise ValueError("a parameter stopped receiving gradients between local steps")
+                with torch.no_grad():
+                    if hooks.has_grad:
+                        step_grads = hooks.grad(step_grads, named, shared, own)  # type: ignore[arg-type]
+                    optimizer.step(
+                        [named[k] for k in trained], [step_grads[k] for k in trained], step
+                    )
+                step += 1
+                total += float(data_loss.detach()) * len(idx)
                 seen += len(idx)
         return total / max(seen, 1)
 

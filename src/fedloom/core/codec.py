@@ -21,6 +21,11 @@ class Codec(Protocol):
 
     def decode(self, data: bytes, size: int) -> np.ndarray: ...
 
+    def wire_size(self, size: int) -> int:
+        """The most bytes ``encode`` produces for ``size`` values (exact for fixed-width codecs);
+        uploads longer than this are refused before they are read."""
+        ...
+
 
 class DtypeCodec:
     """Each parameter as one little-endian value of ``dtype``; decoding returns float32."""
@@ -32,8 +37,11 @@ class DtypeCodec:
     def encode(self, vec: np.ndarray) -> bytes:
         return np.ascontiguousarray(vec, dtype=self.dtype).tobytes()
 
+    def wire_size(self, size: int) -> int:
+        return self.dtype.itemsize * size
+
     def decode(self, data: bytes, size: int) -> np.ndarray:
-        expected = self.dtype.itemsize * size
+        expected = self.wire_size(size)
         if len(data) != expected:
             raise ValueError(
                 f"payload has {len(data)} bytes, expected {expected} ({self.name} x {size})"

@@ -151,6 +151,11 @@ class CohortModel:
         return out
 
     @property
+    def names(self) -> list[str]:
+        """Names of the trainable tensors, in spec order."""
+        return [name for name, *_ in self._layout]
+
+    @property
     def num_trainable(self) -> int:
         return sum(size for *_, size in self._layout)
 
@@ -207,12 +212,15 @@ class CohortModel:
         x: torch.Tensor,
         y: torch.Tensor,
         weights: torch.Tensor,
+        extra: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-client weighted losses ``(k,)`` and their gradients, one ``(k, *shape)`` per tensor.
 
         ``params`` holds ``(k, *shape)`` per trainable tensor; ``x``, ``y`` and ``weights`` are
         ``(k, batch, ...)``. A client's loss is ``sum_i weights[k, i] * loss_i``: a mean over its
         real samples when the weights are ``1 / true batch size`` for them and zero for padding.
+        ``extra(params by name) -> (k,)`` adds a per-client term (a loss hook) to what is
+        differentiated; the returned losses are the data losses alone.
         """
         k, batch = weights.shape
         leaves = {
@@ -229,7 +237,8 @@ class CohortModel:
             out.reshape(k * batch, *out.shape[2:]), y.reshape(k * batch, *y.shape[2:])
         )
         per_client = (losses.reshape(k, batch) * weights).sum(1)
-        grads = torch.autograd.grad(per_client.sum(), list(leaves.values()))
+        total = per_client if extra is None else per_client + extra(leaves)
+        grads = torch.autograd.grad(total.sum(), list(leaves.values()))
         return per_client.detach(), list(grads)
 
     def probe(self, global_vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> int:

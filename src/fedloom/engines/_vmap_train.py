@@ -9,33 +9,51 @@ Equivalence with ``TorchClient.fit`` (the sequential reference):
   weight is zero, and a client's last, partial batch is a mean over its own true size;
 - finished clients: clients are sorted by step count, longest first, so a step runs on the leading
   block of still-active rows and leaves the others' parameters and optimiser state untouched;
-- optimisers: ``fedloom.engines._vmap_optim`` repeats ``torch.optim.SGD`` / ``Adam`` element-wise.
+- optimisers and hooks: the very functions ``TorchClient`` runs (``fedloom.client.local``): the
+  element-wise optimiser steps on the stacked rows, and the algorithm hooks (loss, gradient, final)
+  under ``torch.func.vmap`` over the cohort, with shared inputs (the global model, server blobs)
+  broadcast and per-client inputs (client state, step counts) batched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.func import vmap
 
-from fedloom.client.torch_client import LocalTraining, TorchClient
+from fedloom.client.local import (
+    LocalHooks,
+    LocalOptimizer,
+    LocalTraining,
+    Tensors,
+    flat_part,
+    local_steps,
+    make_local_optimizer,
+    named_views,
+    state_arrays,
+    state_views,
+)
+from fedloom.client.state import State
+from fedloom.client.torch_client import TorchClient
+from fedloom.core.params import ParamSpec
 from fedloom.engines._vmap_model import CohortModel
-from fedloom.engines._vmap_optim import make_cohort_optimizer, optimizer_state_rows
 
 
 @dataclass(frozen=True)
 class ChunkOutcome:
-    """Rows in the chunk's client order: updates ``(clients, spec.size)`` float32 and losses."""
+    """Rows in the chunk's client order: uploads ``(clients, parts * spec.size)`` float32, losses,
+    and each client's state after the round."""
 
     updates: np.ndarray
     losses: list[float]
+    states: list[State]
 
 
 def client_steps(n: int, training: LocalTraining, gradient: bool) -> int:
-    batches = -(-n // training.batch_size)
-    return batches if gradient else training.epochs * batches
+    return -(-n // training.batch_size) if gradient else local_steps(n, training)
 
 
 def bytes_per_client(
@@ -45,6 +63,7 @@ def bytes_per_client(
     gradient: bool,
     steps: int,
     sample_bytes: int,
+    hooks: LocalHooks | None = None,
 ) -> int:
     """Estimated peak memory that one more client adds to a chunk.
 
@@ -54,7 +73,10 @@ def bytes_per_client(
     saved for backward, their gradients, and the per-sample loss. Data: every step's padded
     minibatch, pre-gathered once per chunk, with its int64 index and float weight.
     """
-    rows = 5 + optimizer_state_rows(training) + (1 if gradient else 0)
+    rows = 5 + LocalOptimizer.state_rows(training) + (1 if gradient else 0)
+    if hooks is not None:
+        # client state in and out, and the extra upload parts
+        rows += 2 * len(hooks.state) + 2 * (hooks.upload_parts - 1)
     param_bytes = rows * model.num_trainable * 4 + model.spec.size * 4
     data_bytes = steps * training.batch_size * (sample_bytes + 12)
     return param_bytes + 3 * activation_bytes + data_bytes
@@ -119,12 +141,18 @@ def train_chunk(
     seeds: Sequence[int],
     training: LocalTraining,
     gradient: bool,
+    hooks: LocalHooks | None = None,
+    blobs: Mapping[str, torch.Tensor] | None = None,
+    states: Sequence[State] | None = None,
 ) -> ChunkOutcome:
     """Run ``TorchClient.fit`` for every client of the chunk at once.
 
-    Returns, per client in the given order, the delta ``local - global`` (train mode) or the full
-    local gradient (gradient mode), and the ``train_loss`` metric.
+    Returns, per client in the given order, what ``hooks.final`` uploads (the delta
+    ``local - global`` for plain training) or the full local gradient (gradient mode), the
+    ``train_loss`` metric, and the client's new state. ``blobs`` are the task's extra payloads by
+    role (flat vectors), ``states`` each client's state before the round.
     """
+    hooks = hooks or LocalHooks()
     steps = [client_steps(c.num_examples, training, gradient) for c in clients]
     order = sorted(range(len(clients)), key=lambda i: -steps[i])  # stable: longest first
     ordered = [clients[i] for i in order]
@@ -142,6 +170,14 @@ def train_chunk(
     plan = plan_minibatches(sizes, local, passes, training.batch_size, gradient)
     total_steps = len(plan.active)
 
+    spec, names = model.spec, model.names
+    shared = {"global": named_views(spec, names, global_vec)}
+    for role in hooks.blobs:
+        if blobs is None or role not in blobs:
+            raise ValueError(f"local training {hooks.name!r} needs the task's {role!r} blob")
+        shared[role] = named_views(spec, names, blobs[role])
+    own = _stack_states(hooks, spec, names, [states[i] if states else {} for i in order])
+
     trainable, consts = model.split(global_vec)
     params = model.stack(trainable, num)
     accumulated = [torch.zeros_like(p) for p in params] if gradient else params
@@ -152,24 +188,76 @@ def train_chunk(
         y = torch.from_numpy(np.concatenate([c.y_train for c in ordered]))[index]
         w = torch.from_numpy(plan.weights)
         model.module.train()
-        optimizer = None if gradient else make_cohort_optimizer(training, params)
+        optimizer = None if gradient else make_local_optimizer(training, params)
+        hook_loss = vmap(hooks.loss, in_dims=(0, None, 0)) if hooks.has_loss else None
+        hook_grad = vmap(hooks.grad, in_dims=(0, 0, None, 0)) if hooks.has_grad else None
         for t, k in enumerate(plan.active):
             rows = [p[:k] for p in params]
-            loss, grads = model.loss_and_grads(rows, consts, x[t, :k], y[t, :k], w[t, :k])
+            own_k = {g: {n: v[:k] for n, v in ts.items()} for g, ts in own.items()}
+            extra = None if hook_loss is None else _bind(hook_loss, shared, own_k)
+            loss, grads = model.loss_and_grads(rows, consts, x[t, :k], y[t, :k], w[t, :k], extra)
             losses[t, :k] = loss
             with torch.no_grad():
                 if optimizer is None:
                     torch._foreach_add_([a[:k] for a in accumulated], grads)
-                else:
-                    optimizer.step(rows, grads, t)
+                    continue
+                if hook_grad is not None:
+                    hooked = hook_grad(
+                        dict(zip(names, grads, strict=True)),
+                        dict(zip(names, rows, strict=True)),
+                        shared,
+                        own_k,
+                    )
+                    grads = [hooked[n] for n in names]
+                optimizer.step(rows, grads, t)
     flat = model.flatten(accumulated)
     if not gradient:
         flat -= trainable
+    full = model.expand(flat).to(torch.float32)
+    new_states: list[State] = [{} for _ in range(num)]
+    if type(hooks) is LocalHooks or gradient:
+        uploads = full
+    else:
+        delta = named_views(spec, names, full)
+        step_counts = torch.tensor([float(steps[i]) for i in order])
+        with torch.no_grad():
+            parts, state_out = vmap(hooks.final, in_dims=(0, None, 0, 0))(
+                delta, shared, own, step_counts
+            )
+        zeros = torch.zeros_like(full)
+        uploads = torch.cat(
+            [flat_part(spec, part, full if i == 0 else zeros) for i, part in enumerate(parts)], 1
+        )
+        for row in range(num):
+            new_states[row] = state_arrays(
+                {g: {n: v[row] for n, v in ts.items()} for g, ts in state_out.items()}
+            )
     totals = (losses.double() * torch.from_numpy(plan.counts)).sum(0).numpy()
     seen = np.maximum(1, np.ones_like(sizes) if gradient else training.epochs * sizes)
-    updates = model.expand(flat).to(torch.float32).numpy()
+    updates = uploads.numpy()
     unsorted = np.empty_like(updates)
     unsorted[order] = updates
     loss_out = np.empty(num)
     loss_out[order] = totals / seen
-    return ChunkOutcome(unsorted, loss_out.tolist())
+    states_out: list[State] = [{} for _ in range(num)]
+    for row, i in enumerate(order):
+        states_out[i] = {**(states[i] if states else {}), **new_states[row]}
+    return ChunkOutcome(unsorted, loss_out.tolist(), states_out)
+
+
+def _bind(
+    fn: Callable[..., torch.Tensor], shared: Mapping[str, Tensors], own: Mapping[str, Tensors]
+) -> Callable[[Tensors], torch.Tensor]:
+    """``fn(params, shared, own)`` as a function of the params alone."""
+    return lambda params: fn(params, shared, own)
+
+
+def _stack_states(
+    hooks: LocalHooks, spec: ParamSpec, names: Sequence[str], states: Sequence[State]
+) -> dict[str, Tensors]:
+    """Each state group of ``hooks`` as ``(clients, *shape)`` tensors, rows in ``states`` order."""
+    per_client = [state_views(hooks.state, spec, names, s) for s in states]
+    return {
+        group: {n: torch.stack([c[group][n] for c in per_client]) for n in names}
+        for group in hooks.state
+    }

@@ -7,8 +7,12 @@ How work travels:
 
 - ``client_fn`` (and whatever it closes over, such as the dataset) goes to the object store once;
   every actor deserialises it once, when it starts. Nothing is pickled per task.
-- The global params go to the object store once per content hash (``ray.put``), and each actor
-  decodes them once per hash, whatever the number of tasks it runs.
+- Every blob (the global model, a control variate) goes to the object store once per content hash
+  (``ray.put``), and each actor fetches and decodes it once per hash, whatever the number of tasks
+  it runs.
+- Client state stays with the driver (the engine's ``ClientStateStore``): each task travels with
+  its client's state and its result brings the new state back, so it does not matter which actor
+  runs a client, and a replaced worker loses nothing.
 - Tasks are sent in small batches (a few per actor and round) to keep Ray's per-call overhead far
   below the clients' training time; the engine hands out the next batch to whichever actor is free,
   and yields results in completion order (``ray.wait``).
@@ -45,16 +49,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedloom.core.params import Params
-from fedloom.core.task import GlobalParams, Result, Task
-from fedloom.engines.base import ClientFn, execute_task
+from fedloom.client.execute import DecodedBlobs, error_result, execute_task
+from fedloom.client.state import ClientStateStore, State
+from fedloom.core.task import Blob, Blobs, Result, Task
+from fedloom.engines.base import ClientFn, keep_state
 from fedloom.errors import ConfigError
 
 log = logging.getLogger("fedloom")
 
 
 class _ClientWorker:
-    """The body of one Ray actor: holds ``client_fn`` and the decoded global params of one hash."""
+    """The body of one Ray actor: holds ``client_fn`` and the blobs it has fetched, by hash."""
+
+    keep_blobs = 8
 
     def __init__(self, client_fn: ClientFn) -> None:
         # Arrays that come out of Ray's object store are read-only views of shared memory, which
@@ -62,35 +69,36 @@ class _ClientWorker:
         # one. Clients only read their data, so the warning says nothing here.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.client_fn = client_fn
-        self.digest: str | None = None
-        self.global_params: GlobalParams | None = None
-        self.params: Params | None = None
+        self.blobs: dict[str, Blob] = {}
+        self.decoded = DecodedBlobs()
         self.decodes = 0
 
-    def run(self, digest: str, params_ref: list[Any], tasks: list[Task]) -> list[Result]:
-        # The ref arrives wrapped in a list so Ray does not fetch it for every call; it is fetched
-        # and decoded only when the content hash changes.
-        if digest != self.digest:
+    def run(self, refs: dict[str, Any], tasks: list[tuple[Task, State]]) -> list[Result]:
+        # ``refs`` maps digests to object refs; refs nested in a dict are not fetched by Ray on the
+        # call, so a blob is fetched only the first time this actor needs its hash.
+        needed = {d for task, _ in tasks for d in task.blobs.values()}
+        missing = [d for d in needed if d not in self.blobs and d in refs]
+        if missing:
             import ray
 
-            gp: GlobalParams = ray.get(params_ref[0])
-            self.params = gp.spec.unflatten(gp.decode())
-            self.global_params, self.digest = gp, digest
-            self.decodes += 1
-        assert self.global_params is not None and self.params is not None
+            for digest, blob in zip(missing, ray.get([refs[d] for d in missing]), strict=True):
+                self.blobs[digest] = blob
+                self.decodes += 1
+            while len(self.blobs) > self.keep_blobs:
+                self.blobs.pop(next(b for b in self.blobs if b not in needed))
         out = []
-        for task in tasks:
+        for task, state in tasks:
             try:
                 client = self.client_fn(task.client_id)
             except Exception as exc:  # a broken client_fn fails its task, not the round
-                out.append(Result(task, error=f"client_fn({task.client_id}) raised {exc!r}"))
+                out.append(error_result(task, exc))
                 continue
-            out.append(execute_task(client, task, self.params, self.global_params))
+            out.append(execute_task(client, task, self.blobs, state, self.decoded))
         return out
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and diagnostics."""
-        return {"decodes": self.decodes, "digest": self.digest}
+        return {"decodes": self.decodes, "digests": sorted(self.blobs)}
 
 
 @dataclass
@@ -134,7 +142,8 @@ class RayEngine:
         self._actor_cls: Any = None
         self._client_fn_ref: Any = None
         self._pool = _Pool()
-        self._params: tuple[str, Any] | None = None
+        self._refs: dict[str, Any] = {}
+        self.states = ClientStateStore()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -185,7 +194,8 @@ class RayEngine:
             if self._owns_ray:
                 ray.shutdown()
         self._pool = _Pool()
-        self._actor_cls = self._client_fn_ref = self._params = None
+        self._actor_cls = self._client_fn_ref = None
+        self._refs = {}
         self._owns_ray = False
 
     def __enter__(self) -> RayEngine:
@@ -196,14 +206,15 @@ class RayEngine:
 
     # -- running a batch of tasks --------------------------------------------------------------
 
-    def _params_ref(self, global_params: GlobalParams) -> Any:
+    def _blob_refs(self, tasks: Sequence[Task], blobs: Blobs) -> dict[str, Any]:
+        """Object refs of the blobs these tasks name; each hash is put in the store once."""
         import ray
 
-        if self._params is None or self._params[0] != global_params.digest:
-            self._params = (global_params.digest, ray.put(global_params))
-        return self._params[1]
+        needed = {d for t in tasks for d in t.blobs.values() if d in blobs}
+        self._refs = {d: self._refs[d] if d in self._refs else ray.put(blobs[d]) for d in needed}
+        return self._refs
 
-    def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
         """Execute ``tasks`` on the actor pool; yield results as batches complete."""
         if not tasks:
             return
@@ -212,7 +223,7 @@ class RayEngine:
         import ray
         from ray.exceptions import RayActorError, RayError
 
-        digest, ref = global_params.digest, [self._params_ref(global_params)]
+        refs = self._blob_refs(tasks, blobs)
         size = max(1, math.ceil(len(tasks) / (len(self._pool.actors) * self.calls_per_worker)))
         queue: deque[tuple[list[Task], bool]] = deque(
             (list(tasks[i : i + size]), False) for i in range(0, len(tasks), size)
@@ -229,7 +240,8 @@ class RayEngine:
                 return
             batch, retry = queue[pick]
             del queue[pick]
-            in_flight[actor.run.remote(digest, ref, batch)] = _Call(actor, batch, retry)
+            with_state = [(t, self.states.get(t.client_id, t.round)) for t in batch]
+            in_flight[actor.run.remote(refs, with_state)] = _Call(actor, batch, retry)
             busy[id(actor)] = n + 1
 
         # Two batches per actor keep it busy while the driver handles the previous result.
@@ -256,7 +268,8 @@ class RayEngine:
             for other in self._pool.actors:  # idle actors take the retries a crash left behind
                 if queue and not busy.get(id(other)):
                     submit(other)
-            yield from results
+            for result in results:
+                yield keep_state(self.states, result)
 
     def _worker_died(
         self, call: _Call, exc: Exception, queue: deque[tuple[list[Task], bool]]

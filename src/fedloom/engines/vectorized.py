@@ -8,8 +8,11 @@ engine within float tolerance: same minibatch order from each client's own gener
 same optimiser recipe (see ``fedloom.engines._vmap_train``).
 
 What runs vectorised: fit tasks of unmodified ``TorchClient``s whose model, loss and data shapes
-pass a one-off probe (vmapped gradients equal eager ones on a real minibatch). Everything else runs
-exactly as the sequential engine runs it, after one ``VectorizationFallbackWarning`` per cause:
+pass a one-off probe (vmapped gradients equal eager ones on a real minibatch), with whatever local
+hooks (FedProx, SCAFFOLD) and update transforms their task config names: the engine vmaps the
+same hook and transform functions ``TorchClient`` runs eagerly, and keeps each client's state in its
+``ClientStateStore``. Everything else runs exactly as the sequential engine runs it, after one
+``VectorizationFallbackWarning`` per cause:
 
 - clients that are not ``TorchClient`` or override its training;
 - BatchNorm (running statistics are buffers that training mutates), dropout (its masks come from the
@@ -25,22 +28,27 @@ chunk by chunk, in task order within a chunk.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.func import vmap
 
 from fedloom.client.base import Client
-from fedloom.client.torch_client import LocalTraining, TorchClient, client_seed
-from fedloom.core.params import Params
-from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.client.execute import TRANSFORM_STATE, DecodedBlobs, error_result
+from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
+from fedloom.client.state import ClientStateStore, State
+from fedloom.client.torch_client import TorchClient
+from fedloom.core.codec import get_codec
+from fedloom.core.params import ParamSpec
+from fedloom.core.task import FIT, MODEL, Blobs, Result, Task, resolve
 from fedloom.engines._vmap_model import (
     CohortModel,
     NotVectorizable,
@@ -49,7 +57,8 @@ from fedloom.engines._vmap_model import (
     one_line,
 )
 from fedloom.engines._vmap_train import bytes_per_client, client_steps, train_chunk
-from fedloom.engines.base import ClientFn, execute_task
+from fedloom.engines.base import ClientFn, run_one
+from fedloom.transforms import build_pipeline
 
 __all__ = ["VectorizationFallbackWarning", "VectorizedEngine"]
 
@@ -68,11 +77,16 @@ class VectorizationFallbackWarning(UserWarning):
 
 
 class _Group(NamedTuple):
-    """Clients that can share a chunk: same model function, loss, data shapes and training."""
+    """Clients that can share a chunk: same model function, loss, data shapes and training, same
+    hooks with the same blobs, same transforms and upload codec."""
 
     probe: Hashable
     training: LocalTraining
     gradient: bool
+    hooks: Hashable
+    blobs: tuple[tuple[str, str], ...]
+    transforms: str
+    codec: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class _Job:
     client: TorchClient
     seed: int
     steps: int
+    hooks: LocalHooks
 
 
 @dataclass(frozen=True)
@@ -117,25 +132,31 @@ class VectorizedEngine:
         self.client_fn = client_fn
         self.max_memory_mb = float(max_memory_mb)
         self.max_params = max_params
-        self._decoded_cache: tuple[str, Params, torch.Tensor] | None = None
+        self.states = ClientStateStore()
+        self._decoded = DecodedBlobs()
         self._probes: OrderedDict[Hashable, _Probed | str] = OrderedDict()
         self._warned: set[Hashable] = set()
 
-    def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
-        params, vec = self._decoded(global_params)
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
         groups: dict[_Group, list[_Job]] = {}
         sequential: list[tuple[Task, Client | None]] = []
-        too_large = self.max_params is not None and global_params.spec.size > self.max_params
-        if too_large:
-            self._note_too_large(global_params.spec.size)
         for position, task in enumerate(tasks):
-            if task.kind != FIT or too_large:
+            if task.kind != FIT or MODEL not in task.blobs or task.upload is None:
+                sequential.append((task, None))
+                continue
+            try:
+                model_blob = resolve(task, blobs)
+            except ValueError:
+                sequential.append((task, None))  # execute_task reports the missing blob
+                continue
+            if self.max_params is not None and model_blob.spec.size > self.max_params:
+                self._note_too_large(model_blob.spec.size)
                 sequential.append((task, None))
                 continue
             try:
                 client = self.client_fn(task.client_id)
             except Exception as exc:  # a broken client factory fails that client only
-                yield _error(task, exc)
+                yield error_result(task, exc)
                 continue
             planned = self._plan(position, task, client)
             if planned is None:
@@ -144,22 +165,19 @@ class VectorizedEngine:
                 groups.setdefault(planned[0], []).append(planned[1])
 
         for group, jobs in groups.items():
-            probed = self._probe(group, jobs, global_params, vec)
+            model_blob = resolve(jobs[0].task, blobs)
+            vec = self._decoded.tensor(model_blob)
+            probed = self._probe(group, jobs, model_blob.spec, vec)
             if probed is None:
                 sequential.extend((job.task, job.client) for job in jobs)
                 continue
-            yield from self._run_group(probed, group, jobs, params, vec, global_params)
+            yield from self._run_group(probed, group, jobs, blobs, vec)
 
         for task, maybe_client in sequential:
-            try:
-                client = self.client_fn(task.client_id) if maybe_client is None else maybe_client
-            except Exception as exc:
-                yield _error(task, exc)
-                continue
-            yield execute_task(client, task, params, global_params)
+            yield run_one(self.client_fn, task, blobs, self.states, self._decoded, maybe_client)
 
     def close(self) -> None:
-        self._decoded_cache = None
+        self._decoded.clear()
         self._probes.clear()
 
     def _plan(self, position: int, task: Task, client: Client) -> tuple[_Group, _Job] | None:
@@ -184,10 +202,15 @@ class VectorizedEngine:
         config = task.config
         try:
             training = client.training.updated(config)
+            hooks = hooks_for(config, training)
             seed = client_seed(
                 int(config.get("seed", client.seed)), int(config.get("round", 0)), client.client_id
             )
             x, y = np.asarray(client.x_train), np.asarray(client.y_train)
+            transforms = json.dumps(list(config.get("transforms") or []), sort_keys=True)
+            if transforms != "[]":
+                build_pipeline(config["transforms"])
+            assert task.upload is not None
         except Exception:
             return None  # TorchClient.fit raises the same; the sequential path reports it
         if not (
@@ -199,19 +222,30 @@ class VectorizedEngine:
         ):
             return None  # an invalid config: the sequential path returns TorchClient's own error
         gradient = config.get("mode", "train") == "gradient"
+        if gradient and type(hooks) is not LocalHooks:
+            return None  # TorchClient refuses this; the sequential path reports it
         probe = (
             architecture_key(client.model),
             loss_key(client.loss_fn),
             (x.shape[1:], x.dtype.str, y.shape[1:], y.dtype.str),
         )
         steps = client_steps(len(x), training, gradient)
-        return _Group(probe, training, gradient), _Job(position, task, client, seed, steps)
+        group = _Group(
+            probe,
+            training,
+            gradient,
+            hooks.key(),
+            tuple(sorted((r, d) for r, d in task.blobs.items() if r != MODEL)),
+            transforms,
+            task.upload.codec,
+        )
+        return group, _Job(position, task, client, seed, steps, hooks)
 
     def _probe(
-        self, group: _Group, jobs: list[_Job], global_params: GlobalParams, vec: torch.Tensor
+        self, group: _Group, jobs: list[_Job], spec: ParamSpec, vec: torch.Tensor
     ) -> _Probed | None:
         """The cohort model for this group, checked once per architecture; None to fall back."""
-        key = (group.probe, global_params.spec)
+        key = (group.probe, spec)
         cached = self._probes.get(key)
         if cached is None:
             batch = group.training.batch_size
@@ -221,7 +255,7 @@ class VectorizedEngine:
                 x = torch.from_numpy(np.ascontiguousarray(client.x_train[:batch]))
                 y = torch.from_numpy(np.ascontiguousarray(client.y_train[:batch]))
                 try:
-                    model = CohortModel.build(client.model, global_params.spec, client.loss_fn)
+                    model = CohortModel.build(client.model, spec, client.loss_fn)
                     cached = _Probed(model, model.probe(vec, x, y) / len(x))
                 except NotVectorizable as exc:
                     cached = str(exc)
@@ -247,11 +281,10 @@ class VectorizedEngine:
         probed: _Probed,
         group: _Group,
         jobs: list[_Job],
-        params: Params,
+        blobs: Blobs,
         vec: torch.Tensor,
-        global_params: GlobalParams,
     ) -> Iterator[Result]:
-        training, gradient = group.training, group.gradient
+        training, gradient, hooks = group.training, group.gradient, jobs[0].hooks
         first = jobs[0].client
         sample_bytes = first.x_train[:1].nbytes + first.y_train[:1].nbytes
         per_client = bytes_per_client(
@@ -261,13 +294,20 @@ class VectorizedEngine:
             gradient,
             max(j.steps for j in jobs),
             sample_bytes,
+            hooks,
         )
+        extra = {
+            role: self._decoded.tensor(blobs[digest])
+            for role, digest in group.blobs
+            if digest in blobs
+        }
         capacity = max(1, int(self.max_memory_mb * 2**20 // per_client))
         by_steps = sorted(jobs, key=lambda j: -j.steps)  # similar step counts share a chunk
-        codec = global_params.codec
+        codec = get_codec(group.codec)
         for start in range(0, len(by_steps), capacity):
             chunk = sorted(by_steps[start : start + capacity], key=lambda j: j.position)
             began = time.perf_counter()
+            states = [self.states.get(j.task.client_id, j.task.round) for j in chunk]
             try:
                 outcome = train_chunk(
                     probed.model,
@@ -276,32 +316,29 @@ class VectorizedEngine:
                     [j.seed for j in chunk],
                     training,
                     gradient,
+                    hooks,
+                    extra,
+                    states,
                 )
+                uploads = _transform_rows(outcome.updates, [j.task for j in chunk], outcome.states)
+                _check_sizes(uploads, chunk)
             except Exception as exc:
                 self._warn(("runtime", type(exc)), f"a vectorised chunk raised {one_line(exc)}")
                 for job in chunk:
-                    yield execute_task(job.client, job.task, params, global_params)
+                    yield run_one(
+                        self.client_fn, job.task, blobs, self.states, self._decoded, job.client
+                    )
                 continue
             seconds = (time.perf_counter() - began) / len(chunk)
             for row, job in enumerate(chunk):
+                self.states.put(job.task.client_id, job.task.round, outcome.states[row])
                 yield Result(
                     job.task,
                     num_examples=job.client.num_examples,
-                    payload=codec.encode(outcome.updates[row]),
+                    payload=codec.encode(uploads[row]),
                     metrics={"train_loss": outcome.losses[row]},
                     seconds=seconds,
                 )
-
-    def _decoded(self, global_params: GlobalParams) -> tuple[Params, torch.Tensor]:
-        # Every client in this process shares one decoded model; decode once per content hash.
-        if self._decoded_cache is None or self._decoded_cache[0] != global_params.digest:
-            vec = global_params.decode()
-            self._decoded_cache = (
-                global_params.digest,
-                global_params.spec.unflatten(vec),
-                torch.from_numpy(vec),
-            )
-        return self._decoded_cache[1], self._decoded_cache[2]
 
     def _note_too_large(self, size: int) -> None:
         """A deliberate choice, not a failure: say it once, in the log."""
@@ -326,8 +363,36 @@ class VectorizedEngine:
             )
 
 
-def _error(task: Task, exc: Exception) -> Result:
-    """The error Result ``execute_task`` would give, for failures outside the client's methods."""
-    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    at = f" at {where.filename}:{where.lineno}" if where else ""
-    return Result(task, error=f"{type(exc).__name__}: {exc}{at}")
+def _transform_rows(rows: np.ndarray, tasks: Sequence[Task], states: list[State]) -> np.ndarray:
+    """The tasks' transforms (one pipeline for the whole group) over every row at once, with
+    ``vmap``; each client's transform state is read from and written back to ``states``."""
+    specs = tasks[0].config.get("transforms") or []
+    if not specs:
+        return rows
+    pipeline = build_pipeline(specs)
+    prefix = f"{TRANSFORM_STATE}/"
+    own: list[dict[str, torch.Tensor]] = []
+    for state in states:
+        mine = {
+            k[len(prefix) :]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)
+        }
+        own.append(mine or pipeline.init(rows.shape[1]))
+    stacked = {k: torch.stack([o[k] for o in own]) for k in own[0]}
+    ctx: dict[str, Any] = {"round": tasks[0].round}
+
+    def one(vec: torch.Tensor, state: dict[str, torch.Tensor]) -> Any:
+        return pipeline.apply(vec, state, ctx)
+
+    out, new = vmap(one)(torch.from_numpy(rows), stacked)
+    for i, state in enumerate(states):
+        state.update({prefix + k: v[i].numpy().copy() for k, v in new.items()})
+    return out.numpy()  # type: ignore[no-any-return]
+
+
+def _check_sizes(rows: np.ndarray, chunk: Sequence[_Job]) -> None:
+    for job in chunk:
+        assert job.task.upload is not None
+        if rows.shape[1] != job.task.upload.size:
+            raise ValueError(
+                f"the upload has {rows.shape[1]} values, the task expects {job.task.upload.size}"
+            )

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from fedloom.errors import ConfigError
+
 OptState = dict[str, np.ndarray]
 
 
@@ -65,8 +67,14 @@ class ServerAdam:
 
 
 def make_server_optimizer(name: str, lr: float, momentum: float = 0.0) -> ServerOptimizer:
+    """The server optimiser ``name``; an option that does not apply to it is an error."""
     if name == "sgd":
         return ServerSGD(lr=lr, momentum=momentum)
     if name == "adam":
+        if momentum:
+            raise ConfigError(
+                f"strategy.server_momentum={momentum} applies to server_optimizer=sgd (FedAvgM); "
+                "adam keeps its own first moment (beta1): leave server_momentum at 0"
+            )
         return ServerAdam(lr=lr)
     raise ValueError(f"unknown server optimizer {name!r}; choose 'sgd' or 'adam'")

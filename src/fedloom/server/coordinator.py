@@ -1,29 +1,36 @@
 """The coordinator's round loop, independent of how clients execute.
 
-select -> broadcast -> (engine runs clients) -> validate -> aggregate (streaming)
-       -> pseudo-gradient -> server optimiser -> evaluate -> record
+select -> stages (each: send tasks + blobs -> engine runs clients -> validate -> stream to the
+strategy) -> aggregate -> server transforms -> pseudo-gradient -> server optimiser -> evaluate
+-> record
+
+The strategy plans the round as a generator of exchanges (``Strategy.fit_round``); the coordinator
+runs each exchange through the engine, validates every upload against what its task asked for,
+and streams the valid ones back to the strategy. Everything the server keeps between rounds (the
+model, the server optimiser's state, the strategy's state) is in ``checkpoint()``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import GlobalParams, Result
+from fedloom.core.task import Blob, Result, blob_table
+from fedloom.core.validation import decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
-from fedloom.server.validation import decode_update
-from fedloom.strategies.base import Strategy
+from fedloom.strategies.base import Exchange, RoundContext, Strategy, StrategyState
+from fedloom.transforms import build_pipeline
 
 log = logging.getLogger("fedloom")
 
@@ -58,6 +65,20 @@ class Population:
 
 
 @dataclass
+class _Tally:
+    """What one round's exchanges returned, for its record."""
+
+    selected: int = 0
+    returned: int = 0
+    rejected: int = 0
+    failed: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    train_loss: float = 0.0
+    train_weight: int = 0
+
+
+@dataclass
 class Coordinator:
     strategy: Strategy
     engine: Engine
@@ -71,12 +92,20 @@ class Coordinator:
     federated_eval: bool = False
     max_update_bytes: int | None = None
     listeners: Sequence[RoundListener] = ()
+    server_transforms: Sequence[dict[str, Any]] = ()
     opt_state: OptState = field(init=False)
+    strategy_state: StrategyState = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
+        self.strategy_state = self.strategy.init_state(self.params)
+        if self.server_transforms:
+            pipeline = build_pipeline(self.server_transforms)
+            self.strategy_state.update(
+                {f"transforms/{k}": v.numpy() for k, v in pipeline.init(self.spec.size).items()}
+            )
         if self.population.skipped:
             log.warning(
                 "%d clients have no training data and are skipped: %s",
@@ -88,79 +117,160 @@ class Coordinator:
     def global_params(self) -> Params:
         return self.spec.unflatten(self.params)
 
+    # -- state ---------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        """Everything the server keeps between rounds, as named arrays (safetensors-ready):
+        ``params``, ``opt.<name>`` and ``strategy.<name>``."""
+        out = {"params": self.params}
+        out.update({f"opt.{k}": np.asarray(v) for k, v in self.opt_state.items()})
+        out.update({f"strategy.{k}": np.asarray(v) for k, v in self.strategy_state.items()})
+        return out
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load what ``checkpoint`` returned (a resumed run)."""
+        if "params" not in arrays or arrays["params"].shape != self.params.shape:
+            raise ValueError("the checkpoint does not hold this model's params")
+        self.params = np.ascontiguousarray(arrays["params"], dtype=np.float32)
+        self.opt_state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt.")}
+        self.strategy_state = {k[9:]: v for k, v in arrays.items() if k.startswith("strategy.")}
+
+    # -- rounds --------------------------------------------------------------------------------
+
     def run(self, rounds: int, start_round: int = 1) -> list[dict[str, Any]]:
         for r in range(start_round, rounds + 1):
             self.run_round(r, evaluate=r % self.eval_every == 0 or r == rounds)
         return self.history
 
     def run_round(self, r: int, evaluate: bool = True) -> dict[str, Any]:
-        start = time.perf_counter()
-        rng = np.random.default_rng([self.seed, r])
-        tasks = self.strategy.configure_fit(r, self.population.eligible, rng, self.seed)
-        down = GlobalParams.encode(self.spec, self.codec, self.params)
-        for listener in self.listeners:
-            listener.on_round_start(r, len(tasks))
+        """Run round ``r`` and record it in ``history`` (and tell the listeners)."""
+        return self.commit(self.attempt_round(r, evaluate))
 
-        agg = self.strategy.aggregator()
-        agg.begin(self.spec.size)
-        bytes_up, rejected, failed = 0, [], []
-        train_loss, train_weight = 0.0, 0
-        for result in self.engine.run(tasks, down):
-            for listener in self.listeners:
-                listener.on_result(result)
-            cid = result.task.client_id
-            if not result.ok:
-                failed.append(cid)
-                log.warning("round %d: client %d failed: %s", r, cid, result.error)
-                continue
-            bytes_up += len(result.payload or b"")
-            try:
-                vec = decode_update(result, down, self.max_update_bytes)
-            except UpdateRejected as exc:
-                rejected.append(cid)
-                log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
-                continue
-            agg.add(vec, result.num_examples)
-            if "train_loss" in result.metrics:
-                train_loss += result.metrics["train_loss"] * result.num_examples
-                train_weight += result.num_examples
+    def commit(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append a round's record to ``history`` and tell the listeners."""
+        self.history.append(record)
+        for listener in self.listeners:
+            listener.on_round_end(record)
+        return record
+
+    def attempt_round(self, r: int, evaluate: bool = True) -> dict[str, Any]:
+        """Run round ``r`` without recording it: the model and server state change only when
+        the round succeeds (``status: ok``); a failed attempt can be retried as the same round."""
+        start = time.perf_counter()
+        ctx = self._context(r, np.random.default_rng([self.seed, r]))
+        plan = self.strategy.fit_round(ctx)
+        tally = _Tally()
+        aggregate: np.ndarray | None = None
+        try:
+            exchange = next(plan)
+            while True:
+                self._exchange(r, exchange, tally, first=tally.selected == 0)
+                exchange = plan.send(None)
+        except StopIteration as done:
+            aggregate = done.value
 
         record: dict[str, Any] = {
             "round": r,
-            "selected": len(tasks),
-            "returned": agg.count,
-            "rejected": len(rejected),
-            "failed": len(failed),
+            "selected": tally.selected,
+            "returned": tally.returned,
+            "rejected": tally.rejected,
+            "failed": tally.failed,
+            "bytes_down": tally.bytes_down,
+            "bytes_up": tally.bytes_up,
         }
-        transfer = self._transfer(Transfer(len(down.payload) * len(tasks), bytes_up))
-        record["bytes_down"], record["bytes_up"] = transfer.bytes_down, transfer.bytes_up
-        if agg.count >= self.strategy.min_fit_clients:
-            pseudo_grad = self.strategy.pseudo_gradient(agg.finish())
-            self.params, self.opt_state = self.strategy.server_optimizer.step(
+        if aggregate is not None:
+            aggregate = self._server_transforms(aggregate, ctx)
+            pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
+            params, opt_state = self.strategy.server_optimizer.step(
                 self.params, pseudo_grad, self.opt_state
             )
-            self.params = self.params.astype(np.float32, copy=False)
+            self.params = params.astype(np.float32, copy=False)
+            self.opt_state = opt_state
+            self.strategy_state = ctx.state
             record["status"] = "ok"
         else:
             record["status"] = "failed"
-            log.error(
-                "round %d: only %d usable updates, min_fit_clients is %d; the global model "
-                "is unchanged",
-                r,
-                agg.count,
-                self.strategy.min_fit_clients,
-            )
-        if train_weight:
-            record["train_loss"] = train_loss / train_weight
+            log.error("round %d failed: the global model and server state are unchanged", r)
+        if tally.train_weight:
+            record["train_loss"] = tally.train_loss / tally.train_weight
         if evaluate:
             metrics, eval_bytes = self.evaluate(r)
             record.update(metrics)
             record["bytes_down"] += eval_bytes
         record["seconds"] = time.perf_counter() - start
-        self.history.append(record)
-        for listener in self.listeners:
-            listener.on_round_end(record)
         return record
+
+    def _context(
+        self, r: int, rng: np.random.Generator, eligible: Sequence[int] | None = None
+    ) -> RoundContext:
+        return RoundContext(
+            round=r,
+            eligible=self.population.eligible if eligible is None else eligible,
+            rng=rng,
+            seed=self.seed,
+            spec=self.spec,
+            codec=self.codec,
+            params=self.params,
+            model=Blob.encode(self.spec, self.codec, self.params),
+            # The strategy works on a copy: a failed round leaves the server state as it was.
+            state={k: v.copy() for k, v in self.strategy_state.items()},
+            num_clients=len(self.population.eligible),
+        )
+
+    def _exchange(self, r: int, exchange: Exchange, tally: _Tally, first: bool) -> None:
+        tasks = exchange.tasks
+        blobs = blob_table(*exchange.blobs)
+        if first:
+            for listener in self.listeners:
+                listener.on_round_start(r, len(tasks))
+        tally.selected += len(tasks)
+        bytes_up = 0
+        for result in self.engine.run(tasks, blobs):
+            for listener in self.listeners:
+                listener.on_result(result)
+            cid = result.task.client_id
+            if not result.ok:
+                tally.failed += 1
+                log.warning("round %d: client %d failed: %s", r, cid, result.error)
+                continue
+            bytes_up += len(result.payload or b"")
+            try:
+                vec = self._validate(result)
+            except UpdateRejected as exc:
+                tally.rejected += 1
+                log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
+                continue
+            exchange.on_result(result, vec)
+            tally.returned += 1
+            loss = result.metrics.get("train_loss")
+            if loss is not None and np.isfinite(loss):
+                tally.train_loss += loss * result.num_examples
+                tally.train_weight += result.num_examples
+        assumed = sum(len(blobs[d].payload) for t in tasks for d in t.blobs.values() if d in blobs)
+        transfer = self._transfer(Transfer(assumed, bytes_up))
+        tally.bytes_down += transfer.bytes_down
+        tally.bytes_up += transfer.bytes_up
+
+    def _validate(self, result: Result) -> np.ndarray | None:
+        if result.task.upload is None:
+            if result.num_examples < 0:
+                raise UpdateRejected(f"num_examples must be >= 0, got {result.num_examples}")
+            return None
+        return decode_update(result, self.max_update_bytes)
+
+    def _server_transforms(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
+        if not self.server_transforms:
+            return aggregate
+        pipeline = build_pipeline(self.server_transforms)
+        prefix = "transforms/"
+        own = {
+            k[len(prefix) :]: torch.from_numpy(v)
+            for k, v in ctx.state.items()
+            if k.startswith(prefix)
+        }
+        out, new = pipeline.apply(torch.from_numpy(aggregate), own, {"round": ctx.round})
+        ctx.state.update({prefix + k: v.numpy() for k, v in new.items()})
+        return out.numpy().astype(np.float32, copy=False)  # type: ignore[no-any-return]
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         """Central evaluation on the held-out set, and federated evaluation on clients' splits.
@@ -178,11 +288,10 @@ class Coordinator:
 
     def _federated_evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         rng = np.random.default_rng([self.seed, r, 1])
-        eligible = sorted(self.population.has_test_data)
-        tasks = self.strategy.configure_evaluate(r, eligible, rng, self.seed)
-        down = GlobalParams.encode(self.spec, self.codec, self.params)
+        ctx = self._context(r, rng, sorted(self.population.has_test_data))
+        tasks = self.strategy.configure_evaluate(ctx)
         per_metric: dict[str, list[float]] = {}
-        for result in self.engine.run(tasks, down):
+        for result in self.engine.run(tasks, blob_table(ctx.model)):
             if not result.ok:
                 log.warning(
                     "round %d: evaluation on client %d failed: %s",
@@ -191,16 +300,16 @@ class Coordinator:
                     result.error,
                 )
                 continue
-            for k, v in result.metrics.items():
-                # A metric can be undefined on one client (AUC with a single class): leave it out.
-                if math.isfinite(v):
-                    per_metric.setdefault(k, []).append(float(v))
+            kept, _ = finite_metrics(result.metrics)
+            for k, v in kept.items():
+                per_metric.setdefault(k, []).append(v)
         out: dict[str, Any] = {}
         for k, values in per_metric.items():
             higher = k not in ("loss", "rmse", "mae")
             for stat, v in fairness_summary(values, higher_is_better=higher).items():
                 out[f"fed_{k}_{stat}"] = v
-        return out, self._transfer(Transfer(len(down.payload) * len(tasks), 0)).bytes_down
+        sent = len(ctx.model.payload) * len(tasks)
+        return out, self._transfer(Transfer(sent, 0)).bytes_down
 
     def _transfer(self, assumed: Transfer) -> Transfer:
         """The bytes of the engine's latest run: measured if the engine measures them, else

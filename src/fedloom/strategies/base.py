@@ -1,23 +1,82 @@
-"""The strategy interface: selection, per-client config, aggregation, and the server optimiser.
+"""The strategy interface: selection, per-client config, the stages of a round, aggregation, the
+server optimiser, and the server's state between rounds.
 
-A strategy turns the aggregate of client updates into a pseudo-gradient (Reddi et al. 2021) that the
-server optimiser applies. New algorithms subclass ``Strategy`` in one file and override only what
-differs.
+A round is a generator of exchanges (``fit_round``): each ``Exchange`` is one stage, a set of tasks
+with the blobs they name and a callback that receives every validated result as it arrives (so
+aggregation streams). The generator returns the aggregate, which the strategy turns into a
+pseudo-gradient (Reddi et al. 2021) for the server optimiser. FedAvg is one exchange; a protocol
+with several stages (secure aggregation, a clipping bound agreed on first) yields several, and
+each stage can depend on the results of the one before.
+
+Strategy state (SCAFFOLD's server control variate, later cluster models or a privacy accountant) is
+a dict of arrays in ``RoundContext.state``: the coordinator keeps it beside the server optimiser's
+state and checkpoints both with the model. New algorithms subclass ``Strategy`` in one file and
+override only what differs.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedloom.aggregators import Aggregator, WeightedMean
-from fedloom.core.task import EVALUATE, FIT, Task
+from fedloom.aggregators import Aggregator, EmptyAggregate, WeightedMean
+from fedloom.core.codec import Codec
+from fedloom.core.params import ParamSpec
+from fedloom.core.selection import sample_clients
+from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Result, Task, Upload
 from fedloom.optim import ServerOptimizer, ServerSGD
-from fedloom.server.selection import sample_clients
+
+log = logging.getLogger("fedloom")
+
+StrategyState = dict[str, np.ndarray]
+
+
+@dataclass
+class RoundContext:
+    """What a strategy knows when it plans a round."""
+
+    round: int
+    eligible: Sequence[int]
+    rng: np.random.Generator
+    seed: int
+    spec: ParamSpec
+    codec: Codec
+    params: np.ndarray
+    model: Blob
+    state: StrategyState
+    num_clients: int
+
+    def blob(self, vec: np.ndarray) -> Blob:
+        """``vec`` (model-sized) encoded like the model, to send with tasks."""
+        return Blob.encode(self.spec, self.codec, vec)
+
+    def upload(self, parts: int = 1) -> Upload:
+        """An upload of ``parts`` model-sized vectors in the round's codec."""
+        return Upload(self.codec.name, parts * self.spec.size)
+
+
+OnResult = Callable[[Result, "np.ndarray | None"], None]
+
+
+@dataclass
+class Exchange:
+    """One stage of a round: tasks, every blob they name, and where validated results go.
+
+    ``on_result(result, vec)`` is called for each result that passed validation, with its decoded
+    upload (None for tasks that take no upload). Failed and rejected results never reach it.
+    """
+
+    tasks: list[Task]
+    blobs: Sequence[Blob]
+    on_result: OnResult
+
+
+RoundPlan = Generator[Exchange, None, "np.ndarray | None"]
 
 
 @dataclass
@@ -33,26 +92,62 @@ class Strategy(ABC):
     name = "strategy"
     mode = "train"
 
-    def configure_fit(
-        self, round_num: int, eligible: Sequence[int], rng: np.random.Generator, seed: int
-    ) -> list[Task]:
-        """Select this round's clients and give each its fit task."""
-        chosen = sample_clients(eligible, self.fraction_fit, self.min_fit_clients, rng)
-        config = {**self.client_config, "mode": self.mode, "round": round_num, "seed": seed}
-        return [Task(FIT, round_num, cid, config) for cid in chosen]
+    def init_state(self, params: np.ndarray) -> StrategyState:
+        """The server state this algorithm keeps between rounds (none by default)."""
+        return {}
 
-    def configure_evaluate(
-        self, round_num: int, eligible: Sequence[int], rng: np.random.Generator, seed: int
-    ) -> list[Task]:
+    def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
+        """The config every fit task of the round carries."""
+        return {**self.client_config, "mode": self.mode, "round": ctx.round, "seed": ctx.seed}
+
+    def configure_fit(self, ctx: RoundContext) -> list[Task]:
+        """Select this round's clients and give each its fit task on the global model."""
+        chosen = sample_clients(ctx.eligible, self.fraction_fit, self.min_fit_clients, ctx.rng)
+        config = self.fit_config(ctx)
+        blobs = {MODEL: ctx.model.digest}
+        return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
+
+    def fit_round(self, ctx: RoundContext) -> RoundPlan:
+        """One exchange of fit tasks, aggregated as the results stream in."""
+        agg = self.aggregator()
+        agg.begin(ctx.spec.size)
+        yield Exchange(
+            self.configure_fit(ctx),
+            [ctx.model],
+            lambda result, vec: agg.add(_need(vec), result.num_examples),
+        )
+        return self.finish(agg)
+
+    def finish(self, agg: Aggregator) -> np.ndarray | None:
+        """The aggregate, or None (a failed round) when too few usable updates came back."""
+        if agg.count < self.min_fit_clients:
+            log.error(
+                "only %d usable updates, min_fit_clients is %d; the global model is unchanged",
+                agg.count,
+                self.min_fit_clients,
+            )
+            return None
+        try:
+            return agg.finish()
+        except EmptyAggregate as exc:
+            log.error("nothing to aggregate (%s); the global model is unchanged", exc)
+            return None
+
+    def configure_evaluate(self, ctx: RoundContext) -> list[Task]:
         """Select clients for federated evaluation on their local test splits."""
-        chosen = sample_clients(eligible, self.fraction_evaluate, 1, rng)
-        return [
-            Task(EVALUATE, round_num, cid, {"round": round_num, "seed": seed}) for cid in chosen
-        ]
+        chosen = sample_clients(ctx.eligible, self.fraction_evaluate, 1, ctx.rng)
+        config = {"round": ctx.round, "seed": ctx.seed}
+        return [Task(EVALUATE, ctx.round, cid, config, {MODEL: ctx.model.digest}) for cid in chosen]
 
     def aggregator(self) -> Aggregator:
         return WeightedMean(weighted=True)
 
     @abstractmethod
-    def pseudo_gradient(self, aggregate: np.ndarray) -> np.ndarray:
+    def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         """Turn the aggregated client updates into the gradient the server optimiser steps on."""
+
+
+def _need(vec: np.ndarray | None) -> np.ndarray:
+    if vec is None:
+        raise ValueError("a fit result arrived without an update")
+    return vec

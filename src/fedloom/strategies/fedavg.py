@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedloom.strategies.base import Strategy
+from fedloom.strategies.base import RoundContext, Strategy
 
 
 @dataclass
@@ -27,5 +27,5 @@ class FedAvg(Strategy):
     name = "fedavg"
     mode = "train"
 
-    def pseudo_gradient(self, aggregate: np.ndarray) -> np.ndarray:
+    def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         return -aggregate

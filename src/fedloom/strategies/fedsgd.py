@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from fedloom.aggregators import Aggregator, Sum, WeightedMean
-from fedloom.strategies.base import Strategy
+from fedloom.strategies.base import RoundContext, Strategy
 
 
 @dataclass
@@ -33,5 +33,5 @@ class FedSGD(Strategy):
     def aggregator(self) -> Aggregator:
         return Sum() if self.aggregation == "sum" else WeightedMean(weighted=True)
 
-    def pseudo_gradient(self, aggregate: np.ndarray) -> np.ndarray:
+    def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         return aggregate

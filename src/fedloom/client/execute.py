@@ -1,0 +1,205 @@
+"""The client-side half of one exchange, shared by every engine that runs clients in Python and by
+the deployment client: resolve the task's blobs, run the client, pass the update through the
+task's transforms, encode it with the task's upload codec.
+
+Task kinds are handled by stage handlers: ``fit`` and ``evaluate`` are built in, and multi-stage
+protocols register their client stages with ``register_stage`` (a deployment client advertises the
+kinds it has handlers for when it joins).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedloom.client.base import Client, ClientContext
+from fedloom.client.state import State
+from fedloom.core.codec import get_codec
+from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Blobs, Result, Task, resolve
+from fedloom.transforms import build_pipeline
+
+
+@dataclass
+class StageOutput:
+    """What a stage handler returns: the upload vector (None for metrics only), the example count
+    and metrics. The handler updates ``context.state`` in place."""
+
+    upload: np.ndarray | None
+    num_examples: int
+    metrics: dict[str, float]
+
+
+StageHandler = Callable[[Client, Task, Params, ClientContext], StageOutput]
+STAGES: dict[str, StageHandler] = {}
+
+
+def register_stage(kind: str, handler: StageHandler) -> None:
+    """Let clients run tasks of ``kind`` (a stage of a multi-stage protocol)."""
+    STAGES[kind] = handler
+
+
+@functools.cache
+def _takes_context(method: Callable[..., object]) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "context" in params or len(params) >= 3
+
+
+def call_with_context(
+    method: Callable[..., object], params: Params, task: Task, context: ClientContext
+) -> object:
+    """``method(params, config, context)``, or ``method(params, config)`` for clients written
+    without a context when the task needs none."""
+    func = getattr(method, "__func__", method)
+    if _takes_context(func):
+        return method(params, task.config, context)
+    if context.blobs or context.state:
+        raise TypeError(
+            f"this {task.kind} task sends {sorted(context.blobs) or 'client state'}, but "
+            f"{type(getattr(method, '__self__', method)).__name__}.{func.__name__} takes no "
+            "context argument; add `context: ClientContext` to it or use TorchClient"
+        )
+    return method(params, task.config)
+
+
+def _fit(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
+    fit = call_with_context(client.fit, params, task, context)
+    size = task.upload.size if task.upload is not None else None
+    update = fit.update  # type: ignore[attr-defined]
+    if isinstance(update, np.ndarray):
+        if update.ndim != 1 or (size is not None and update.shape[0] != size):
+            raise ValueError(f"the update has shape {update.shape}, the task expects {size} values")
+        vec = update.astype(np.float32, copy=False)
+    else:
+        vec = ParamSpec.of(params).flatten(update)
+        if size is not None and vec.shape[0] != size:
+            raise ValueError(f"the update has {vec.shape[0]} values, the task expects {size}")
+    return StageOutput(vec, int(fit.num_examples), dict(fit.metrics))  # type: ignore[attr-defined]
+
+
+def _evaluate(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
+    ev = call_with_context(client.evaluate, params, task, context)
+    metrics = {"loss": float(ev.loss), **ev.metrics}  # type: ignore[attr-defined]
+    return StageOutput(None, int(ev.num_examples), metrics)  # type: ignore[attr-defined]
+
+
+register_stage(FIT, _fit)
+register_stage(EVALUATE, _evaluate)
+
+TRANSFORM_STATE = "transforms"
+
+
+def apply_transforms(vec: np.ndarray, task: Task, state: State) -> np.ndarray:
+    """Run the task's ``transforms`` config on one upload; their state lives in client state."""
+    specs = task.config.get("transforms") or []
+    if not specs:
+        return vec
+    pipeline = build_pipeline(specs)
+    prefix = f"{TRANSFORM_STATE}/"
+    own = {k[len(prefix) :]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)}
+    if not own:
+        own = pipeline.init(vec.shape[0])
+    ctx = {"round": task.round, "client_id": task.client_id}
+    out, new = pipeline.apply(torch.from_numpy(vec), own, ctx)
+    state.update({prefix + k: v.numpy().copy() for k, v in new.items()})
+    return out.numpy()
+
+
+class DecodedBlobs:
+    """Decoded blob vectors by content hash, decoded once per hash.
+
+    ``vector`` hands out read-only views, so a client cannot edit what the next client receives;
+    ``tensor`` shares the same memory as a torch tensor for engines that only read it.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def _decoded(self, blob: Blob) -> np.ndarray:
+        vec = self._vectors.get(blob.digest)
+        if vec is None:
+            vec = self._vectors[blob.digest] = blob.decode()
+            while len(self._vectors) > self.keep:
+                self._vectors.pop(next(iter(self._vectors)))
+        return vec
+
+    def vector(self, blob: Blob) -> np.ndarray:
+        view = self._decoded(blob).view()
+        view.setflags(write=False)
+        return view
+
+    def tensor(self, blob: Blob) -> torch.Tensor:
+        return torch.from_numpy(self._decoded(blob))
+
+    def clear(self) -> None:
+        self._vectors.clear()
+
+
+def execute_task(
+    client: Client,
+    task: Task,
+    blobs: Blobs,
+    state: State | None = None,
+    decoded: DecodedBlobs | None = None,
+) -> Result:
+    """Run one task on one client. A client that raises yields an error Result, never a crash.
+
+    ``state`` is the client's state before the task; the Result carries it after the task. The
+    client gets its own writable copy of the params, so nothing it does to them reaches another.
+    """
+    start = time.perf_counter()
+    decoded = decoded or DecodedBlobs()
+    try:
+        handler = STAGES.get(task.kind)
+        if handler is None:
+            raise ValueError(f"this client does not handle task kind {task.kind!r}")
+        model = resolve(task, blobs)
+        params = model.spec.unflatten(decoded.vector(model).copy())
+        context = ClientContext(
+            blobs={
+                role: decoded.vector(resolve(task, blobs, role))
+                for role in task.blobs
+                if role != MODEL
+            },
+            state=dict(state or {}),
+        )
+        out = handler(client, task, params, context)
+        payload = None
+        if task.upload is not None:
+            if out.upload is None:
+                raise ValueError(f"the {task.kind} task expects an upload and none was made")
+            vec = apply_transforms(out.upload, task, context.state)
+            payload = get_codec(task.upload.codec).encode(vec)
+        return Result(
+            task,
+            num_examples=out.num_examples,
+            payload=payload,
+            metrics=out.metrics,
+            seconds=time.perf_counter() - start,
+            state=context.state,
+        )
+    except Exception as exc:  # one client's failure must not stop the round
+        return error_result(task, exc, time.perf_counter() - start)
+
+
+def error_result(task: Task, exc: BaseException, seconds: float = 0.0) -> Result:
+    """The error Result of a task whose client (or its factory) raised: type, message, place."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" at {where.filename}:{where.lineno}" if where else ""
+    return Result(task, error=f"{type(exc).__name__}: {exc}{at}", seconds=seconds)
+
+
+def check_kinds(kinds: Mapping[str, object]) -> list[str]:
+    """The task kinds this process can run (for a deployment client's Join)."""
+    return sorted(STAGES) if not kinds else sorted(k for k in kinds if k in STAGES)

@@ -1,0 +1,22 @@
+"""Update transforms in the style of optax: ``init(size) -> state`` and
+``apply(vec, state, ctx) -> (vec, state)``, combined with ``chain``."""
+
+from fedloom.transforms.base import (
+    TRANSFORMS,
+    Transform,
+    TransformState,
+    build_pipeline,
+    chain,
+    register_transform,
+)
+from fedloom.transforms.clip import clip_by_l2_norm
+
+__all__ = [
+    "TRANSFORMS",
+    "Transform",
+    "TransformState",
+    "build_pipeline",
+    "chain",
+    "clip_by_l2_norm",
+    "register_transform",
+]
