@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedloom.aggregators import Sum, WeightedMean
+from fedloom.aggregators import EmptyAggregate, Sum, WeightedMean
 
 
 def test_weighted_mean_by_num_examples() -> None:
@@ -27,5 +27,10 @@ def test_unweighted_mean_and_sum() -> None:
 def test_empty_aggregate_is_an_error() -> None:
     agg = WeightedMean()
     agg.begin(2)
-    with pytest.raises(ValueError, match="no updates"):
+    with pytest.raises(EmptyAggregate, match="0 updates, total weight 0"):
         agg.finish()
+    agg.add(np.ones(2, np.float32), 0)  # a client with no examples carries no weight
+    with pytest.raises(EmptyAggregate, match="1 updates, total weight 0"):
+        agg.finish()
+    with pytest.raises(EmptyAggregate, match="no updates"):
+        Sum().finish()

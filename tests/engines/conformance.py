@@ -21,7 +21,17 @@ import torch
 from fedloom.client.torch_client import TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.core.task import (
+    FIT,
+    MODEL,
+    Blob,
+    Blobs,
+    GlobalParams,
+    Result,
+    Task,
+    Upload,
+    blob_table,
+)
 from fedloom.engines import ClientFn, Engine, SequentialEngine
 from fedloom.engines.vectorized import VectorizationFallbackWarning, VectorizedEngine
 from fedloom.models import build_model
@@ -36,6 +46,28 @@ ENGINE_FACTORIES: dict[str, EngineFactory] = {
     "vectorized-chunked": lambda client_fn: VectorizedEngine(client_fn, max_memory_mb=1e-3),
     "ray": shared_ray_engine,
 }
+ENGINE_MARKS: dict[str, list[pytest.MarkDecorator]] = {"ray": [pytest.mark.ray]}
+
+
+def engine_params() -> list[Any]:
+    """``ENGINE_FACTORIES`` as pytest parameters, each with its marks (``-m "not ray"``)."""
+    return [pytest.param(name, marks=ENGINE_MARKS.get(name, [])) for name in ENGINE_FACTORIES]
+
+
+def fit_task(
+    model: Blob,
+    client_id: int,
+    config: Mapping[str, Any],
+    round_num: int = 3,
+    extra: Mapping[str, Blob] | None = None,
+    parts: int = 1,
+) -> Task:
+    """A fit task on ``model`` (and ``extra`` blobs by role), uploading ``parts`` model-sized
+    float32 vectors."""
+    blobs = {MODEL: model.digest, **{role: b.digest for role, b in (extra or {}).items()}}
+    return Task(
+        FIT, round_num, client_id, config, blobs, Upload("float32", parts * model.spec.size)
+    )
 
 
 @contextmanager
@@ -97,10 +129,14 @@ class World:
     global_params: GlobalParams
     case: Case
 
+    @property
+    def blobs(self) -> Blobs:
+        return blob_table(self.global_params)
+
     def tasks(self, client_ids: Sequence[int] | None = None, round_num: int = 3) -> list[Task]:
         ids = range(len(self.case.sizes)) if client_ids is None else client_ids
         config = {**self.case.config, "round": round_num, "seed": 7}
-        return [Task(FIT, round_num, cid, config) for cid in ids]
+        return [fit_task(self.global_params, cid, config, round_num) for cid in ids]
 
 
 def make_world(case: Case) -> World:
@@ -136,12 +172,13 @@ def make_world(case: Case) -> World:
 
 
 def run_engine(
-    factory: EngineFactory, client_fn: ClientFn, tasks: Sequence[Task], gp: GlobalParams
+    factory: EngineFactory, client_fn: ClientFn, tasks: Sequence[Task], blobs: Blobs | GlobalParams
 ) -> dict[int, Result]:
     """Results by client id; every task gets exactly one."""
     engine = factory(client_fn)
+    table = blob_table(blobs) if isinstance(blobs, Blob) else blobs
     try:
-        results = list(engine.run(tasks, gp))
+        results = list(engine.run(tasks, table))
     finally:
         engine.close()
     assert sorted(r.task.client_id for r in results) == sorted(t.client_id for t in tasks)
@@ -155,7 +192,7 @@ CASES_BY_NAME = {case.name: case for case in CASES}
 def reference(case_name: str) -> dict[int, Result]:
     """What the sequential engine returns for every client of the case (computed once)."""
     world = make_world(CASES_BY_NAME[case_name])
-    return run_engine(SequentialEngine, world.client_fn, world.tasks(), world.global_params)
+    return run_engine(SequentialEngine, world.client_fn, world.tasks(), world.blobs)
 
 
 def update(result: Result) -> np.ndarray:

@@ -16,19 +16,22 @@ import torch
 
 from fedloom.client.base import Client, EvalResult, FitResult
 from fedloom.client.torch_client import LocalTraining, TorchClient, get_params
+from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import EVALUATE, FIT, Task
+from fedloom.core.task import EVALUATE, MODEL, GlobalParams, Result, Task, blob_table
 from fedloom.data import load_dataset, partition
 from fedloom.engines import SequentialEngine
 from fedloom.models import build_model
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.strategies import FedAvg, FedSGD, Strategy
+from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
 from tests.engines.conformance import (
     CASES,
     CASES_BY_NAME,
     ENGINE_FACTORIES,
     allow_fallback_warnings,
     assert_same_result,
+    engine_params,
+    fit_task,
     make_world,
     reference,
     run_engine,
@@ -37,7 +40,7 @@ from tests.engines.conformance import (
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-ENGINES = pytest.mark.parametrize("engine", list(ENGINE_FACTORIES))
+ENGINES = pytest.mark.parametrize("engine", engine_params())
 
 
 @ENGINES
@@ -45,7 +48,7 @@ ENGINES = pytest.mark.parametrize("engine", list(ENGINE_FACTORIES))
 def test_fit_results_match_the_sequential_engine(engine: str, case: Any) -> None:
     world = make_world(case)
 
-    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, world.tasks(), world.global_params)
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, world.tasks(), world.blobs)
 
     want = reference(case.name)
     for cid, result in want.items():
@@ -58,11 +61,9 @@ def test_a_client_result_does_not_depend_on_its_cohort(engine: str, case_name: s
     world = make_world(CASES_BY_NAME[case_name])
     factory, want = ENGINE_FACTORIES[engine], reference(case_name)
 
-    alone = run_engine(factory, world.client_fn, world.tasks([1]), world.global_params)
-    pair = run_engine(factory, world.client_fn, world.tasks([4, 1]), world.global_params)
-    reordered = run_engine(
-        factory, world.client_fn, world.tasks([3, 1, 0, 4, 2]), world.global_params
-    )
+    alone = run_engine(factory, world.client_fn, world.tasks([1]), world.blobs)
+    pair = run_engine(factory, world.client_fn, world.tasks([4, 1]), world.blobs)
+    reordered = run_engine(factory, world.client_fn, world.tasks([3, 1, 0, 4, 2]), world.blobs)
 
     for results in (alone, pair, reordered):
         assert_same_result(results[1], want[1])
@@ -72,11 +73,12 @@ def test_a_client_result_does_not_depend_on_its_cohort(engine: str, case_name: s
 @ENGINES
 def test_evaluate_tasks_match_the_sequential_engine(engine: str) -> None:
     world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
-    tasks = [Task(EVALUATE, 1, cid, {"round": 1}) for cid in range(5)]
+    model = {MODEL: world.global_params.digest}
+    tasks = [Task(EVALUATE, 1, cid, {"round": 1}, model) for cid in range(5)]
 
-    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.global_params)
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.blobs)
 
-    want = run_engine(SequentialEngine, world.client_fn, tasks, world.global_params)
+    want = run_engine(SequentialEngine, world.client_fn, tasks, world.blobs)
     for cid, result in want.items():
         assert got[cid].ok and got[cid].num_examples == result.num_examples
         assert got[cid].metrics == pytest.approx(result.metrics, rel=1e-5)
@@ -111,7 +113,7 @@ def test_user_clients_and_failures_mix_with_torch_clients(engine: str) -> None:
 
     with allow_fallback_warnings():
         got = run_engine(
-            ENGINE_FACTORIES[engine], client_fn, world.tasks([0, 10, 1, 11, 2]), world.global_params
+            ENGINE_FACTORIES[engine], client_fn, world.tasks([0, 10, 1, 11, 2]), world.blobs
         )
 
     assert got[11].error is not None and "RuntimeError: sensor offline" in got[11].error
@@ -158,6 +160,11 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     ),
     "fedavg-adam": lambda: FedAvg(client_config={"optimizer": "adam", "lr": 1e-3, "epochs": 2}),
     "fedsgd": lambda: FedSGD(client_config={"batch_size": 16}),
+    "fedprox": lambda: FedProx(
+        proximal_mu=0.5, fraction_fit=0.75, client_config={"momentum": 0.9, "lr": 0.1}
+    ),
+    # Two rounds at 3/4 participation: clients in both rounds start round 2 from their own c_i.
+    "scaffold": lambda: Scaffold(fraction_fit=0.75, client_config={"lr": 0.1}),
 }
 
 
@@ -186,11 +193,102 @@ def test_two_coordinator_rounds_give_the_same_global_model(engine: str, strategy
 @ENGINES
 def test_every_fit_task_is_answered_once_with_its_own_task(engine: str) -> None:
     world = make_world(CASES_BY_NAME["mlp-plain-sgd"])
-    tasks = [*world.tasks([2, 0]), Task(FIT, 3, 1, {"round": 3, "seed": 7, "lr": 0.2})]
+    tasks = [
+        *world.tasks([2, 0]),
+        fit_task(world.global_params, 1, {"round": 3, "seed": 7, "lr": 0.2}),
+    ]
 
-    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.global_params)
+    got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, tasks, world.blobs)
 
-    want = run_engine(SequentialEngine, world.client_fn, tasks, world.global_params)
+    want = run_engine(SequentialEngine, world.client_fn, tasks, world.blobs)
     for cid, result in want.items():
         assert got[cid].task is tasks[[t.client_id for t in tasks].index(cid)]
         assert_same_result(got[cid], result)
+
+
+HOOKS = {
+    "fedprox": {"local": {"name": "fedprox", "proximal_mu": 0.5}},
+    "scaffold": {"local": {"name": "scaffold"}},
+}
+
+
+def _hooked_rounds(
+    engine: str, case_name: str, algorithm: str
+) -> tuple[list[dict[int, Result]], dict[int, dict[str, np.ndarray]]]:
+    """Rounds 2 and 3 of ``algorithm``'s local training on one engine (each client's state
+    carried from round 2 into round 3), and every client's state after round 3."""
+    world = make_world(CASES_BY_NAME[case_name])
+    spec = world.global_params.spec
+    rng = np.random.default_rng(5)
+    control = GlobalParams.encode(
+        spec, Float32Codec(), rng.normal(scale=0.05, size=spec.size).astype(np.float32)
+    )
+    scaffold = algorithm == "scaffold"
+    extra = {"control": control} if scaffold else {}
+    engine_obj = ENGINE_FACTORIES[engine](world.client_fn)
+    rounds = []
+    try:
+        for r in (2, 3):
+            config = {**world.case.config, **HOOKS[algorithm], "round": r, "seed": 7}
+            tasks = [
+                fit_task(world.global_params, cid, config, r, extra, parts=2 if scaffold else 1)
+                for cid in range(len(world.case.sizes))
+            ]
+            results = list(engine_obj.run(tasks, blob_table(world.global_params, control)))
+            rounds.append({res.task.client_id: res for res in results})
+        states = {cid: engine_obj.states.get(cid, 4) for cid in range(len(world.case.sizes))}  # type: ignore[attr-defined]
+    finally:
+        engine_obj.close()
+    return rounds, states
+
+
+@functools.cache
+def _hooked_reference(
+    case_name: str, algorithm: str
+) -> tuple[list[dict[int, Result]], dict[int, dict[str, np.ndarray]]]:
+    return _hooked_rounds("sequential", case_name, algorithm)
+
+
+@ENGINES
+@pytest.mark.parametrize("case_name", ["mlp-sgd-unequal", "cnn-sgd-equal", "mlp-adam-unequal"])
+@pytest.mark.parametrize("algorithm", ["fedprox", "scaffold"])
+def test_hooked_local_training_and_client_state_match_the_sequential_engine(
+    engine: str, case_name: str, algorithm: str
+) -> None:
+    got_rounds, got_states = _hooked_rounds(engine, case_name, algorithm)
+
+    want_rounds, want_states = _hooked_reference(case_name, algorithm)
+    # SCAFFOLD's delta_c is -delta / (K * lr): it carries delta's float error times 1 / (K * lr).
+    atol = 3e-5 if algorithm == "scaffold" else 1e-5
+    for got, want in zip(got_rounds, want_rounds, strict=True):
+        for cid, result in want.items():
+            assert_same_result(got[cid], result, atol=atol)
+    for cid, state in want_states.items():
+        if algorithm == "scaffold":
+            assert sorted(got_states[cid]) == sorted(state) and state
+        for key, value in state.items():
+            np.testing.assert_allclose(got_states[cid][key], value, rtol=1e-4, atol=atol)
+
+
+def test_scaffold_round_three_starts_from_the_control_variate_round_two_left() -> None:
+    rounds, states = _hooked_reference("mlp-sgd-unequal", "scaffold")
+    world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
+    spec = world.global_params.spec
+    rng = np.random.default_rng(5)
+    control = GlobalParams.encode(
+        spec, Float32Codec(), rng.normal(scale=0.05, size=spec.size).astype(np.float32)
+    )
+    config = {**world.case.config, **HOOKS["scaffold"], "round": 3, "seed": 7}
+    task = fit_task(world.global_params, 1, config, 3, {"control": control}, parts=2)
+
+    # The same round-3 task on a client that never trained: c_i = 0 instead of round 2's c_i.
+    fresh = run_engine(
+        SequentialEngine, world.client_fn, [task], blob_table(world.global_params, control)
+    )
+
+    carried = update(rounds[1][1])
+    assert np.abs(update(fresh[1]) - carried).max() > 1e-3
+    # option II: the uploaded delta_c is c_i(round 3) - c_i(round 2), and the state holds c_i
+    c_i_after = np.concatenate([states[1][f"scaffold_control/{n}"].ravel() for n in spec.names])
+    c_i_before = c_i_after - carried[spec.size :]
+    assert np.abs(c_i_before).max() > 0

@@ -21,7 +21,7 @@ from fedloom.client.base import Client, EvalResult, FitResult
 from fedloom.config import load_config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import FIT, GlobalParams, Task
+from fedloom.core.task import FIT, MODEL, GlobalParams, Task, Upload, blob_table
 from fedloom.engines import ClientFn
 from fedloom.engines.ray_engine import RayEngine
 from fedloom.simulation import Simulation
@@ -34,6 +34,7 @@ GP = GlobalParams.encode(
     Float32Codec(),
     np.zeros(SIZE, np.float32),
 )
+BLOBS = blob_table(GP)
 
 
 def _ray_test_env() -> None:
@@ -87,7 +88,8 @@ class Clients:
 
 
 def _fit_tasks(ids: list[int], round_num: int = 1) -> list[Task]:
-    return [Task(FIT, round_num, cid, {"round": round_num}) for cid in ids]
+    model, upload = {MODEL: GP.digest}, Upload("float32", SIZE)
+    return [Task(FIT, round_num, cid, {"round": round_num}, model, upload) for cid in ids]
 
 
 def test_importing_fedloom_does_not_import_ray() -> None:
@@ -134,8 +136,8 @@ def test_failing_and_dying_clients_give_error_results_and_the_pool_recovers() ->
     engine = shared_ray_engine(Clients(broken))
     engine.num_workers = 3  # more workers than the 2 CPUs: they must share, not wait forever
     try:
-        results = {r.task.client_id: r for r in engine.run(_fit_tasks(list(range(10))), GP)}
-        again = {r.task.client_id: r for r in engine.run(_fit_tasks([0, 1, 3], 2), GP)}
+        results = {r.task.client_id: r for r in engine.run(_fit_tasks(list(range(10))), BLOBS)}
+        again = {r.task.client_id: r for r in engine.run(_fit_tasks([0, 1, 3], 2), BLOBS)}
         workers = len(engine.worker_stats())
     finally:
         engine.close()
@@ -144,7 +146,7 @@ def test_failing_and_dying_clients_give_error_results_and_the_pool_recovers() ->
     err2, err5, err7 = (results[c].error or "" for c in (2, 5, 7))
     assert "RuntimeError: client 2 ran out of battery" in err2
     assert "worker died running client 5" in err5
-    assert "client_fn(7) raised KeyError" in err7
+    assert "KeyError: 'no data for client 7'" in err7
     for cid in (0, 1, 3, 4, 6, 8, 9):
         assert results[cid].ok, results[cid].error
         np.testing.assert_array_equal(
@@ -158,7 +160,7 @@ def test_failing_and_dying_clients_give_error_results_and_the_pool_recovers() ->
 def test_no_tasks_start_nothing_and_close_is_idempotent() -> None:
     engine = RayEngine(Clients({}))
 
-    assert list(engine.run([], GP)) == []
+    assert list(engine.run([], BLOBS)) == []
 
     assert engine.worker_stats() == []
     engine.close()

@@ -18,13 +18,14 @@ from fedloom.client.base import FitResult
 from fedloom.client.torch_client import LossFn, TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import FIT, GlobalParams, Task
+from fedloom.core.task import GlobalParams, Task, blob_table
 from fedloom.engines import SequentialEngine, _vmap_train
 from fedloom.engines.vectorized import VectorizationFallbackWarning, VectorizedEngine
 from fedloom.models import LinearModel
 from tests.engines.conformance import (
     CASES_BY_NAME,
     assert_same_result,
+    fit_task,
     make_world,
     reference,
     run_engine,
@@ -97,16 +98,16 @@ def _world(
     return client_fn, GlobalParams.encode(spec, Float32Codec(), spec.flatten(init))
 
 
-def _tasks(n: int = len(SIZES), round_num: int = 1) -> list[Task]:
-    return [Task(FIT, round_num, cid, {**CONFIG, "round": round_num}) for cid in range(n)]
+def _tasks(gp: GlobalParams, n: int = len(SIZES), round_num: int = 1) -> list[Task]:
+    return [fit_task(gp, cid, {**CONFIG, "round": round_num}, round_num) for cid in range(n)]
 
 
 def _assert_matches_sequential(
     client_fn: Callable[[int], TorchClient], gp: GlobalParams, engine: VectorizedEngine
 ) -> None:
-    tasks = _tasks()
+    tasks = _tasks(gp)
     want = run_engine(SequentialEngine, client_fn, tasks, gp)
-    got = {r.task.client_id: r for r in engine.run(tasks, gp)}
+    got = {r.task.client_id: r for r in engine.run(tasks, blob_table(gp))}
     for cid, result in want.items():
         assert_same_result(got[cid], result, rtol=1e-6, atol=1e-7)
 
@@ -202,9 +203,9 @@ def test_a_chunk_that_raises_is_rerun_client_by_client() -> None:
         return client
 
     with pytest.warns(VectorizationFallbackWarning, match="a vectorised chunk raised"):
-        got = run_engine(VectorizedEngine, with_bad_label, _tasks(), gp)
+        got = run_engine(VectorizedEngine, with_bad_label, _tasks(gp), gp)
 
-    want = run_engine(SequentialEngine, with_bad_label, _tasks(), gp)
+    want = run_engine(SequentialEngine, with_bad_label, _tasks(gp), gp)
     assert got[2].error is not None and want[2].error is not None
     assert got[2].error.split(" at ")[0] == want[2].error.split(" at ")[0]
     for cid in (0, 1, 3):
@@ -222,7 +223,7 @@ def test_a_bad_client_at_the_probe_does_not_disable_vectorisation() -> None:
         return client
 
     with pytest.warns(VectorizationFallbackWarning, match="a vectorised chunk raised"):
-        got = run_engine(VectorizedEngine, first_is_bad, _tasks(), gp)
+        got = run_engine(VectorizedEngine, first_is_bad, _tasks(gp), gp)
 
     assert got[0].error is not None and all(got[c].ok for c in (1, 2, 3))
 
@@ -231,9 +232,9 @@ def test_clients_without_data_return_a_zero_update() -> None:
     torch.manual_seed(0)
     client_fn, gp = _world(LinearModel(4, 3), sizes=(0, 6, 0))
 
-    got = run_engine(VectorizedEngine, client_fn, _tasks(3), gp)
+    got = run_engine(VectorizedEngine, client_fn, _tasks(gp, 3), gp)
 
-    want = run_engine(SequentialEngine, client_fn, _tasks(3), gp)
+    want = run_engine(SequentialEngine, client_fn, _tasks(gp, 3), gp)
     for cid in range(3):
         assert_same_result(got[cid], want[cid])
     assert not np.frombuffer(got[0].payload or b"", np.float32).any()
@@ -256,7 +257,7 @@ def test_results_stream_out_chunk_by_chunk(monkeypatch: pytest.MonkeyPatch) -> N
     world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
     engine = VectorizedEngine(world.client_fn, max_memory_mb=1e-3)
 
-    stream = engine.run(world.tasks(), world.global_params)
+    stream = engine.run(world.tasks(), world.blobs)
     first = next(stream)
 
     assert chunks == [1]
@@ -270,7 +271,7 @@ def test_one_chunk_yields_results_in_task_order(monkeypatch: pytest.MonkeyPatch)
     world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
     tasks = world.tasks([3, 0, 4, 1, 2])
 
-    results = list(VectorizedEngine(world.client_fn).run(tasks, world.global_params))
+    results = list(VectorizedEngine(world.client_fn).run(tasks, world.blobs))
 
     assert chunks == [5]
     assert [r.task for r in results] == tasks
@@ -286,7 +287,7 @@ def test_a_thousand_clients_are_split_to_fit_the_memory_budget(
     sizes = tuple(int(n) for n in np.random.default_rng(1).integers(1, 12, 1000))
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 3))
     client_fn, gp = _world(model, sizes=sizes)
-    tasks = _tasks(len(sizes))
+    tasks = _tasks(gp, len(sizes))
 
     got = run_engine(lambda fn: VectorizedEngine(fn, max_memory_mb=2.0), client_fn, tasks, gp)
 
@@ -314,9 +315,9 @@ def test_models_over_max_params_run_client_by_client_exactly_like_sequential(
     capped = VectorizedEngine(client_fn, max_params=14)
     with caplog.at_level("INFO", logger="fedloom"), warnings.catch_warnings():
         warnings.simplefilter("error")  # a deliberate choice, not a fallback: no warning
-        tasks = _tasks()
+        tasks = _tasks(gp)
         want = run_engine(SequentialEngine, client_fn, tasks, gp)
-        got = {r.task.client_id: r for r in capped.run(tasks, gp)}
+        got = {r.task.client_id: r for r in capped.run(tasks, blob_table(gp))}
         for cid, result in want.items():
             assert_same_result(got[cid], result, rtol=0, atol=0)
     assert "the model has 15 parameters, over engine.max_params=14" in caplog.text

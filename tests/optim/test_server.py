@@ -19,3 +19,16 @@ def test_adam_first_step() -> None:
     params, _ = opt.step(params, np.array([2.0], np.float32), opt.init(params))
     # m = 0.2, v = 0.04 -> step = 0.1 * 0.2 / 0.2
     np.testing.assert_allclose(params, [-0.1], rtol=1e-6)
+
+
+def test_an_option_the_chosen_server_optimizer_ignores_is_a_config_error() -> None:
+    import pytest
+
+    from fedloom.errors import ConfigError
+    from fedloom.optim import make_server_optimizer
+
+    with pytest.raises(ConfigError, match="server_momentum=0.9 applies to server_optimizer=sgd"):
+        make_server_optimizer("adam", 0.01, momentum=0.9)
+    assert make_server_optimizer("sgd", 1.0, momentum=0.9).init(np.zeros(2))["momentum"].shape == (
+        2,
+    )

@@ -9,13 +9,13 @@ import pytest
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.core.selection import sample_clients
+from fedloom.core.task import FIT, MODEL, Result, Task, Upload
+from fedloom.core.validation import decode_update
 from fedloom.engines import SequentialEngine
 from fedloom.engines.base import MeasuresTransfer, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.server.selection import sample_clients
-from fedloom.server.validation import decode_update
 from fedloom.strategies import FedAvg
 
 SPEC = ParamSpec(names=("w",), shapes=((2,),), dtypes=("<f4",))
@@ -88,16 +88,25 @@ def test_too_few_results_leave_the_model_unchanged() -> None:
     np.testing.assert_array_equal(coord.params, [1.0, 1.0])
 
 
-def test_validation_rejects_garbage_oversize_and_nan() -> None:
-    gp = GlobalParams.encode(SPEC, Float32Codec(), np.zeros(2, np.float32))
-    task = Task(FIT, 1, 0)
-    with pytest.raises(UpdateRejected, match="does not match the model"):
-        decode_update(Result(task, 1, payload=b"garbage"), gp)
+def test_validation_checks_the_upload_the_task_declares() -> None:
+    task = Task(FIT, 1, 0, upload=Upload("float32", 2))
+    with pytest.raises(UpdateRejected, match="does not match the task"):
+        decode_update(Result(task, 1, payload=b"garbage"))
     with pytest.raises(UpdateRejected, match="over the cap of 4"):
-        decode_update(Result(task, 1, payload=b"\x00" * 8), gp, max_bytes=4)
+        decode_update(Result(task, 1, payload=b"\x00" * 8), max_bytes=4)
+    with pytest.raises(UpdateRejected, match="12 bytes, over the cap of 8"):
+        decode_update(Result(task, 1, payload=b"\x00" * 12))
     nan = Float32Codec().encode(np.array([np.nan, np.inf], np.float32))
     with pytest.raises(UpdateRejected, match="2 non-finite values"):
-        decode_update(Result(task, 1, payload=nan), gp)
+        decode_update(Result(task, 1, payload=nan))
+    with pytest.raises(UpdateRejected, match="num_examples must be >= 0"):
+        decode_update(Result(task, -1, payload=b"\x00" * 8))
+    with pytest.raises(UpdateRejected, match="takes no upload"):
+        decode_update(Result(Task("evaluate", 1, 0), 1, payload=b""))
+    # an upload twice the model's size is valid when the task asks for it (SCAFFOLD)
+    double = Task(FIT, 1, 0, upload=Upload("float16", 4))
+    vec = decode_update(Result(double, 1, payload=b"\x00\x3c" * 4))
+    np.testing.assert_array_equal(vec, [1.0, 1.0, 1.0, 1.0])
 
 
 class MeteredEngine:
@@ -108,8 +117,8 @@ class MeteredEngine:
     def __init__(self, inner: SequentialEngine, transfer: Transfer) -> None:
         self.inner, self.transfer = inner, transfer
 
-    def run(self, tasks: Any, global_params: GlobalParams) -> Any:
-        return self.inner.run(tasks, global_params)
+    def run(self, tasks: Any, blobs: Any) -> Any:
+        return self.inner.run(tasks, blobs)
 
     def last_transfer(self) -> Transfer:
         return self.transfer
@@ -160,3 +169,97 @@ def test_federated_evaluation_reports_mean_std_and_worst10() -> None:
     assert record["fed_accuracy_mean"] == pytest.approx(0.55)
     assert record["fed_accuracy_worst10"] == pytest.approx(0.1)
     assert record["fed_loss_worst10"] == pytest.approx(10.0)  # loss: worst is highest
+
+
+def test_a_round_whose_only_update_has_no_examples_fails_cleanly() -> None:
+    # num_examples=0 used to pass validation and crash WeightedMean.finish (and the server).
+    clients = {0: DeltaClient(np.ones(2, np.float32), n=0)}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.ones(2, np.float32),
+        population=Population({0: 1}),
+    )
+
+    record = coord.run_round(1)
+
+    assert (record["returned"], record["status"]) == (1, "failed")
+    np.testing.assert_array_equal(coord.params, [1.0, 1.0])
+
+
+class EditingClient:
+    """Writes into the params it receives, then uploads what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        self.seen.append(params["w"].copy())
+        params["w"] += 100.0
+        return FitResult(update=np.zeros(2, np.float32), num_examples=1)
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        return EvalResult(loss=0.0, num_examples=1)
+
+
+def test_a_client_that_edits_its_params_in_place_does_not_change_what_others_receive() -> None:
+    client = EditingClient()
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(lambda cid: client),
+        spec=SPEC,
+        params=np.array([1.0, 2.0], np.float32),
+        population=Population({0: 1, 1: 1, 2: 1}),
+    )
+
+    coord.run_round(1)
+
+    assert [s.tolist() for s in client.seen] == [[1.0, 2.0]] * 3
+    np.testing.assert_array_equal(coord.params, [1.0, 2.0])
+
+
+class OneClassClient(DeltaClient):
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        return EvalResult(loss=1.0, num_examples=2, metrics={"accuracy": 0.5, "auc": float("nan")})
+
+
+def test_federated_evaluation_drops_an_undefined_metric_and_keeps_the_rest() -> None:
+    clients = {0: OneClassClient(np.zeros(2, np.float32)), 1: DeltaClient(np.zeros(2, np.float32))}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({0: 1, 1: 1}, {0, 1}),
+        federated_eval=True,
+    )
+
+    record = coord.run_round(1)
+
+    # client 0's accuracy 0.5 and client 1's 0.1 both count; client 0's NaN AUC is left out
+    assert record["fed_accuracy_mean"] == pytest.approx(0.3)
+    assert "fed_auc_mean" not in record
+
+
+def test_tasks_name_the_model_blob_and_the_upload_they_expect() -> None:
+    seen: list[Task] = []
+
+    class Recording(SequentialEngine):
+        def run(self, tasks: Any, blobs: Any) -> Any:
+            seen.extend(tasks)
+            assert {t.blobs[MODEL] for t in tasks} <= set(blobs)
+            return super().run(tasks, blobs)
+
+    clients = {0: DeltaClient(np.ones(2, np.float32))}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=Recording(clients.__getitem__),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({0: 1}),
+    )
+
+    coord.run_round(1)
+
+    assert seen[0].upload == Upload("float32", 2)

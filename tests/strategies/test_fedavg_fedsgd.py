@@ -6,11 +6,13 @@ from typing import Any
 import numpy as np
 
 from fedloom.client.base import EvalResult, FitResult
+from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import Blob, Upload
 from fedloom.engines import SequentialEngine
 from fedloom.optim import ServerSGD
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.strategies import FedAvg, FedSGD
+from fedloom.strategies import FedAvg, FedSGD, RoundContext
 
 SPEC = ParamSpec(names=("w",), shapes=((2,),), dtypes=("<f4",))
 THETA = np.array([1.0, 2.0], np.float32)
@@ -70,11 +72,26 @@ def test_fedsgd_plain_sum_of_the_seed_formula() -> None:
     np.testing.assert_allclose(out, [0.6, 2.0], rtol=1e-6)
 
 
+def _context(round_num: int, eligible: list[int], seed: int) -> RoundContext:
+    model = Blob.encode(SPEC, Float32Codec(), THETA)
+    return RoundContext(
+        round_num,
+        eligible,
+        np.random.default_rng(0),
+        seed,
+        SPEC,
+        Float32Codec(),
+        THETA,
+        model,
+        {},
+        len(eligible),
+    )
+
+
 def test_fedavg_sends_local_training_config_and_fedsgd_asks_for_gradients() -> None:
     strategy = FedAvg(client_config={"epochs": 3})
-    tasks = strategy.configure_fit(4, [0, 1], np.random.default_rng(0), seed=9)
+    tasks = strategy.configure_fit(_context(4, [0, 1], seed=9))
     assert [t.client_id for t in tasks] == [0, 1]
     assert tasks[0].config == {"epochs": 3, "mode": "train", "round": 4, "seed": 9}
-    assert FedSGD().configure_fit(1, [0], np.random.default_rng(0), 0)[0].config["mode"] == (
-        "gradient"
-    )
+    assert tasks[0].upload == Upload("float32", 2)
+    assert FedSGD().configure_fit(_context(1, [0], 0))[0].config["mode"] == "gradient"

@@ -47,12 +47,18 @@ def register_stage(kind: str, handler: StageHandler) -> None:
 
 
 @functools.cache
-def _takes_context(method: Callable[..., object]) -> bool:
+def _takes_context(func: Callable[..., object], bound: bool) -> bool:
+    """Whether ``func`` (a method's function when ``bound``) takes a third argument."""
     try:
-        params = inspect.signature(method).parameters
+        params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):
         return False
-    return "context" in params or len(params) >= 3
+    if bound:
+        params = params[1:]
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return any(p.name == "context" for p in params) or len(positional) >= 3 or any(
+        p.kind == p.VAR_POSITIONAL for p in params
+    )
 
 
 def call_with_context(
@@ -61,7 +67,7 @@ def call_with_context(
     """``method(params, config, context)``, or ``method(params, config)`` for clients written
     without a context when the task needs none."""
     func = getattr(method, "__func__", method)
-    if _takes_context(func):
+    if _takes_context(func, func is not method):
         return method(params, task.config, context)
     if context.blobs or context.state:
         raise TypeError(
