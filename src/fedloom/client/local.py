@@ -223,7 +223,7 @@ class LocalHooks:
 
 
 HooksFactory = Callable[[Mapping[str, Any], LocalTraining], LocalHooks]
-_REGISTRY: dict[str, HooksFactory] = {}
+HOOKS: dict[str, HooksFactory] = {}
 # Built-in algorithms live beside their server half (one file per algorithm); they are imported
 # when first named, so the client layer does not import the strategies at start-up.
 _BUILTIN = {
@@ -234,7 +234,7 @@ _BUILTIN = {
 
 def register_hooks(name: str, factory: HooksFactory) -> None:
     """Make ``config["local"] = {"name": name, ...}`` build hooks with ``factory(spec, training)``."""
-    _REGISTRY[name] = factory
+    HOOKS[name] = factory
 
 
 def hooks_for(config: Mapping[str, Any], training: LocalTraining) -> LocalHooks:
@@ -245,13 +245,13 @@ def hooks_for(config: Mapping[str, Any], training: LocalTraining) -> LocalHooks:
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ConfigError(f"config 'local' must be a mapping with a 'name', got {spec!r}")
     name = spec["name"]
-    if name not in _REGISTRY and name in _BUILTIN:
+    if name not in HOOKS and name in _BUILTIN:
         importlib.import_module(_BUILTIN[name])
-    if name not in _REGISTRY:
+    if name not in HOOKS:
         raise ConfigError(
-            f"unknown local training {name!r}; choose one of {sorted({*_REGISTRY, *_BUILTIN})}"
+            f"unknown local training {name!r}; choose one of {sorted({*HOOKS, *_BUILTIN})}"
         )
-    return _REGISTRY[name](spec, training)
+    return HOOKS[name](spec, training)
 
 
 # -- between flat vectors and the hooks' parameter dicts ---------------------------------------

@@ -63,7 +63,8 @@ class _ClientWorker:
 
     keep_blobs = 8
 
-    def __init__(self, client_fn: ClientFn) -> None:
+    def __init__(self, client_fn: ClientFn, registries: Registries) -> None:
+        install_registries(registries)
         # Arrays that come out of Ray's object store are read-only views of shared memory, which
         # saves one copy of the dataset per worker; torch warns once per process when it wraps
         # one. Clients only read their data, so the warning says nothing here.
@@ -99,6 +100,28 @@ class _ClientWorker:
     def stats(self) -> dict[str, Any]:
         """Counters for tests and diagnostics."""
         return {"decodes": self.decodes, "digests": sorted(self.blobs)}
+
+
+Registries = tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def registries() -> Registries:
+    """The task kinds, local-training hooks and transforms registered in this process, so that
+    workers run what the driver's strategies name (including ones a user registered)."""
+    from fedloom.client import execute, local
+    from fedloom.transforms import base
+
+    return dict(execute.STAGES), dict(local.HOOKS), dict(base.TRANSFORMS)
+
+
+def install_registries(snapshot: Registries) -> None:
+    from fedloom.client import execute, local
+    from fedloom.transforms import base
+
+    stages, hooks, transforms = snapshot
+    execute.STAGES.update(stages)
+    local.HOOKS.update(hooks)
+    base.TRANSFORMS.update(transforms)
 
 
 @dataclass
@@ -141,6 +164,7 @@ class RayEngine:
         self._owns_ray = False
         self._actor_cls: Any = None
         self._client_fn_ref: Any = None
+        self._registries_ref: Any = None
         self._pool = _Pool()
         self._refs: dict[str, Any] = {}
         self.states = ClientStateStore()
@@ -173,11 +197,12 @@ class RayEngine:
         per_actor = min(1.0, cpus / workers) if cpus > 0 else 0.0
         self._actor_cls = ray.remote(num_cpus=per_actor, max_restarts=0)(_ClientWorker)
         self._client_fn_ref = ray.put(self.client_fn)
+        self._registries_ref = ray.put(registries())
         self._pool = _Pool([self._new_actor() for _ in range(workers)])
         log.info("ray engine: %d workers, %.2f CPU each", workers, per_actor)
 
     def _new_actor(self) -> Any:
-        return self._actor_cls.remote(self._client_fn_ref)
+        return self._actor_cls.remote(self._client_fn_ref, self._registries_ref)
 
     def close(self) -> None:
         """Stop the actors; shut Ray down only if this engine started it."""
