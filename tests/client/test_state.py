@@ -49,3 +49,36 @@ def test_state_handed_out_is_a_copy() -> None:
     store.get(0, 2)["c"][0] = 99.0
 
     assert store.get(0, 2)["c"].tolist() == [1.0]
+
+
+def test_an_evaluation_after_a_fit_in_the_same_round_keeps_the_state_the_fit_left() -> None:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from fedloom.client.base import ClientContext, EvalResult, FitResult
+    from fedloom.core.codec import Float32Codec
+    from fedloom.core.params import Params, ParamSpec
+    from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Task, Upload, blob_table
+    from fedloom.engines import SequentialEngine
+
+    class Counting:
+        def fit(
+            self, params: Params, config: Mapping[str, Any], context: ClientContext
+        ) -> FitResult:
+            context.state["fits"] = context.state.get("fits", np.zeros(1)) + 1
+            return FitResult(update=np.zeros(1, np.float32), num_examples=1)
+
+        def evaluate(
+            self, params: Params, config: Mapping[str, Any], context: ClientContext
+        ) -> EvalResult:
+            return EvalResult(loss=0.0, num_examples=1)
+
+    spec = ParamSpec(("w",), ((1,),), ("<f4",))
+    model = Blob.encode(spec, Float32Codec(), np.zeros(1, np.float32))
+    engine = SequentialEngine(lambda cid: Counting())
+    blobs = {MODEL: model.digest}
+    for r in (1, 2):
+        fit = Task(FIT, r, 0, {}, blobs, Upload("float32", 1))
+        list(engine.run([fit, Task(EVALUATE, r, 0, {}, blobs)], blob_table(model)))
+
+    assert engine.states.get(0, 3)["fits"].tolist() == [2.0]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedloom.client.torch_client import LocalTraining, TorchClient, client_seed, get_params
+from fedloom.client.local import LocalTraining, client_seed
+from fedloom.client.torch_client import TorchClient, get_params
 from fedloom.models import LinearModel
 
 X = np.array([[1.0], [2.0]], np.float32)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from fedloom.client.base import Client, EvalResult, FitResult
-from fedloom.client.torch_client import LocalTraining, TorchClient, get_params
+from fedloom.client.local import LocalTraining
+from fedloom.client.torch_client import TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import EVALUATE, MODEL, GlobalParams, Result, Task, blob_table
@@ -206,7 +207,7 @@ def test_every_fit_task_is_answered_once_with_its_own_task(engine: str) -> None:
         assert_same_result(got[cid], result)
 
 
-HOOKS = {
+HOOKS: dict[str, dict[str, Any]] = {
     "fedprox": {"local": {"name": "fedprox", "proximal_mu": 0.5}},
     "scaffold": {"local": {"name": "scaffold"}},
 }

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedloom.client.base import FitResult
+from fedloom.client.base import ClientContext, FitResult
 from fedloom.client.torch_client import LossFn, TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
@@ -122,8 +122,10 @@ def _summed_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class TracingClient(TorchClient):
-    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
-        result = super().fit(params, config)
+    def fit(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
+    ) -> FitResult:
+        result = super().fit(params, config, context)
         result.metrics["traced"] = 1.0
         return result
 

@@ -27,7 +27,7 @@ def test_an_option_the_chosen_server_optimizer_ignores_is_a_config_error() -> No
     from fedloom.errors import ConfigError
     from fedloom.optim import make_server_optimizer
 
-    with pytest.raises(ConfigError, match="server_momentum=0.9 applies to server_optimizer=sgd"):
+    with pytest.raises(ConfigError, match=r"server_momentum=0\.9 applies to server_optimizer=sgd"):
         make_server_optimizer("adam", 0.01, momentum=0.9)
     assert make_server_optimizer("sgd", 1.0, momentum=0.9).init(np.zeros(2))["momentum"].shape == (
         2,

@@ -34,9 +34,9 @@ def test_the_proximal_term_pulls_each_local_step_towards_the_global_model() -> N
     plain = client.fit({"weight": np.ones((1, 1), np.float32)}, CONFIG)
 
     # Assert: step 1: w = 1 - 0.1 * (2 + 0) = 0.8; step 2: w = 0.8 - 0.1 * (1.6 - 0.2) = 0.66
-    np.testing.assert_allclose(prox.update, [-0.34], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(prox.update), np.array([-0.34]), rtol=1e-6)
     # without the term: 1 -> 0.8 -> 0.64
-    np.testing.assert_allclose(plain.update, [-0.36], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(plain.update), np.array([-0.36]), rtol=1e-6)
     # the train loss reported is the data loss alone: (1 + 0.64) / 2 and (1 + 0.64) / 2
     assert prox.metrics["train_loss"] == pytest.approx((1.0 + 0.8**2) / 2)
 

@@ -32,7 +32,7 @@ def test_the_client_corrects_every_step_and_updates_its_control_variate() -> Non
 
     # Assert: step 1: w = 1 - 0.1 * (2 - 0.2 + 0.5) = 0.77; step 2: w = 0.77 - 0.1 * 1.84 = 0.586
     # delta_y = -0.414; c_i+ = c_i - c + (x - y) / (K lr) = 0.2 - 0.5 + 0.414 / 0.2 = 1.77
-    np.testing.assert_allclose(fit.update, [-0.414, 1.77 - 0.2], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fit.update), np.array([-0.414, 1.77 - 0.2]), rtol=1e-5)
     np.testing.assert_allclose(context.state["scaffold_control/weight"], [[1.77]], rtol=1e-5)
 
 

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from fedloom.client.base import Client
+from fedloom.client.deploy import ClientOptions, DeploymentClient
 from fedloom.config import Config
 from fedloom.transport.certs import create_certs, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
@@ -32,11 +37,22 @@ class Running:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def stop(self) -> None:
+        self.hub.finish()
+        self.server.stop(0)
+
 
 def serve(certs: Path | None, auth: str = "mtls", **settings: object) -> Running:
     """A real gRPC server on 127.0.0.1 (an ephemeral port) in this process."""
     ids: dict[str, int] = {}
-    hub = Hub(lambda name: ids.setdefault(name, len(ids)), heartbeat_timeout=10.0)
+    lock = threading.Lock()
+
+    def client_id_for(name: str) -> int:
+        # Clients join from several threads at once; each name gets its own id.
+        with lock:
+            return ids.setdefault(name, len(ids))
+
+    hub = Hub(client_id_for, heartbeat_timeout=10.0)
     base: dict[str, object] = dict(
         run_id="test",
         config_json=Config().model_dump_json(),
@@ -64,5 +80,60 @@ def serve(certs: Path | None, auth: str = "mtls", **settings: object) -> Running
 def mtls_server(certs: Path) -> Iterator[Running]:
     running = serve(certs, "mtls")
     yield running
-    running.hub.finish()
-    running.server.stop(0)
+    running.stop()
+
+
+@pytest.fixture
+def plain_server() -> Iterator[Running]:
+    """A plaintext server (``--insecure``), for tests about tasks rather than security."""
+    running = serve(None, "none")
+    yield running
+    running.stop()
+
+
+@dataclass
+class Started:
+    """A deployment client running in a thread, and the exit code it returned."""
+
+    deployment: DeploymentClient
+    thread: threading.Thread
+    codes: list[int]
+
+    def join(self) -> int:
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the deployment client did not exit"
+        return self.codes[0]
+
+
+def start_client(
+    running: Running,
+    certs: Path | None,
+    name: str,
+    client_fn: Callable[[int], Client],
+    **opts: Any,
+) -> Started:
+    """A ``DeploymentClient`` in a thread whose local Client is ``client_fn(id)``, of the id the
+    server gives it (so each builds its own partition whatever order the clients join in)."""
+    deployment = DeploymentClient(
+        ClientOptions(
+            server=running.address,
+            name=name,
+            certs=certs,
+            insecure=certs is None,
+            give_up_after=5,
+            quiet=True,
+            **opts,
+        ),
+        lambda cfg, cid: client_fn(cid),
+    )
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(deployment.run()), name=name)
+    thread.start()
+    return Started(deployment, thread, codes)
+
+
+def wait_ready(running: Running, n: int) -> None:
+    end = time.monotonic() + 30
+    while len(running.hub.ready_clients()) < n:
+        assert time.monotonic() < end, "clients did not connect"
+        time.sleep(0.02)

@@ -3,7 +3,6 @@ transfer of a model over 100 MB, the content-hash cache, compression and deadlin
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from fedloom.client.deploy import ClientOptions, DeploymentClient
 from fedloom.config import Config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import EVALUATE, FIT, GlobalParams, Task
+from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, GlobalParams, Task, Upload, blob_table
 from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine
 from fedloom.server.coordinator import Coordinator, Population
@@ -27,7 +26,7 @@ from fedloom.transport.certs import client_bundle, read_token
 from fedloom.transport.client import Backoff, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.wire import PROTOCOL_VERSION
-from tests.transport.conftest import MB, Running, serve
+from tests.transport.conftest import MB, Running, serve, start_client, wait_ready
 
 pytestmark = pytest.mark.deploy
 
@@ -50,32 +49,14 @@ class ConstantClient:
         return EvalResult(loss=float(np.mean(params["w"])), num_examples=2)
 
 
-def _start_client(
-    running: Running, certs: Path | None, name: str, client: ConstantClient, **opts: Any
-) -> tuple[DeploymentClient, threading.Thread, list[int]]:
-    deployment = DeploymentClient(
-        ClientOptions(
-            server=running.address,
-            name=name,
-            certs=certs,
-            insecure=certs is None,
-            give_up_after=5,
-            quiet=True,
-            **opts,
-        ),
-        lambda cfg, cid: client,
-    )
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(deployment.run()))
-    thread.start()
-    return deployment, thread, codes
+def fit(model: Blob, client_id: int, round_num: int = 1) -> Task:
+    """A fit task on ``model`` uploading one model-sized vector in its codec."""
+    upload = Upload(model.codec.name, model.spec.size)
+    return Task(FIT, round_num, client_id, {"round": round_num}, {MODEL: model.digest}, upload)
 
 
-def _wait_ready(running: Running, n: int) -> None:
-    end = time.monotonic() + 30
-    while len(running.hub.ready_clients()) < n:
-        assert time.monotonic() < end, "clients did not connect"
-        time.sleep(0.02)
+def evaluate(model: Blob, client_id: int, round_num: int = 1) -> Task:
+    return Task(EVALUATE, round_num, client_id, {"round": round_num}, {MODEL: model.digest})
 
 
 def test_model_over_100_mb_streams_in_chunks_and_is_cached(
@@ -87,27 +68,27 @@ def test_model_over_100_mb_streams_in_chunks_and_is_cached(
     gp = GlobalParams.encode(spec, Float32Codec(), vec)
     assert len(gp.payload) > 100 * MB
     client = ConstantClient(0.25)
-    deployment, thread, codes = _start_client(mtls_server, certs, "client-0", client)
-    _wait_ready(mtls_server, 1)
+    started = start_client(mtls_server, certs, "client-0", lambda cid: client)
+    wait_ready(mtls_server, 1)
     engine = RemoteEngine(mtls_server.hub, deadline_s=120)
 
     # Execute: a fit and an evaluation on the same global params
-    fit = list(engine.run([Task(FIT, 1, 0, {"round": 1})], gp))
-    ev = list(engine.run([Task(EVALUATE, 1, 0, {"round": 1})], gp))
+    fitted = list(engine.run([fit(gp, 0)], blob_table(gp)))
+    ev = list(engine.run([evaluate(gp, 0)], blob_table(gp)))
     mtls_server.hub.finish()
-    thread.join(30)
 
     # Assert: the update arrived whole; the params were downloaded once
-    assert fit[0].ok, fit[0].error
-    got = np.frombuffer(fit[0].payload or b"", dtype="<f4")
+    assert started.join() == 0
+    assert fitted[0].ok, fitted[0].error
+    got = np.frombuffer(fitted[0].payload or b"", dtype="<f4")
     assert got.shape == (spec.size,) and np.all(got == 0.25)
     assert ev[0].ok and ev[0].metrics["loss"] == pytest.approx(
         float(np.mean(vec[:30_000_000])), rel=1e-5
     )
     assert client.seen == ["fit", "evaluate"]
-    assert deployment.cache.downloads == 1 and deployment.cache.bytes_down == len(gp.payload)
+    cache = started.deployment.cache
+    assert cache.downloads == 1 and cache.bytes_down == len(gp.payload)
     assert engine.last_transfer() == Transfer(0, 0)  # the evaluation streamed nothing
-    assert codes == [0]
 
 
 def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
@@ -119,15 +100,12 @@ def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
         token_only = certs / "token-only"
         token_only.mkdir(exist_ok=True)
         (token_only / "ca.crt").write_bytes((certs / "ca.crt").read_bytes())
-        deployment, thread, codes = _start_client(
-            running,
-            token_only,
-            "client-1",
-            ConstantClient(1.0),
-            token=read_token(certs, "client-1"),
+        client = ConstantClient(1.0)
+        started = start_client(
+            running, token_only, "client-1", lambda cid: client, token=read_token(certs, "client-1")
         )
-        _wait_ready(running, 1)
-        results = list(RemoteEngine(running.hub, deadline_s=30).run([Task(FIT, 1, 0)], gp))
+        wait_ready(running, 1)
+        results = list(RemoteEngine(running.hub, deadline_s=30).run([fit(gp, 0)], blob_table(gp)))
         # Execute: a wrong token is refused with a clear reason
         conn = Connection(
             running.address,
@@ -138,13 +116,13 @@ def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
             conn.join("client-2", read_token(certs, "client-1"), ["fit"])
         conn.close()
         running.hub.finish()
-        thread.join(30)
+        code = started.join()
     finally:
-        running.server.stop(0)
+        running.stop()
 
     # Assert
-    assert results[0].ok and deployment.cache.downloads == 1
-    assert codes == [0]
+    assert results[0].ok and started.deployment.cache.downloads == 1
+    assert code == 0
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "invalid enrolment token for client 'client-2'" in (refused.value.details() or "")
 
@@ -180,7 +158,7 @@ def test_silent_clients_are_dropped_at_the_deadline(mtls_server: Running, certs:
 
     # Execute: one task for the silent client, one for a client that never connected
     start = time.monotonic()
-    results = list(engine.run([Task(FIT, 1, 0), Task(FIT, 1, 7)], gp))
+    results = list(engine.run([fit(gp, 0), fit(gp, 7)], blob_table(gp)))
     conn.close()
 
     # Assert: both end as dropped, the round took the deadline and no longer
@@ -225,23 +203,27 @@ def test_over_selection_takes_the_first_updates_and_cancels_the_rest(
 ) -> None:
     # Prepare: three clients; the strategy asked for one, the engine over-selects two more
     clients = [ConstantClient(float(i)) for i in range(3)]
-    started = [_start_client(mtls_server, certs, f"client-{i}", c) for i, c in enumerate(clients)]
-    _wait_ready(mtls_server, 3)
+    started = [
+        start_client(mtls_server, certs, f"client-{i}", lambda cid: clients[cid]) for i in range(3)
+    ]
+    wait_ready(mtls_server, 3)
     spec = ParamSpec(names=("w",), shapes=((8,),), dtypes=("<f4",))
     gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(8, np.float32))
     engine = RemoteEngine(mtls_server.hub, deadline_s=30, over_selection=2.0)
 
     # Execute
-    results = list(engine.run([Task(FIT, 1, 0, {"round": 1})], gp))
+    task = fit(gp, 0)
+    results = list(engine.run([task], blob_table(gp)))
     mtls_server.hub.finish()
-    for _, thread, _ in started:
-        thread.join(30)
 
     # Assert: one accepted update came back; the other tasks were cancelled, not waited for
+    assert [s.join() for s in started] == [0, 0, 0]
     stats = engine.last_stats
     assert (stats.dispatched, stats.over_selected, stats.accepted) == (3, 2, 1)
     assert [r.ok for r in results] == [True]
     assert stats.cancelled <= 2 and stats.dropped == 0
+    # Assert: the extra tasks were copies of the strategy's task (blobs, upload, config)
+    assert results[0].task.blobs == task.blobs and results[0].task.upload == task.upload
 
 
 def test_bytes_count_what_was_streamed_so_cached_clients_download_nothing(
@@ -249,10 +231,11 @@ def test_bytes_count_what_was_streamed_so_cached_clients_download_nothing(
 ) -> None:
     # Prepare: two clients whose updates are zero, so FedAvg leaves the model unchanged and the
     # evaluation after the fit uses params both clients already hold
+    clients = [ConstantClient(0.0) for _ in range(2)]
     started = [
-        _start_client(mtls_server, certs, f"client-{i}", ConstantClient(0.0)) for i in range(2)
+        start_client(mtls_server, certs, f"client-{i}", lambda cid: clients[cid]) for i in range(2)
     ]
-    _wait_ready(mtls_server, 2)
+    wait_ready(mtls_server, 2)
     spec = ParamSpec(names=("w",), shapes=((1000,),), dtypes=("<f4",))
     size = 4 * spec.size
     engine = RemoteEngine(mtls_server.hub, deadline_s=30)
@@ -267,18 +250,15 @@ def test_bytes_count_what_was_streamed_so_cached_clients_download_nothing(
 
     # Execute: a round with fit and federated evaluation, then an evaluation alone
     record = coordinator.run_round(1)
-    evaluation = engine.run(
-        [Task(EVALUATE, 1, 0), Task(EVALUATE, 1, 1)],
-        GlobalParams.encode(spec, Float32Codec(), coordinator.params),
-    )
+    model = GlobalParams.encode(spec, Float32Codec(), coordinator.params)
+    evaluation = engine.run([evaluate(model, 0), evaluate(model, 1)], blob_table(model))
     assert all(r.ok for r in evaluation)
     mtls_server.hub.finish()
-    for _, thread, _ in started:
-        thread.join(30)
+    assert [s.join() for s in started] == [0, 0]
 
     # Assert: each client downloaded the params once and uploaded one update; the evaluations
     # streamed nothing
     assert record["status"] == "ok" and record["fed_loss_mean"] == 1.0
     assert (record["bytes_down"], record["bytes_up"]) == (2 * size, 2 * size)
     assert engine.last_transfer() == Transfer(0, 0)
-    assert [d.cache.downloads for d, _, _ in started] == [1, 1]
+    assert [s.deployment.cache.downloads for s in started] == [1, 1]

@@ -49,14 +49,28 @@ class ClientContext:
 
 
 @runtime_checkable
-class Client(Protocol):
-    """One participant. ``params`` is the global model; ``config`` comes from the strategy.
-
-    A client whose ``fit`` and ``evaluate`` also take a third argument, ``context``
-    (``ClientContext``), receives the task's extra payloads and its own state; algorithms that need
-    them (SCAFFOLD) refuse clients that do not take it.
-    """
+class PlainClient(Protocol):
+    """One participant. ``params`` is the global model; ``config`` comes from the strategy."""
 
     def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult: ...
 
     def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult: ...
+
+
+@runtime_checkable
+class ContextClient(Protocol):
+    """A participant that also takes the task's ``ClientContext``: the task's extra payloads and
+    its own state. Algorithms that need them (SCAFFOLD) refuse clients that do not take it."""
+
+    def fit(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext
+    ) -> FitResult: ...
+
+    def evaluate(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext
+    ) -> EvalResult: ...
+
+
+Client = PlainClient | ContextClient
+"""Anything with ``fit`` and ``evaluate``, with or without the context argument (``TorchClient``
+takes it as an optional third argument, so it is both)."""

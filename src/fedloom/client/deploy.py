@@ -1,9 +1,16 @@
 """``fedloom client``: one participant of a real deployment, with its own local data.
 
 The client connects out to the server (so it works behind NAT), joins, and long-polls for tasks.
-For each task it takes the global params from its cache when the content hash matches (else
-downloads them in chunks), runs the same ``execute_task`` as every in-process engine, and uploads
-the result in chunks. A heartbeat thread keeps the session alive during local training.
+At Join it advertises the task kinds it has stage handlers for (``fit``, ``evaluate``, and any stage
+the ``--app`` module registered when it was imported). For each task it takes the blobs the task
+names (the model, a control variate) from its content-hash cache, downloading the others in chunks,
+runs the same ``execute_task`` as every in-process engine, and uploads the result in chunks. A
+heartbeat thread keeps the session alive during local training.
+
+The client's state (error-feedback residuals, SCAFFOLD's control variate) lives in this process,
+in a ``ClientStateStore`` that keeps the version before the newest: a round the server runs again
+(it retried the round, or resumed after a crash) starts from the state it first started from. The
+state is never uploaded, and is lost when the process exits.
 
 When the server is unreachable the client retries with exponential backoff and full jitter, and
 joins again when the server comes back (for instance after a restart from its state folder). It
@@ -23,17 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from fedloom.client.base import Client
+from fedloom.client.execute import STAGES, DecodedBlobs, error_result, execute_task
+from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import TorchClient
 from fedloom.config import Config
-from fedloom.core.task import EVALUATE, FIT
+from fedloom.core.task import Blobs, Result, Task
 from fedloom.data import load_dataset
-from fedloom.engines.base import execute_task
 from fedloom.errors import DeploymentError
 from fedloom.models import build_model
 from fedloom.transport.certs import Bundle, client_bundle, read_token
-from fedloom.transport.client import Backoff, Connection, ParamsCache
+from fedloom.transport.client import Backoff, BlobCache, Connection
+from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.wire import task_from_proto
 
 log = logging.getLogger("fedloom.client")
@@ -103,7 +113,11 @@ def csv_factory(path: str, target: str) -> ClientFactory:
 
 def app_factory(entry_point: str) -> ClientFactory:
     """``module:function`` returning the user's own Client; the function may take the run's
-    Config as its one argument."""
+    Config as its one argument.
+
+    The module is imported here, before the client joins, so the stages it registers
+    (``register_stage``) are among the task kinds the client advertises.
+    """
     module_name, sep, attr = entry_point.partition(":")
     if not sep or not module_name or not attr:
         raise DeploymentError(f"--app expects module:function, got {entry_point!r}")
@@ -146,7 +160,11 @@ class DeploymentClient:
         self.opts = opts
         self.factory = factory
         self.client: Client | None = None
-        self.cache = ParamsCache()
+        self.cache = BlobCache()
+        self.states = ClientStateStore(keep_previous=True)
+        # Decoded once per task's set of blobs (a fit and the evaluation after it share the model).
+        self._decoded = DecodedBlobs()
+        self._decoded_for: frozenset[str] = frozenset()
         self.backoff = Backoff()
         self.tasks_done = 0
         self.unreachable_since: float | None = None
@@ -242,8 +260,7 @@ class DeploymentClient:
                 conn.close()
 
     def _session(self, conn: Connection) -> int:
-        kinds = [FIT, EVALUATE]
-        joined = conn.join(self.opts.name, self.token, kinds)
+        joined = conn.join(self.opts.name, self.token, sorted(STAGES))
         self.backoff.reset()
         self.unreachable_since = None
         cfg = Config.model_validate_json(joined.config_json)
@@ -273,22 +290,55 @@ class DeploymentClient:
         finally:
             stop.set()
 
-    def _run_task(self, conn: Connection, msg: object, chunk_bytes: int) -> None:
-        from fedloom.transport.proto import fedloom_transport_pb2 as pb
-
-        assert isinstance(msg, pb.TaskProto) and self.client is not None
-        task = task_from_proto(msg)
-        gp, params = conn.fetch_params(msg, self.cache)
-        result = execute_task(self.client, task, params, gp)
-        reply = conn.upload(msg, result, gp, chunk_bytes)
+    def _run_task(self, conn: Connection, msg: pb.TaskProto, chunk_bytes: int) -> None:
+        # Enough of the task to report it failed if the message cannot be read.
+        task = Task(msg.kind, msg.round, msg.client_id)
+        try:
+            task = task_from_proto(msg)
+            blobs = conn.fetch_blobs(msg, self.cache)
+        except ValueError as exc:  # a malformed task, a blob that fails its hash
+            result = error_result(task, exc)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            self._say(f"round {task.round} {task.kind} skipped: {exc.details()}")
+            return
+        else:
+            result = self._execute(task, blobs)
+        reply = conn.upload(msg, result, chunk_bytes)
         self.tasks_done += 1
         what = f"round {task.round} {task.kind}"
         if not result.ok:
             self._say(f"{what} failed locally: {result.error}")
         elif reply.accepted:
-            self._say(f"{what} done in {result.seconds:.2f} s")
+            note = f" ({reply.reason})" if reply.reason else ""
+            self._say(f"{what} done in {result.seconds:.2f} s{note}")
         else:
             self._say(f"{what}: the server did not accept the result: {reply.reason}")
+
+    def _execute(self, task: Task, blobs: Blobs) -> Result:
+        """Run the task from this client's state before the task's round; keep the state it
+        leaves (the Result sent to the server carries none)."""
+        assert self.client is not None
+        digests = frozenset(blobs)
+        if digests != self._decoded_for:
+            self._decoded.clear()
+            self._decoded_for = digests
+        before = self.states.get(task.client_id, task.round)
+        result = execute_task(self.client, task, blobs, before, self._decoded)
+        # Only a task that changed the state writes a version: an evaluation after the round's
+        # fit starts from the state before the round, and storing that back under the same round
+        # would undo what the fit left.
+        if result.ok and result.state is not None and _changed(before, result.state):
+            self.states.put(task.client_id, task.round, result.state)
+        result.state = None
+        return result
+
+
+def _changed(before: State, after: State) -> bool:
+    return before.keys() != after.keys() or any(
+        after[k] is not before[k] and not np.array_equal(after[k], before[k]) for k in after
+    )
 
 
 def _heartbeat(conn: Connection, every: float, stop: threading.Event) -> None:

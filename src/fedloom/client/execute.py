@@ -56,8 +56,10 @@ def _takes_context(func: Callable[..., object], bound: bool) -> bool:
     if bound:
         params = params[1:]
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return any(p.name == "context" for p in params) or len(positional) >= 3 or any(
-        p.kind == p.VAR_POSITIONAL for p in params
+    return (
+        any(p.name == "context" for p in params)
+        or len(positional) >= 3
+        or any(p.kind == p.VAR_POSITIONAL for p in params)
     )
 
 
@@ -141,7 +143,7 @@ class DecodedBlobs:
         return vec
 
     def vector(self, blob: Blob) -> np.ndarray:
-        view = self._decoded(blob).view()
+        view: np.ndarray = self._decoded(blob).view()
         view.setflags(write=False)
         return view
 
@@ -178,7 +180,7 @@ def execute_task(
                 for role in task.blobs
                 if role != MODEL
             },
-            state=dict(state or {}),
+            state={k: v.copy() for k, v in (state or {}).items()},
         )
         out = handler(client, task, params, context)
         payload = None
@@ -193,10 +195,18 @@ def execute_task(
             payload=payload,
             metrics=out.metrics,
             seconds=time.perf_counter() - start,
-            state=context.state,
+            # Only a task that changed the state hands it back: an evaluation after a fit in the
+            # same round must not put the state from before the round back in the store.
+            state=context.state if _changed(state or {}, context.state) else None,
         )
     except Exception as exc:  # one client's failure must not stop the round
         return error_result(task, exc, time.perf_counter() - start)
+
+
+def _changed(before: State, after: State) -> bool:
+    return before.keys() != after.keys() or any(
+        not np.array_equal(before[k], after[k]) for k in before
+    )
 
 
 def error_result(task: Task, exc: BaseException, seconds: float = 0.0) -> Result:

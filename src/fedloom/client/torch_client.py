@@ -238,7 +238,7 @@ class TorchClient:
                     raise ValueError("a parameter stopped receiving gradients between local steps")
                 with torch.no_grad():
                     if hooks.has_grad:
-                        step_grads = hooks.grad(step_grads, named, shared, own)  # type: ignore[arg-type]
+                        step_grads = hooks.grad(step_grads, named, shared, own)
                     optimizer.step(
                         [named[k] for k in trained], [step_grads[k] for k in trained], step
                     )

@@ -1,14 +1,16 @@
 """The remote engine: tasks go to client processes over gRPC (``fedloom server``).
 
-The engine hands each task to its client's session in the ``Hub`` and yields results as the
-clients upload them, so the coordinator aggregates in a stream exactly as with the in-process
-engines. It adds what only a real deployment needs:
+The engine hands each task, with the blobs it names, to its client's session in the ``Hub`` and
+yields results as the clients upload them, so the coordinator aggregates in a stream exactly as
+with the in-process engines. Clients keep their own state (``fedloom.client.deploy``); nothing of
+it passes through here. It adds what only a real deployment needs:
 
 - a round deadline: tasks without a result by then end as dropped (an error ``Result``);
 - early failure: a task whose client disconnects (no heartbeat, or it left) fails at once;
 - over-selection (Bonawitz et al. 2019, "Towards Federated Learning at Scale"): for ``fit`` tasks
-  it also asks ``over_selection`` times as many extra connected clients, and stops at the first
-  ``len(tasks)`` accepted updates; the stragglers' tasks are cancelled.
+  it also asks ``over_selection`` times as many extra connected clients (each a copy of the first
+  fit task: the same blobs, config and upload), and stops at the first ``len(tasks)`` accepted
+  updates; the stragglers' tasks are cancelled.
 
 ``last_stats`` holds the counts of the latest ``run`` for the server's progress line, and
 ``last_transfer()`` the payload bytes it actually streamed (``MeasuresTransfer``): the hub's traffic
@@ -26,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedloom.core.task import FIT, GlobalParams, Result, Task
+from fedloom.core.task import FIT, Blobs, Result, Task
 from fedloom.engines.base import Transfer
 from fedloom.transport.hub import Completion, Hub
 
@@ -67,14 +69,14 @@ class RemoteEngine:
     def last_transfer(self) -> Transfer:
         return self._transfer
 
-    def run(self, tasks: Sequence[Task], global_params: GlobalParams) -> Iterator[Result]:
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
         stats = RemoteRunStats()
         self.last_stats = stats
         self._transfer = Transfer(0, 0)
         down0, up0 = self.hub.traffic()
         extras = self._over_select(tasks)
         stats.dispatched, stats.over_selected = len(tasks) + len(extras), len(extras)
-        batch = self.hub.dispatch([*tasks, *extras], global_params, self.deadline_s)
+        batch = self.hub.dispatch([*tasks, *extras], blobs, self.deadline_s)
         deadline = time.monotonic() + self.deadline_s
         try:
             while batch.open_tasks or not batch.completions.empty():
@@ -122,7 +124,7 @@ class RemoteEngine:
         spare = sorted(
             cid
             for cid, s in self.hub.ready_clients().items()
-            if cid not in chosen and s.num_examples > 0
+            if cid not in chosen and s.num_examples > 0 and FIT in s.task_kinds
         )
         k = min(len(spare), math.ceil(self.over_selection * len(fit)))
         if k == 0:

@@ -270,7 +270,7 @@ class Coordinator:
         }
         out, new = pipeline.apply(torch.from_numpy(aggregate), own, {"round": ctx.round})
         ctx.state.update({prefix + k: v.numpy() for k, v in new.items()})
-        return out.numpy().astype(np.float32, copy=False)  # type: ignore[no-any-return]
+        return out.numpy().astype(np.float32, copy=False)
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         """Central evaluation on the held-out set, and federated evaluation on clients' splits.

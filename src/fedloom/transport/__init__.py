@@ -1,11 +1,12 @@
 """The deployment transport: a versioned gRPC protocol (``proto/fedloom_transport.proto``),
-chunked params/update transfer, TLS certificates and client authentication.
+chunked transfer of blobs (models, control variates) and updates, TLS certificates and client
+authentication.
 
 - ``certs``: ``fedloom certs`` (CA, server and client certificates, HMAC enrolment tokens);
 - ``wire``: conversions between core types and protocol messages, chunking;
-- ``hub``: the server's sessions, task inboxes and pending results;
+- ``hub``: the server's sessions, task inboxes, the blobs of running tasks and pending results;
 - ``server``: the gRPC service (authentication, streaming, upload validation);
-- ``client``: the client's channel and calls, with a content-hash params cache.
+- ``client``: the client's channel and calls, with a content-hash blob cache.
 """
 
 from fedloom.transport.wire import PROTOCOL_VERSION

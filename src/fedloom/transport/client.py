@@ -1,11 +1,12 @@
 """The client side of the protocol: a channel (TLS, mTLS or plaintext) and one call per RPC, with
-chunked download into a content-hash cache and chunked upload."""
+chunked download of a task's blobs into a content-hash cache and chunked upload."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -13,16 +14,17 @@ import numpy as np
 
 from fedloom.core.codec import get_codec
 from fedloom.core.params import Params
-from fedloom.core.task import GlobalParams, Result
+from fedloom.core.task import MODEL, Blob, Result
 from fedloom.transport.certs import Bundle
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
 from fedloom.transport.wire import (
     COMPRESSIONS,
     PROTOCOL_VERSION,
+    blob_refs,
     chunks,
     spec_from_proto,
-    spec_to_proto,
+    upload_from_proto,
 )
 
 RPC_TIMEOUT = 30.0
@@ -48,15 +50,41 @@ class Backoff:
         self.attempt = 0
 
 
-class ParamsCache:
-    """The last global model this client downloaded, by content hash."""
+class BlobCache:
+    """The blobs of this client's latest tasks, by content hash.
 
-    def __init__(self) -> None:
-        self.digest: str | None = None
-        self.global_params: GlobalParams | None = None
-        self.params: Params | None = None
+    A blob a task names again (an unchanged model, an evaluation on the model just trained on,
+    a control variate the server did not update) is not downloaded again. The cache keeps the
+    blobs of the latest ``keep_tasks`` tasks and lets go of the rest, so it never grows over a
+    run: two by default, so that a fit and the evaluation between two fits, which name
+    different blobs (the evaluation no control variate), do not evict each other's.
+    """
+
+    def __init__(self, keep_tasks: int = 2) -> None:
+        if keep_tasks < 1:
+            raise ValueError(f"keep_tasks must be >= 1, got {keep_tasks}")
+        self.blobs: dict[str, Blob] = {}
         self.downloads = 0
         self.bytes_down = 0
+        self._recent: deque[frozenset[str]] = deque(maxlen=keep_tasks)
+
+    def get(self, digest: str) -> Blob | None:
+        return self.blobs.get(digest)
+
+    def add(self, blob: Blob) -> None:
+        self.blobs[blob.digest] = blob
+        self.downloads += 1
+        self.bytes_down += len(blob.payload)
+
+    def used(self, digests: Iterable[str]) -> None:
+        """A task used ``digests``; let go of every blob none of the latest tasks used."""
+        self._recent.append(frozenset(digests))
+        keep = frozenset().union(*self._recent)
+        self.blobs = {d: b for d, b in self.blobs.items() if d in keep}
+
+
+ParamsCache = BlobCache
+"""The name from when a task named one blob, its model."""
 
 
 class Connection:
@@ -134,59 +162,83 @@ class Connection:
     def leave(self) -> None:
         self.stub.Leave(pb.LeaveRequest(session_id=self.session_id), timeout=5.0)
 
-    def fetch_params(self, task: pb.TaskProto, cache: ParamsCache) -> tuple[GlobalParams, Params]:
-        """The task's global params: from the cache when the content hash matches, else
-        downloaded in chunks (resuming from the last byte received if the stream breaks) and
-        checked against the hash."""
-        if cache.digest == task.params_digest and cache.params is not None:
-            assert cache.global_params is not None
-            return cache.global_params, cache.params
-        buf = bytearray(task.params_bytes)
+    def fetch_blobs(self, task: pb.TaskProto, cache: BlobCache) -> dict[str, Blob]:
+        """Every blob the task names, by digest: from the cache when held, else downloaded.
+
+        ``ValueError`` when a blob fails its content hash or names a codec or spec this client
+        cannot read; ``grpc.RpcError`` when the server no longer serves it (``NOT_FOUND``: the
+        task's round closed).
+        """
+        refs = blob_refs(task)
+        blobs: dict[str, Blob] = {}
+        for ref in refs:
+            if ref.digest in blobs:
+                continue  # two roles, one payload
+            blob = cache.get(ref.digest)
+            if blob is None:
+                blob = self._download(ref)
+                cache.add(blob)
+            blobs[ref.digest] = blob
+        cache.used(blobs)
+        return blobs
+
+    def fetch_params(self, task: pb.TaskProto, cache: BlobCache) -> tuple[Blob, Params]:
+        """The task's model blob and its params (fetching every blob the task names), for a
+        client that needs the model only."""
+        blobs = self.fetch_blobs(task, cache)
+        model = next((ref for ref in blob_refs(task) if ref.role == MODEL), None)
+        if model is None:
+            raise ValueError(f"the {task.kind} task names no {MODEL!r} blob")
+        blob = blobs[model.digest]
+        return blob, blob.spec.unflatten(blob.decode())
+
+    def _download(self, ref: pb.BlobRef) -> Blob:
+        """One blob, in chunks, resuming from the last byte received if the stream breaks, and
+        checked against its content hash."""
+        spec = spec_from_proto(ref.spec)
+        codec = get_codec(ref.codec)
+        size = ref.num_bytes
+        if size < 0:
+            raise ValueError(f"the {ref.role!r} blob is announced with {size} bytes")
+        buf = bytearray(size)
         received = 0
         for attempt in range(4):
             try:
                 for chunk in self.stub.DownloadParams(
                     pb.DownloadRequest(
-                        session_id=self.session_id,
-                        params_digest=task.params_digest,
-                        offset=received,
+                        session_id=self.session_id, params_digest=ref.digest, offset=received
                     ),
-                    timeout=RPC_TIMEOUT + task.params_bytes / 1e6,
+                    timeout=RPC_TIMEOUT + size / 1e6,
                     compression=self.compression,
                 ):
                     end = chunk.offset + len(chunk.data)
-                    if chunk.offset != received or end > task.params_bytes:
-                        raise ValueError(f"params chunk at offset {chunk.offset} out of order")
+                    if chunk.offset != received or end > size:
+                        raise ValueError(
+                            f"{ref.role!r} blob chunk at offset {chunk.offset} out of order"
+                        )
                     buf[chunk.offset : end] = chunk.data
                     received = end
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 3:
                     raise
-            if received == task.params_bytes:
+            if received == size:
                 break
-        if received != task.params_bytes:
-            raise ValueError(f"params download stopped at {received} of {task.params_bytes} bytes")
+        if received != size:
+            raise ValueError(f"{ref.role!r} blob download stopped at {received} of {size} bytes")
         payload = bytes(buf)
         del buf
         digest = hashlib.sha256(payload).hexdigest()
-        if digest != task.params_digest:
+        if digest != ref.digest:
             raise ValueError(
-                f"downloaded params hash to {digest[:12]}, the task names {task.params_digest[:12]}"
+                f"the downloaded {ref.role!r} blob hashes to {digest[:12]}, the task names "
+                f"{ref.digest[:12]}"
             )
-        spec = spec_from_proto(task.spec)
-        gp = GlobalParams(spec=spec, codec=get_codec(task.codec), payload=payload, digest=digest)
-        params = spec.unflatten(gp.decode())
-        cache.digest, cache.global_params, cache.params = digest, gp, params
-        cache.downloads += 1
-        cache.bytes_down += len(payload)
-        return gp, params
+        return Blob(spec=spec, codec=codec, payload=payload, digest=digest)
 
-    def upload(
-        self, task: pb.TaskProto, result: Result, global_params: GlobalParams, chunk_bytes: int
-    ) -> pb.UploadReply:
+    def upload(self, task: pb.TaskProto, result: Result, chunk_bytes: int) -> pb.UploadReply:
         """Send ``result`` as a header and payload chunks; the reply says if it was accepted."""
         reply: pb.UploadReply = self.stub.UploadResult(
-            upload_messages(self.session_id, task, result, global_params, chunk_bytes),
+            upload_messages(self.session_id, task, result, chunk_bytes),
             timeout=RPC_TIMEOUT + len(result.payload or b"") / 1e6,
             compression=self.compression,
         )
@@ -194,13 +246,13 @@ class Connection:
 
 
 def upload_messages(
-    session_id: str,
-    task: pb.TaskProto,
-    result: Result,
-    global_params: GlobalParams,
-    chunk_bytes: int,
+    session_id: str, task: pb.TaskProto, result: Result, chunk_bytes: int
 ) -> Iterator[pb.UploadChunk]:
-    """The message stream of one upload: the header, then the payload in chunks."""
+    """The message stream of one upload: the header, then the payload in chunks.
+
+    The header declares the task's upload codec and, for an upload of the model's size, the
+    model's spec (the server checks both); a failed or metrics-only result declares neither.
+    """
     payload = result.payload or b""
     header = pb.UploadHeader(
         session_id=session_id,
@@ -209,10 +261,14 @@ def upload_messages(
         metrics={k: float(v) for k, v in result.metrics.items() if _is_scalar(v)},
         error=result.error or "",
         payload_bytes=len(payload),
-        codec=global_params.codec.name,
-        spec=spec_to_proto(global_params.spec),
         seconds=result.seconds,
     )
+    upload = upload_from_proto(task) if result.ok else None
+    if upload is not None:
+        header.codec = upload.codec
+        model = next((ref for ref in blob_refs(task) if ref.role == MODEL), None)
+        if model is not None and spec_from_proto(model.spec).size == upload.size:
+            header.spec.CopyFrom(model.spec)
     yield pb.UploadChunk(header=header)
     for piece in chunks(payload, chunk_bytes):
         yield pb.UploadChunk(data=bytes(piece))

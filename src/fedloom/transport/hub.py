@@ -4,6 +4,11 @@ engine. Shared, under one lock, by the gRPC handler threads and the coordinator'
 A session exists from ``Join`` until ``Leave``, a newer ``Join`` under the same name, or silence for
 longer than the heartbeat timeout. A task handed to a session that goes away fails at once, so a
 round never waits for a client that is known to be gone.
+
+Blobs (models, control variates) are held by the batch whose tasks name them, from ``dispatch``
+until ``close_batch``, and served by content hash to the clients of those tasks only. Nothing is
+kept for a closed batch: its tasks take no more results, so a straggler has no use for its blobs,
+and the server holds at most the blobs of the batches that are running.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedloom.core.task import GlobalParams, Result, Task
+from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
 
 log = logging.getLogger("fedloom.server")
 
@@ -38,14 +43,24 @@ class Session:
 
 @dataclass
 class PendingTask:
+    """A dispatched task until its result arrives or its batch closes.
+
+    ``blobs`` are the blobs the task names, by role: the service describes them to the client and
+    checks an upload against the model it was computed on.
+    """
+
     task_id: str
     task: Task
     session_id: str
-    params: GlobalParams
+    blobs: Mapping[str, Blob]
     batch: Batch
     deadline_seconds: float
     done: bool = False
     handed_out: bool = False
+
+    @property
+    def model(self) -> Blob | None:
+        return self.blobs.get(MODEL)
 
 
 @dataclass
@@ -59,11 +74,13 @@ class Completion:
 
 
 class Batch:
-    """The tasks of one ``Engine.run`` call and the queue their completions arrive on."""
+    """The tasks of one ``Engine.run`` call, the queue their completions arrive on, and the blobs
+    (by digest) its handed-out tasks name."""
 
     def __init__(self) -> None:
         self.completions: queue.Queue[Completion] = queue.Queue()
         self.pending: dict[str, PendingTask] = {}
+        self.blobs: dict[str, Blob] = {}
 
     @property
     def open_tasks(self) -> int:
@@ -89,7 +106,7 @@ class Hub:
         self._lock = threading.Condition()
         self._sessions: dict[str, Session] = {}
         self._by_name: dict[str, str] = {}
-        self._blobs: dict[str, GlobalParams] = {}
+        self._open: list[Batch] = []
         self._told_finished: set[str] = set()
         self._bytes_down = 0
         self._bytes_up = 0
@@ -168,27 +185,35 @@ class Hub:
             return {s.client_id: s for s in self._sessions.values() if s.ready}
 
     # -- tasks ------------------------------------------------------------------------------
-    def dispatch(
-        self, tasks: Sequence[Task], params: GlobalParams, deadline_seconds: float
-    ) -> Batch:
-        """Hand each task to its client's session. A task whose client is not connected fails at
-        once."""
+    def dispatch(self, tasks: Sequence[Task], blobs: Blobs, deadline_seconds: float) -> Batch:
+        """Hand each task to its client's session; ``blobs`` holds every blob the tasks name, by
+        digest. A task whose client is not connected, does not run its kind, or names a blob
+        that is not in ``blobs`` fails at once."""
         batch = Batch()
         with self._lock:
-            self._blobs = {params.digest: params}  # only the current model is served
             by_id = {s.client_id: s for s in self._sessions.values() if s.ready}
             for task in tasks:
                 session = by_id.get(task.client_id)
+                missing = [(r, d) for r, d in task.blobs.items() if d not in blobs]
                 pending = PendingTask(
                     task_id=secrets.token_hex(8),
                     task=task,
                     session_id=session.session_id if session else "",
-                    params=params,
+                    blobs={r: blobs[d] for r, d in task.blobs.items() if d in blobs},
                     batch=batch,
                     deadline_seconds=deadline_seconds,
                 )
                 batch.pending[pending.task_id] = pending
-                if session is None:
+                if missing:
+                    role, digest = missing[0]
+                    self._complete(
+                        pending,
+                        Result(
+                            task,
+                            error=f"the {role!r} blob {digest[:12]} of the task was not provided",
+                        ),
+                    )
+                elif session is None:
                     self._complete(
                         pending,
                         Result(task, error=f"client {task.client_id} is not connected"),
@@ -197,16 +222,25 @@ class Hub:
                 elif task.kind not in session.task_kinds:
                     self._complete(
                         pending,
-                        Result(task, error=f"client {session.name} does not run {task.kind!r}"),
+                        Result(
+                            task,
+                            error=f"client {session.name} does not run {task.kind!r} tasks (it "
+                            f"runs {sorted(session.task_kinds)}; register the stage in its --app)",
+                        ),
                     )
                 else:
                     session.inbox.append(pending)
+                    batch.blobs.update({b.digest: b for b in pending.blobs.values()})
+            self._open.append(batch)
             self._lock.notify_all()
         return batch
 
     def close_batch(self, batch: Batch) -> list[PendingTask]:
-        """Stop accepting results for ``batch``; returns the tasks that never completed."""
+        """Stop accepting results for ``batch`` and release its blobs; returns the tasks that
+        never completed."""
         with self._lock:
+            if batch in self._open:
+                self._open.remove(batch)
             left = [p for p in batch.pending.values() if not p.done]
             for p in left:
                 p.done = True
@@ -265,7 +299,7 @@ class Hub:
 
     # -- traffic ----------------------------------------------------------------------------
     def count_down(self, n: int) -> None:
-        """``n`` payload bytes of params were streamed to a client."""
+        """``n`` payload bytes of a blob were streamed to a client."""
         with self._lock:
             self._bytes_down += n
 
@@ -279,9 +313,26 @@ class Hub:
         with self._lock:
             return self._bytes_down, self._bytes_up
 
-    def blob(self, digest: str) -> GlobalParams | None:
+    def blob(self, digest: str, session_id: str | None = None) -> Blob | None:
+        """The blob with content hash ``digest`` if a running batch holds it. With
+        ``session_id``, only if one of that session's open tasks names it: a client cannot
+        download what was sent to another client."""
         with self._lock:
-            return self._blobs.get(digest)
+            if session_id is not None:
+                s = self._sessions.get(session_id)
+                if s is None:
+                    return None
+                return next(
+                    (
+                        b
+                        for p in s.inbox
+                        if not p.done
+                        for b in p.blobs.values()
+                        if b.digest == digest
+                    ),
+                    None,
+                )
+            return next((b.blobs[digest] for b in self._open if digest in b.blobs), None)
 
     def finish(self) -> None:
         """The run is over: pollers are told to exit."""

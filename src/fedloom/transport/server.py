@@ -2,17 +2,25 @@
 
 Every handler authenticates its caller before it touches the hub: ``Join`` checks the client's
 mTLS certificate (its common name is the client's identity) or its enrolment token, and every
-later call must present its session id, from the same certificate under mTLS. Uploads are checked
-while they stream in (declared spec, codec and size against the task; a running byte count against
-the cap), then decoded and validated with ``fedloom.server.validation.decode_update``, the same
-check the coordinator applies, so a bad update is refused with a reason the client sees and never
-reaches the global model. The hub counts the payload bytes streamed each way.
+later call must present its session id, from the same certificate under mTLS.
+
+Uploads are checked against what the task asked for (``Task.upload``: codec and number of values)
+while they stream in: the declared codec must be the task's, the declared length at most what that
+codec declares for the task's size (``Upload.max_bytes``), checked before a byte is read, and
+reading stops at the first byte over the declared length. The payload is then validated with
+``fedloom.core.validation.decode_update``, the check the coordinator applies again, so a bad
+update is refused with a reason the client sees and never reaches the global model. A task without
+an upload takes metrics only. Non-finite metrics (an AUC on a split with one class) are left out
+with ``finite_metrics``, as the coordinator does in simulation, and the result is kept. The hub
+counts the payload bytes streamed each way.
+
+This module depends on the core and the hub only, never on ``fedloom.server``: the deployment
+server builds on the transport, not the other way round.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +30,8 @@ from typing import NoReturn
 import grpc
 
 from fedloom.core.task import EVALUATE, FIT, Result
+from fedloom.core.validation import decode_update, finite_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
-from fedloom.server.validation import decode_update
 from fedloom.transport.certs import Bundle, check_token
 from fedloom.transport.hub import Hub, PendingTask, Session
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -166,37 +174,31 @@ class FederationService(pb_grpc.FederationServicer):
                 self.hub.told_finished(session.session_id)
                 return pb.PollReply(finished=True)
             return pb.PollReply(idle=True)
-        gp = pending.params
         return pb.PollReply(
             task=task_to_proto(
-                pending.task,
-                pending.task_id,
-                gp.digest,
-                len(gp.payload),
-                gp.codec.name,
-                gp.spec,
-                pending.deadline_seconds,
+                pending.task, pending.task_id, pending.blobs, pending.deadline_seconds
             )
         )
 
     def DownloadParams(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ParamsChunk]:
-        self._session(request.session_id, context)
-        gp = self.hub.blob(request.params_digest)
-        if gp is None:
+        session = self._session(request.session_id, context)
+        blob = self.hub.blob(request.params_digest, session.session_id)
+        if blob is None:
             _abort(
                 context,
                 grpc.StatusCode.NOT_FOUND,
-                f"params {request.params_digest[:12]} are not served (a newer round started)",
+                f"blob {request.params_digest[:12]} is not named by an open task of this client "
+                "(its round closed)",
             )
-        total = len(gp.payload)
+        total = len(blob.payload)
         if not 0 <= request.offset <= total:
             _abort(context, grpc.StatusCode.OUT_OF_RANGE, f"offset must be in [0, {total}]")
         if self.settings.compression == "gzip":
             context.set_compression(grpc.Compression.Gzip)
         offset = request.offset
-        for piece in chunks(gp.payload, self.settings.chunk_bytes, request.offset):
+        for piece in chunks(blob.payload, self.settings.chunk_bytes, request.offset):
             # Counted as it is handed to gRPC, so it is counted before the client can upload.
             self.hub.count_down(len(piece))
             yield pb.ParamsChunk(offset=offset, total_bytes=total, data=bytes(piece))
@@ -222,21 +224,34 @@ class FederationService(pb_grpc.FederationServicer):
         if header.error:
             self.hub.complete(pending, Result(task, error=f"client {session.name}: {header.error}"))
             return pb.UploadReply(accepted=True, reason="recorded as a client failure")
-        metrics = dict(header.metrics)
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad or header.num_examples < 0:
-            reason = (
-                f"non-finite metrics {sorted(bad)}"
-                if bad
-                else f"num_examples must be >= 0, got {header.num_examples}"
+        if header.num_examples < 0:
+            return self._reject(
+                pending, session, f"num_examples must be >= 0, got {header.num_examples}"
             )
-            return self._reject(pending, session, reason)
-        if task.kind != FIT:
+        metrics, dropped = finite_metrics(header.metrics)
+        if dropped:
+            log.warning(
+                "round %d: client %s (id %d) reported non-finite %s; left out, the result is kept",
+                task.round,
+                session.name,
+                session.client_id,
+                dropped,
+            )
+        note = f"non-finite metrics {dropped} were left out" if dropped else ""
+        if task.upload is None:
+            if header.payload_bytes:
+                return self._reject(
+                    pending,
+                    session,
+                    f"a {task.kind} task takes metrics only, the upload declares "
+                    f"{header.payload_bytes} bytes",
+                )
             result = Result(
                 task, num_examples=int(header.num_examples), metrics=metrics, seconds=header.seconds
             )
-            self.hub.complete(pending, result)
-            return pb.UploadReply(accepted=True)
+            if not self.hub.complete(pending, result):
+                return pb.UploadReply(accepted=False, reason="the round's deadline passed")
+            return pb.UploadReply(accepted=True, reason=note)
         payload, why = self._receive_update(header, pending, stream)
         if payload is None:
             return self._reject(pending, session, why or "no update")
@@ -248,38 +263,40 @@ class FederationService(pb_grpc.FederationServicer):
             seconds=header.seconds,
         )
         try:
-            decode_update(result, pending.params, len(pending.params.payload))
+            decode_update(result)
         except UpdateRejected as exc:
-            # The coordinator runs the same check on this result, counts it as rejected and keeps
-            # it out of the aggregate.
+            # Delivered whole: the coordinator's own decode_update rejects it for the same reason.
             return self._reject(pending, session, str(exc), result)
         if not self.hub.complete(pending, result):
             return pb.UploadReply(accepted=False, reason="the round's deadline passed")
-        return pb.UploadReply(accepted=True)
+        return pb.UploadReply(accepted=True, reason=note)
 
     def _receive_update(
         self, header: pb.UploadHeader, pending: PendingTask, stream: Iterator[pb.UploadChunk]
     ) -> tuple[bytes | None, str | None]:
-        """The update payload, or None and why not. Stops reading at the first byte over the cap,
-        so an oversized upload costs the server no more memory than a correct one."""
-        gp = pending.params
-        expected = len(gp.payload)
-        if header.codec and header.codec != gp.codec.name:
+        """The update payload, or None and why not.
+
+        The declared length is checked against the codec's declared size for the task before a
+        byte is read, and reading stops at the first byte over the declared length, so an
+        oversized upload costs the server no more memory than a correct one.
+        """
+        upload = pending.task.upload
+        assert upload is not None
+        if header.codec != upload.codec:
             return (
                 None,
-                f"update is encoded with {header.codec!r}, the round uses {gp.codec.name!r}",
+                f"update is encoded with {header.codec!r}, the task asks for {upload.codec!r}",
             )
         if header.HasField("spec"):
-            try:
-                why = spec_mismatch(gp.spec, spec_from_proto(header.spec))
-            except ValueError as exc:
-                why = str(exc)
+            why = self._spec_mismatch(header.spec, pending)
             if why:
                 return None, why
-        if header.payload_bytes != expected:
+        cap = upload.max_bytes()
+        declared = header.payload_bytes
+        if not 0 <= declared <= cap:
             return None, (
-                f"update is declared as {header.payload_bytes} bytes, the model's encoded size is "
-                f"{expected} bytes"
+                f"update is declared as {declared} bytes, the task's upload ({upload.size} values "
+                f"of {upload.codec}) takes at most {cap} bytes"
             )
         buf = bytearray()
         received = 0
@@ -288,16 +305,39 @@ class FederationService(pb_grpc.FederationServicer):
                 received += len(msg.data)
                 if msg.HasField("header"):
                     return None, "a second header arrived in the middle of an upload"
-                if len(buf) + len(msg.data) > expected:
-                    return None, f"update exceeds the size cap of {expected} bytes"
+                if len(buf) + len(msg.data) > declared:
+                    return (
+                        None,
+                        f"update exceeds the size cap: it declared {declared} bytes and sent more",
+                    )
                 buf += msg.data
         except Exception as exc:  # the stream broke: a message over the cap, a lost client
             return None, f"the upload broke off after {len(buf)} bytes: {exc}"
         finally:
             self.hub.count_up(received)
-        if len(buf) != expected:
-            return None, f"upload ended after {len(buf)} of {expected} bytes"
+        if len(buf) != declared:
+            return None, f"upload ended after {len(buf)} of {declared} bytes"
         return bytes(buf), None
+
+    @staticmethod
+    def _spec_mismatch(msg: pb.ParamSpecProto, pending: PendingTask) -> str | None:
+        """Why the spec an upload declares does not fit its task, or None.
+
+        An upload of the model's size must have the model's names and shapes; an upload of another
+        size (SCAFFOLD's model and control variate deltas) has no model spec to compare with, so
+        only its size is checked.
+        """
+        upload, model = pending.task.upload, pending.model
+        assert upload is not None
+        try:
+            got = spec_from_proto(msg)
+        except ValueError as exc:
+            return str(exc)
+        if model is not None and upload.size == model.spec.size:
+            return spec_mismatch(model.spec, got)
+        if got.size != upload.size:
+            return f"the update's spec holds {got.size} values, the task asks for {upload.size}"
+        return None
 
     def _reject(
         self, pending: PendingTask, session: Session, reason: str, result: Result | None = None
@@ -309,8 +349,16 @@ class FederationService(pb_grpc.FederationServicer):
             session.client_id,
             reason,
         )
-        # Without a payload the coordinator's decode_update rejects it as well ("no update").
-        delivered = result or Result(pending.task, num_examples=0, payload=None)
+        # The engine counts it as rejected. The coordinator must not use it either: a result
+        # without its payload fails its own decode_update ("no update"), and a metrics-only
+        # result, which it does not decode, is delivered as a failure.
+        task = pending.task
+        if result is not None:
+            delivered = result
+        elif task.upload is not None:
+            delivered = Result(task, num_examples=0, payload=None)
+        else:
+            delivered = Result(task, error=f"client {session.name}: result rejected: {reason}")
         self.hub.complete(pending, delivered, rejected=reason)
         return pb.UploadReply(accepted=False, reason=f"update rejected: {reason}")
 

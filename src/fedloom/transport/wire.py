@@ -1,4 +1,11 @@
-"""Conversions between fedloom's core types and the protocol's messages, and payload chunking."""
+"""Conversions between fedloom's core types and the protocol's messages, and payload chunking.
+
+A task travels as a ``TaskProto``: its blobs as ``BlobRef`` messages (role, content hash, and what a
+client needs to download and decode the payload), its upload as an ``UploadSpec`` (absent for a
+metrics-only task). The model's blob is repeated in the fields the message had before tasks named
+several blobs, and a task from a server of that time (no ``blobs``) reads as a task on its model
+alone, so either side can be upgraded first.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import Task
+from fedloom.core.task import FIT, MODEL, Blob, Task, Upload
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -50,31 +57,81 @@ def spec_mismatch(expected: ParamSpec, got: ParamSpec) -> str | None:
 
 
 def task_to_proto(
-    task: Task,
-    task_id: str,
-    digest: str,
-    params_bytes: int,
-    codec: str,
-    spec: ParamSpec,
-    deadline_seconds: float,
+    task: Task, task_id: str, blobs: Mapping[str, Blob], deadline_seconds: float
 ) -> pb.TaskProto:
-    return pb.TaskProto(
+    """The message of ``task``; ``blobs`` are the blobs it names, by role."""
+    msg = pb.TaskProto(
         task_id=task_id,
         kind=task.kind,
         round=task.round,
         client_id=task.client_id,
         config_json=json.dumps(dict(task.config)),
-        params_digest=digest,
-        params_bytes=params_bytes,
-        codec=codec,
-        spec=spec_to_proto(spec),
         deadline_seconds=deadline_seconds,
+        blobs=[
+            pb.BlobRef(
+                role=role,
+                digest=blob.digest,
+                num_bytes=len(blob.payload),
+                codec=blob.codec.name,
+                spec=spec_to_proto(blob.spec),
+            )
+            for role, blob in blobs.items()
+        ],
     )
+    model = blobs.get(MODEL)
+    if model is not None:
+        msg.params_digest = model.digest
+        msg.params_bytes = len(model.payload)
+        msg.codec = model.codec.name
+        msg.spec.CopyFrom(spec_to_proto(model.spec))
+    if task.upload is not None:
+        msg.upload.CopyFrom(pb.UploadSpec(codec=task.upload.codec, size=task.upload.size))
+    return msg
+
+
+def _from_old_server(msg: pb.TaskProto) -> bool:
+    """A task from a server that predates ``blobs`` and ``upload``: it names its model only."""
+    return not msg.blobs and bool(msg.params_digest)
+
+
+def blob_refs(msg: pb.TaskProto) -> list[pb.BlobRef]:
+    """The blobs a task names, one per role."""
+    if _from_old_server(msg):
+        return [
+            pb.BlobRef(
+                role=MODEL,
+                digest=msg.params_digest,
+                num_bytes=msg.params_bytes,
+                codec=msg.codec,
+                spec=msg.spec,
+            )
+        ]
+    return list(msg.blobs)
+
+
+def upload_from_proto(msg: pb.TaskProto) -> Upload | None:
+    """What the task's result must upload; None for a metrics-only task. ``ValueError`` when the
+    task's spec is malformed."""
+    if msg.HasField("upload"):
+        return Upload(msg.upload.codec, int(msg.upload.size))
+    if _from_old_server(msg) and msg.kind == FIT:
+        return Upload(msg.codec, spec_from_proto(msg.spec).size)
+    return None
 
 
 def task_from_proto(msg: pb.TaskProto) -> Task:
+    """The core Task of a message; ``ValueError`` when its config or spec is malformed."""
     config: Mapping[str, Any] = json.loads(msg.config_json) if msg.config_json else {}
-    return Task(kind=msg.kind, round=msg.round, client_id=msg.client_id, config=config)
+    if not isinstance(config, dict):
+        raise ValueError(f"the task's config must be a JSON object, got {msg.config_json[:80]!r}")
+    return Task(
+        kind=msg.kind,
+        round=msg.round,
+        client_id=msg.client_id,
+        config=config,
+        blobs={ref.role: ref.digest for ref in blob_refs(msg)},
+        upload=upload_from_proto(msg),
+    )
 
 
 def chunks(payload: bytes | memoryview, chunk_bytes: int, offset: int = 0) -> Iterator[memoryview]:

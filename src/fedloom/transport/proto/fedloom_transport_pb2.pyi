@@ -1,15 +1,13 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinRequest(_message.Message):
-    __slots__ = ("client_name", "compressions", "protocol_version", "task_kinds", "token")
+    __slots__ = ("protocol_version", "client_name", "token", "compressions", "task_kinds")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -20,10 +18,10 @@ class JoinRequest(_message.Message):
     token: str
     compressions: _containers.RepeatedScalarFieldContainer[str]
     task_kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: int | None = ..., client_name: str | None = ..., token: str | None = ..., compressions: _Iterable[str] | None = ..., task_kinds: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., token: _Optional[str] = ..., compressions: _Optional[_Iterable[str]] = ..., task_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("chunk_bytes", "client_id", "compression", "config_json", "heartbeat_seconds", "poll_seconds", "protocol_version", "run_id", "session_id")
+    __slots__ = ("session_id", "client_id", "run_id", "config_json", "heartbeat_seconds", "poll_seconds", "chunk_bytes", "compression", "protocol_version")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -42,17 +40,17 @@ class JoinReply(_message.Message):
     chunk_bytes: int
     compression: str
     protocol_version: int
-    def __init__(self, session_id: str | None = ..., client_id: int | None = ..., run_id: str | None = ..., config_json: str | None = ..., heartbeat_seconds: float | None = ..., poll_seconds: float | None = ..., chunk_bytes: int | None = ..., compression: str | None = ..., protocol_version: int | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., client_id: _Optional[int] = ..., run_id: _Optional[str] = ..., config_json: _Optional[str] = ..., heartbeat_seconds: _Optional[float] = ..., poll_seconds: _Optional[float] = ..., chunk_bytes: _Optional[int] = ..., compression: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class ReadyRequest(_message.Message):
-    __slots__ = ("num_examples", "num_test_examples", "session_id")
+    __slots__ = ("session_id", "num_examples", "num_test_examples")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     num_examples: int
     num_test_examples: int
-    def __init__(self, session_id: str | None = ..., num_examples: int | None = ..., num_test_examples: int | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., num_test_examples: _Optional[int] = ...) -> None: ...
 
 class ReadyReply(_message.Message):
     __slots__ = ()
@@ -62,38 +60,60 @@ class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: str | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("run_active",)
     RUN_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     run_active: bool
-    def __init__(self, run_active: bool | None = ...) -> None: ...
+    def __init__(self, run_active: _Optional[bool] = ...) -> None: ...
 
 class PollRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: str | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class ParamSpecProto(_message.Message):
-    __slots__ = ("dtypes", "names", "shapes")
+    __slots__ = ("names", "shapes", "dtypes")
     NAMES_FIELD_NUMBER: _ClassVar[int]
     SHAPES_FIELD_NUMBER: _ClassVar[int]
     DTYPES_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
     shapes: _containers.RepeatedCompositeFieldContainer[TensorShape]
     dtypes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, names: _Iterable[str] | None = ..., shapes: _Iterable[TensorShape | _Mapping] | None = ..., dtypes: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., shapes: _Optional[_Iterable[_Union[TensorShape, _Mapping]]] = ..., dtypes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TensorShape(_message.Message):
     __slots__ = ("dims",)
     DIMS_FIELD_NUMBER: _ClassVar[int]
     dims: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dims: _Iterable[int] | None = ...) -> None: ...
+    def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BlobRef(_message.Message):
+    __slots__ = ("role", "digest", "num_bytes", "codec", "spec")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    digest: str
+    num_bytes: int
+    codec: str
+    spec: ParamSpecProto
+    def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ...) -> None: ...
+
+class UploadSpec(_message.Message):
+    __slots__ = ("codec", "size")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    codec: str
+    size: int
+    def __init__(self, codec: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TaskProto(_message.Message):
-    __slots__ = ("client_id", "codec", "config_json", "deadline_seconds", "kind", "params_bytes", "params_digest", "round", "spec", "task_id")
+    __slots__ = ("task_id", "kind", "round", "client_id", "config_json", "params_digest", "params_bytes", "codec", "spec", "deadline_seconds", "blobs", "upload")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +124,8 @@ class TaskProto(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: str
     round: int
@@ -114,47 +136,49 @@ class TaskProto(_message.Message):
     codec: str
     spec: ParamSpecProto
     deadline_seconds: float
-    def __init__(self, task_id: str | None = ..., kind: str | None = ..., round: int | None = ..., client_id: int | None = ..., config_json: str | None = ..., params_digest: str | None = ..., params_bytes: int | None = ..., codec: str | None = ..., spec: ParamSpecProto | _Mapping | None = ..., deadline_seconds: float | None = ...) -> None: ...
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobRef]
+    upload: UploadSpec
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[int] = ..., config_json: _Optional[str] = ..., params_digest: _Optional[str] = ..., params_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., deadline_seconds: _Optional[float] = ..., blobs: _Optional[_Iterable[_Union[BlobRef, _Mapping]]] = ..., upload: _Optional[_Union[UploadSpec, _Mapping]] = ...) -> None: ...
 
 class PollReply(_message.Message):
-    __slots__ = ("finished", "idle", "task")
+    __slots__ = ("task", "idle", "finished")
     TASK_FIELD_NUMBER: _ClassVar[int]
     IDLE_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     task: TaskProto
     idle: bool
     finished: bool
-    def __init__(self, task: TaskProto | _Mapping | None = ..., idle: bool | None = ..., finished: bool | None = ...) -> None: ...
+    def __init__(self, task: _Optional[_Union[TaskProto, _Mapping]] = ..., idle: _Optional[bool] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
-    __slots__ = ("offset", "params_digest", "session_id")
+    __slots__ = ("session_id", "params_digest", "offset")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     params_digest: str
     offset: int
-    def __init__(self, session_id: str | None = ..., params_digest: str | None = ..., offset: int | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., params_digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class ParamsChunk(_message.Message):
-    __slots__ = ("data", "offset", "total_bytes")
+    __slots__ = ("offset", "total_bytes", "data")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     offset: int
     total_bytes: int
     data: bytes
-    def __init__(self, offset: int | None = ..., total_bytes: int | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("codec", "error", "metrics", "num_examples", "payload_bytes", "seconds", "session_id", "spec", "task_id")
+    __slots__ = ("session_id", "task_id", "num_examples", "metrics", "error", "payload_bytes", "codec", "spec", "seconds")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
-        def __init__(self, key: str | None = ..., value: float | None = ...) -> None: ...
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -173,15 +197,15 @@ class UploadHeader(_message.Message):
     codec: str
     spec: ParamSpecProto
     seconds: float
-    def __init__(self, session_id: str | None = ..., task_id: str | None = ..., num_examples: int | None = ..., metrics: _Mapping[str, float] | None = ..., error: str | None = ..., payload_bytes: int | None = ..., codec: str | None = ..., spec: ParamSpecProto | _Mapping | None = ..., seconds: float | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("data", "header")
+    __slots__ = ("header", "data")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     header: UploadHeader
     data: bytes
-    def __init__(self, header: UploadHeader | _Mapping | None = ..., data: bytes | None = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ("accepted", "reason")
@@ -189,13 +213,13 @@ class UploadReply(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
-    def __init__(self, accepted: bool | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: str | None = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()

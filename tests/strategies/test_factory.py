@@ -1,0 +1,136 @@
+"""make_strategy: the strategy a Config names, with every setting it carries, or a ConfigError."""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+import pytest
+
+import fedloom.simulation
+from fedloom.aggregators import Sum, WeightedMean
+from fedloom.config import StrategyConfig, load_config
+from fedloom.core.codec import Float32Codec
+from fedloom.core.params import ParamSpec
+from fedloom.core.task import Blob
+from fedloom.errors import ConfigError
+from fedloom.optim import ServerAdam, ServerSGD
+from fedloom.strategies import FedAvg, FedProx, FedSGD, RoundContext, Scaffold, Strategy
+from fedloom.strategies.factory import STRATEGY_NAMES, make_strategy
+
+SPEC = ParamSpec(names=("w",), shapes=((3,),), dtypes=("<f4",))
+THETA = np.array([1.0, 2.0, 3.0], np.float32)
+
+
+def _strategy(*overrides: str) -> Strategy:
+    return make_strategy(load_config(None, overrides))
+
+
+def _context() -> RoundContext:
+    codec = Float32Codec()
+    return RoundContext(
+        round=4,
+        eligible=[0, 1, 2],
+        rng=np.random.default_rng(0),
+        seed=9,
+        spec=SPEC,
+        codec=codec,
+        params=THETA,
+        model=Blob.encode(SPEC, codec, THETA),
+        state={},
+        num_clients=3,
+    )
+
+
+def test_every_configurable_name_builds_its_strategy() -> None:
+    assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
+    built = {name: type(_strategy(f"strategy.name={name}")) for name in STRATEGY_NAMES}
+    assert built == {"fedavg": FedAvg, "fedsgd": FedSGD, "fedprox": FedProx, "scaffold": Scaffold}
+
+
+def test_fedavg_carries_selection_local_training_and_server_optimizer() -> None:
+    strategy = _strategy(
+        "strategy.fraction_fit=0.5",
+        "strategy.min_fit_clients=2",
+        "strategy.fraction_evaluate=0.25",
+        "strategy.server_lr=0.7",
+        "strategy.server_momentum=0.9",
+        "client.epochs=3",
+        "client.batch_size=16",
+        "client.lr=0.05",
+        "client.optimizer=adam",
+        "client.weight_decay=0.001",
+    )
+    assert type(strategy) is FedAvg
+    assert (strategy.fraction_fit, strategy.min_fit_clients, strategy.fraction_evaluate) == (
+        0.5,
+        2,
+        0.25,
+    )
+    assert strategy.server_optimizer == ServerSGD(lr=0.7, momentum=0.9)
+    assert strategy.fit_config(_context()) == {
+        "epochs": 3,
+        "batch_size": 16,
+        "lr": 0.05,
+        "optimizer": "adam",
+        "momentum": 0.0,
+        "weight_decay": 0.001,
+        "mode": "train",
+        "round": 4,
+        "seed": 9,
+    }
+
+
+def test_server_adam() -> None:
+    assert _strategy(
+        "strategy.server_optimizer=adam", "strategy.server_lr=0.02"
+    ).server_optimizer == (ServerAdam(lr=0.02))
+
+
+def test_fedprox_sends_its_proximal_mu_to_the_clients() -> None:
+    strategy = _strategy("strategy.name=fedprox", "strategy.proximal_mu=0.3")
+    assert isinstance(strategy, FedProx) and strategy.proximal_mu == 0.3
+    assert strategy.fit_config(_context())["local"] == {"name": "fedprox", "proximal_mu": 0.3}
+
+
+def test_scaffold_keeps_a_server_control_variate() -> None:
+    strategy = _strategy("strategy.name=scaffold", "client.lr=0.1")
+    assert isinstance(strategy, Scaffold)
+    state = strategy.init_state(THETA)
+    assert list(state) == ["control"]
+    np.testing.assert_array_equal(state["control"], np.zeros(3, np.float32))
+    config = strategy.fit_config(_context())
+    assert config["local"] == {"name": "scaffold"} and config["lr"] == 0.1
+
+
+@pytest.mark.parametrize(("aggregation", "aggregator"), [("mean", WeightedMean), ("sum", Sum)])
+def test_fedsgd_uploads_gradients_aggregated_as_configured(
+    aggregation: str, aggregator: type
+) -> None:
+    strategy = _strategy("strategy.name=fedsgd", f"strategy.aggregation={aggregation}")
+    assert isinstance(strategy, FedSGD) and strategy.aggregation == aggregation
+    assert isinstance(strategy.aggregator(), aggregator)
+    assert strategy.fit_config(_context())["mode"] == "gradient"
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "scaffold"])
+def test_sum_aggregation_outside_fedsgd_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _strategy(f"strategy.name={name}", "strategy.aggregation=sum")
+    assert str(info.value) == (
+        f"strategy.aggregation='sum' applies to fedsgd only; {name} always takes the "
+        "example-weighted mean"
+    )
+
+
+def test_server_momentum_with_adam_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        _strategy("strategy.server_optimizer=adam", "strategy.server_momentum=0.9")
+    assert str(info.value) == (
+        "strategy.server_momentum=0.9 applies to server_optimizer=sgd (FedAvgM); adam keeps its "
+        "own first moment (beta1): leave server_momentum at 0"
+    )
+
+
+def test_fedloom_simulation_still_exports_it() -> None:
+    assert fedloom.simulation.make_strategy is make_strategy
