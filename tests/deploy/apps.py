@@ -1,7 +1,9 @@
 """Client apps for the deployment tests, loaded by ``fedloom client --app tests.deploy.apps:NAME``.
 
 The partition comes from ``FEDLOOM_TEST_PARTITION=i/N`` and an optional per-fit delay from
-``FEDLOOM_TEST_FIT_DELAY`` (seconds), so a test can kill clients while they are in a round.
+``FEDLOOM_TEST_FIT_DELAY`` (seconds), applied in the rounds ``FEDLOOM_TEST_DELAY_ROUNDS`` lists
+(comma-separated; default every round), so a test can kill clients, or the server, while clients
+are in a round.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from fedloom.client.base import EvalResult, FitResult
+from fedloom.client.base import ClientContext, EvalResult, FitResult
 from fedloom.client.torch_client import TorchClient
 from fedloom.config import Config
 from fedloom.core.params import Params
@@ -19,27 +21,45 @@ from fedloom.simulation import Simulation
 
 
 class SlowClient:
-    """A TorchClient that takes ``delay`` extra seconds per fit."""
+    """A TorchClient that takes ``delay`` extra seconds per fit, and says in its log when a fit
+    starts and when it has finished (its new client state is then about to be stored).
 
-    def __init__(self, inner: TorchClient, delay: float) -> None:
+    It passes the task's context on, so it runs algorithms with client state (SCAFFOLD)."""
+
+    def __init__(
+        self, inner: TorchClient, delay: float, rounds: frozenset[int] | None = None
+    ) -> None:
         self.inner = inner
         self.delay = delay
+        self.rounds = rounds
         self.num_examples = inner.num_examples
 
-    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+    def fit(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
+    ) -> FitResult:
         print(f"fit round {config.get('round')} started", flush=True)
-        time.sleep(self.delay)
-        return self.inner.fit(params, config)
+        if self.rounds is None or int(config.get("round", 0)) in self.rounds:
+            time.sleep(self.delay)
+        result = self.inner.fit(params, config, context)
+        print(f"fit round {config.get('round')} finished", flush=True)
+        return result
 
-    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
-        return self.inner.evaluate(params, config)
+    def evaluate(
+        self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
+    ) -> EvalResult:
+        return self.inner.evaluate(params, config, context)
 
 
 def slow_client(cfg: Config) -> SlowClient:
     index, count = (int(x) for x in os.environ["FEDLOOM_TEST_PARTITION"].split("/"))
     part = cfg.partition.model_copy(update={"num_clients": count})
     sim = Simulation(cfg.model_copy(update={"partition": part}))
-    return SlowClient(sim.client(index), float(os.environ.get("FEDLOOM_TEST_FIT_DELAY", "0")))
+    rounds = os.environ.get("FEDLOOM_TEST_DELAY_ROUNDS")
+    return SlowClient(
+        sim.client(index),
+        float(os.environ.get("FEDLOOM_TEST_FIT_DELAY", "0")),
+        frozenset(int(r) for r in rounds.split(",")) if rounds else None,
+    )
 
 
 class FailingClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -126,21 +127,44 @@ def client(
 
 
 def slow_client(
-    port: int, index: int, count: int, certs: Path, log: Path, fit_delay: float
+    port: int,
+    index: int,
+    count: int,
+    certs: Path,
+    log: Path,
+    fit_delay: float,
+    rounds: Sequence[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Client ``client-{index}`` on partition ``index/count`` whose every fit takes at least
-    ``fit_delay`` seconds longer (tests.deploy.apps:slow_client), so a kill lands mid-round."""
+    """Client ``client-{index}`` on partition ``index/count`` whose fits take at least
+    ``fit_delay`` seconds longer (tests.deploy.apps:slow_client) in ``rounds`` (default: every
+    round), so a kill lands mid-round. Its log says ``fit round R started`` and ``... finished``."""
+    env = {"FEDLOOM_TEST_PARTITION": f"{index}/{count}", "FEDLOOM_TEST_FIT_DELAY": str(fit_delay)}
+    if rounds is not None:
+        env["FEDLOOM_TEST_DELAY_ROUNDS"] = ",".join(str(r) for r in rounds)
+    return client(
+        port, f"client-{index}", certs, log, ["--app", "tests.deploy.apps:slow_client"], env=env
+    )
+
+
+def app_client(
+    port: int, index: int, count: int, certs: Path | None, log: Path, app: str
+) -> subprocess.Popen[bytes]:
+    """Client ``client-{index}`` running the user app ``app`` (``module:function``) on partition
+    ``index/count`` (``FEDLOOM_TEST_PARTITION``, read by the apps in tests/apps.py)."""
     return client(
         port,
         f"client-{index}",
         certs,
         log,
-        ["--app", "tests.deploy.apps:slow_client"],
-        env={
-            "FEDLOOM_TEST_PARTITION": f"{index}/{count}",
-            "FEDLOOM_TEST_FIT_DELAY": str(fit_delay),
-        },
+        ["--app", app],
+        env={"FEDLOOM_TEST_PARTITION": f"{index}/{count}"},
     )
+
+
+def records(out: Path) -> list[dict[str, Any]]:
+    """The round records of a results folder (metrics.jsonl), in order."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def wait_for_line(

@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 
-from fedloom.core.task import GlobalParams
+from fedloom.core.task import Blob
 from fedloom.transport.certs import client_bundle, create_certs
-from fedloom.transport.client import Connection, ParamsCache
+from fedloom.transport.client import BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.wire import spec_to_proto
 from tests.deploy import helpers as h
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.deploy
 MB = 1024 * 1024
 
 
-def _header(conn: Connection, task: pb.TaskProto, gp: GlobalParams, size: int) -> pb.UploadChunk:
+def _header(conn: Connection, task: pb.TaskProto, gp: Blob, size: int) -> pb.UploadChunk:
     return pb.UploadChunk(
         header=pb.UploadHeader(
             session_id=conn.session_id,
@@ -55,7 +55,7 @@ class Attacker:
         try:
             self.conn.join("client-2", "", ["fit", "evaluate"])
             self.conn.ready(100, 0)
-            cache = ParamsCache()
+            cache = BlobCache()
             while True:
                 reply = self.conn.poll(2.0)
                 if reply.WhichOneof("outcome") == "finished":
@@ -68,7 +68,7 @@ class Attacker:
         finally:
             self.conn.close()
 
-    def attack(self, task: pb.TaskProto, gp: GlobalParams) -> None:
+    def attack(self, task: pb.TaskProto, gp: Blob) -> None:
         size = len(gp.payload)
         if task.round == 1:  # the shapes of another model
             other = gp.spec.shapes[0][0] + 1, *gp.spec.shapes[0][1:]

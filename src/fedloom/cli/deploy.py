@@ -43,6 +43,9 @@ def cmd_server(args: argparse.Namespace) -> int:
         certs=Path(args.certs) if args.certs else None,
         insecure=args.insecure,
         quiet=args.quiet,
+        model=args.model,
+        strategy=args.strategy,
+        eval_data=Path(args.eval_data) if args.eval_data else None,
     )
     summary = serve(cfg, opts)
     if not args.quiet:
@@ -127,6 +130,30 @@ def register(sub: Any) -> None:
     )
     server.add_argument("--out", required=True, help="results folder")
     server.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted networks)")
+    server.add_argument(
+        "--model",
+        metavar="MODULE:FUNCTION",
+        help="build the global model with your own factory, which returns a torch.nn.Module "
+        "(it takes no arguments or the run's Config; it runs after torch.manual_seed(seed)); the "
+        "server then loads no dataset, and central evaluation is off unless --eval-data is "
+        "given (default: the config's model for the config's dataset)",
+    )
+    server.add_argument(
+        "--eval-data",
+        metavar="FILE.npz",
+        help="central evaluation on this .npz file (numpy.savez(FILE, x=inputs, y=targets)): x "
+        "holds the inputs exactly as the model takes them, shape (n, *input_shape); y holds "
+        "integer class ids 0..C-1 (classification; the model has C outputs) or floats "
+        "(regression; one output). Metrics are those of `fedloom run` (default: the config "
+        "dataset's test split without --model, none with --model)",
+    )
+    server.add_argument(
+        "--strategy",
+        metavar="MODULE:FUNCTION",
+        help="use your own strategy: a factory returning a fedloom Strategy (it takes no "
+        "arguments or the run's Config); clients must run any task kinds it adds "
+        "(default: the config's strategy section)",
+    )
     server.add_argument("-q", "--quiet", action="store_true", help="no progress lines or table")
     server.set_defaults(func=cmd_server)
 

@@ -4,17 +4,30 @@ The same strategies, configs and round loop as a simulation, with the ``remote``
 are separate processes that connect over gRPC (see ``fedloom.transport``). Around the round loop
 this module adds what a long-running service needs:
 
+- the global model comes from the config (its dataset and model sections, as ``fedloom run``
+  builds it) or from the user's own ``nn.Module`` factory (``--model module:function``); with a
+  factory the server loads no dataset, and central evaluation runs only on ``--eval-data``;
+- the strategy comes from the config or from the user's factory (``--strategy module:function``);
 - it waits for enough clients before each round (``server.min_clients``, failing the run after
   ``server.join_timeout_s``), and uses clients that join later from the next round on;
-- a round with fewer than ``strategy.min_fit_clients`` usable updates by the deadline is retried
+- each attempt at a round is ``Coordinator.attempt_round``, which changes the model and the
+  server's state only when the round succeeds; a round with fewer than
+  ``strategy.min_fit_clients`` usable updates by the deadline is retried
   ``server.round_retries`` times, then the run fails with the reason;
-- after every completed round, the checkpoint and the round's record are committed to the state
-  store (``fedloom.server.state``); a restarted server resumes after the last completed round;
+- after every completed round, ``Coordinator.checkpoint()`` (the model, the server optimiser's
+  state and the strategy's state) and the round's record are committed to the state store
+  (``fedloom.server.state``); a restarted server restores them and resumes after the last
+  completed round, so a resumed run computes what an uninterrupted one would;
 - it prints one progress line per round and writes the same results folder as ``fedloom run``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import importlib
+import inspect
 import json
 import os
 import resource
@@ -22,22 +35,35 @@ import signal
 import sys
 import threading
 import time
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from fedloom import __version__
+from fedloom.client.torch_client import TaskType, evaluate_model, get_params, set_params
 from fedloom.config import Config
 from fedloom.core.codec import get_codec
-from fedloom.engines.remote import RemoteEngine
+from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import EVALUATE, Blobs, Result, Task
+from fedloom.engines.base import Transfer
+from fedloom.engines.remote import RemoteEngine, RemoteRunStats
 from fedloom.errors import ConfigError, DeploymentError
-from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population
 from fedloom.server.state import StateStore
-from fedloom.simulation import Simulation, make_strategy, summarize
+from fedloom.simulation import Simulation
+from fedloom.strategies import Strategy
+from fedloom.strategies.factory import make_strategy
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
+from fedloom.tracking.summary import summarize
 from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
@@ -49,12 +75,18 @@ _LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "rmse")
 
 @dataclass(frozen=True)
 class ServerOptions:
+    """How to serve a run. ``model`` and ``strategy`` are ``module:function`` factories (None: from
+    the config); ``eval_data`` is an ``.npz`` with ``x`` and ``y`` for central evaluation."""
+
     address: str
     state: Path
     out: Path
     certs: Path | None = None
     insecure: bool = False
     quiet: bool = False
+    model: str | None = None
+    strategy: str | None = None
+    eval_data: Path | None = None
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -134,131 +166,111 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             flush=True,
         )
 
-    sim = Simulation(cfg)  # the model, its initial params and the central test split
-    strategy = make_strategy(cfg)
-    store = StateStore(opts.state)
-    dump = cfg.model_dump(mode="json")
-    info = store.open_run(cfg.model_dump_json(), {k: dump[k] for k in IDENTITY_SECTIONS})
-    hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
-    engine = RemoteEngine(
-        hub, deadline_s=s.round_deadline_s, over_selection=s.over_selection, seed=cfg.seed
-    )
-    population = Population(num_examples={})
-    coordinator = Coordinator(
-        strategy=strategy,
-        engine=engine,
-        spec=sim.spec,
-        params=sim.init_params.copy(),
-        population=population,
-        seed=cfg.seed,
-        codec=get_codec(cfg.transport.codec),
-        central_eval=sim.central_eval if s.central_eval else None,
-        eval_every=cfg.eval.every,
-        federated_eval=cfg.eval.federated,
-    )
-    recorder = RunRecorder(opts.out)
-    first = info.last_round + 1
-    if info.last_round:
-        coordinator.params, coordinator.opt_state = store.load_checkpoint(info.last_round)
-        coordinator.history = store.history()
-        _say(f"resuming run {info.run_id} after round {info.last_round}", opts.quiet)
-    _write_history(recorder, coordinator.history)
-
-    settings = ServiceSettings(
-        run_id=info.run_id,
-        config_json=cfg.model_dump_json(),
-        auth=auth,
-        enrolment_key=enrolment_key,
-        heartbeat_seconds=s.heartbeat_s,
-        poll_seconds=s.poll_s,
-        chunk_bytes=s.chunk_kb * 1024,
-        compression=s.compression,
-    )
-    server, port = start_server(
-        FederationService(hub, settings),
-        opts.address,
-        bundle=bundle,
-        require_client_cert=auth == "mtls",
-        max_message_bytes=int(s.max_message_mb * 1024 * 1024),
-        max_workers=s.max_workers,
-    )
-    host = opts.address.rsplit(":", 1)[0]
-    _say(
-        f"fedloom server: run {info.run_id} on {host}:{port} "
-        f"({'plaintext' if opts.insecure else 'TLS, ' + auth}); rounds {first}..{cfg.rounds}; "
-        f"state {opts.state}",
-        opts.quiet,
-    )
-    stop = threading.Event()
-    reaper = threading.Thread(target=_reap, args=(hub, stop), daemon=True, name="fedloom-reaper")
-    reaper.start()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
-    status = "failed"
-    retried = 0
-    try:
-        need = max(s.min_clients, strategy.min_fit_clients)
-        for r in range(first, cfg.rounds + 1):
-            evaluate = r % cfg.eval.every == 0 or r == cfg.rounds
-            for attempt in range(s.round_retries + 1):
-                _wait_for_clients(hub, population, need, s.join_timeout_s, r, opts.quiet)
-                try:
-                    record = coordinator.run_round(r, evaluate=evaluate)
-                except ConfigError as exc:  # too few eligible clients to select from
-                    record = {"round": r, "status": "failed", "error": str(exc)}
-                    coordinator.history.append(record)
-                stats = engine.last_stats
-                record.update(
-                    dropped=stats.dropped,
-                    over_selected=stats.over_selected,
-                    connected=len(population.num_examples),
-                )
-                if record["status"] == "ok":
-                    break
-                coordinator.history.pop()
-                store.record_attempt(record, attempt)
-                retried += 1
-                _say(
-                    progress_line(record, cfg.rounds, vars(stats))
-                    + f" (attempt {attempt + 1} of {s.round_retries + 1})"
-                    if "selected" in record
-                    else f"round {r}: {record.get('error')}",
-                    opts.quiet,
-                )
-            else:
-                raise DeploymentError(
-                    f"round {r} failed {s.round_retries + 1} times: fewer than "
-                    f"min_fit_clients={strategy.min_fit_clients} usable updates by the "
-                    f"{s.round_deadline_s:g} s deadline; see the log above for each client's reason"
-                )
-            store.commit_round(
-                record, coordinator.params, coordinator.opt_state, s.keep_checkpoints
+    model = build_global_model(cfg, opts)
+    strategy = build_strategy(cfg, opts.strategy)
+    # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
+    with contextlib.closing(StateStore(opts.state)) as store:
+        info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
+        hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
+        engine = _CountedEngine(
+            RemoteEngine(
+                hub, deadline_s=s.round_deadline_s, over_selection=s.over_selection, seed=cfg.seed
             )
-            recorder.log_round(record)
-            _say(progress_line(record, cfg.rounds, vars(stats)), opts.quiet)
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        store.mark(status)
-        hub.finish()
-        if status == "finished":
-            _linger(hub)
-        stop.set()
-        server.stop(grace=1.0)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        )
+        coordinator = Coordinator(
+            strategy=strategy,
+            engine=engine,
+            spec=model.spec,
+            params=model.init_params.copy(),
+            population=Population(num_examples={}),
+            seed=cfg.seed,
+            codec=get_codec(cfg.transport.codec),
+            central_eval=model.central_eval,
+            eval_every=cfg.eval.every,
+            federated_eval=cfg.eval.federated,
+        )
+        recorder = RunRecorder(opts.out)
+        if info.last_round:
+            # ``needs``: a fresh checkpoint names every array this run keeps, so a checkpoint
+            # without the strategy's state is refused instead of resuming from a reset state.
+            arrays = store.load_checkpoint(info.last_round, needs=coordinator.checkpoint())
+            coordinator.restore(arrays)
+            coordinator.history = store.history()
+            _say(f"resuming run {info.run_id} after round {info.last_round}", opts.quiet)
+        _write_history(recorder, coordinator.history)
 
-    recorder.save_model(
-        coordinator.global_params,
-        metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
-    )
-    recorder.write_curves()
-    summary = summarize(cfg, sim, coordinator.history, time.perf_counter() - start, opts.out)
-    summary.update(
-        num_clients=store.num_clients(),
-        skipped_clients=[],
-        deployment=to_json_safe(
+        settings = ServiceSettings(
+            run_id=info.run_id,
+            config_json=cfg.model_dump_json(),
+            auth=auth,
+            enrolment_key=enrolment_key,
+            heartbeat_seconds=s.heartbeat_s,
+            poll_seconds=s.poll_s,
+            chunk_bytes=s.chunk_kb * 1024,
+            compression=s.compression,
+        )
+        server, port = start_server(
+            FederationService(hub, settings),
+            opts.address,
+            bundle=bundle,
+            require_client_cert=auth == "mtls",
+            max_message_bytes=int(s.max_message_mb * 1024 * 1024),
+            max_workers=s.max_workers,
+        )
+        host = opts.address.rsplit(":", 1)[0]
+        _say(
+            f"fedloom server: run {info.run_id} on {host}:{port} "
+            f"({'plaintext' if opts.insecure else 'TLS, ' + auth}); "
+            f"rounds {info.last_round + 1}..{cfg.rounds}; state {opts.state}",
+            opts.quiet,
+        )
+        _say(
+            f"model: {model.source} ({model.spec.size:,} parameters); strategy: "
+            f"{opts.strategy or cfg.strategy.name}; central evaluation: {model.eval_source}",
+            opts.quiet,
+        )
+        stop = threading.Event()
+        reaper = threading.Thread(
+            target=_reap, args=(hub, stop), daemon=True, name="fedloom-reaper"
+        )
+        reaper.start()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+        status = "failed"
+        try:
+            retried = _run_rounds(
+                cfg, opts, coordinator, engine, hub, store, recorder, info.last_round + 1
+            )
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            store.mark(status)
+            hub.finish()
+            if status == "finished":
+                _linger(hub)
+            stop.set()
+            server.stop(grace=1.0)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+        recorder.save_model(
+            coordinator.global_params,
+            metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
+        )
+        recorder.write_curves()
+        # From the history and the state store, not from a dataset: with --model there is none.
+        summary = summarize(
+            config=cfg.model_dump(mode="json"),
+            history=coordinator.history,
+            wall_seconds=time.perf_counter() - start,
+            out_dir=opts.out,
+            num_clients=store.num_clients(),
+            skipped_clients=[],
+            num_parameters=model.spec.size,
+            data=model.data,
+        )
+        summary["deployment"] = to_json_safe(
             {
                 "run_id": info.run_id,
                 "resumed_after_round": info.last_round,
@@ -266,15 +278,344 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
                 "address": f"{host}:{port}",
                 "auth": auth,
                 "state": str(opts.state),
+                "model": model.source,
+                "strategy": opts.strategy or cfg.strategy.name,
+                "central_eval": model.eval_source,
                 "pid": os.getpid(),
                 # ru_maxrss is in KiB on Linux
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
-        ),
+        )
+        recorder.write_summary(summary)
+        return summary
+
+
+def _run_rounds(
+    cfg: Config,
+    opts: ServerOptions,
+    coordinator: Coordinator,
+    engine: _CountedEngine,
+    hub: Hub,
+    store: StateStore,
+    recorder: RunRecorder,
+    first: int,
+) -> int:
+    """Rounds ``first..cfg.rounds``, each committed (store, history, results folder) once it
+    succeeds; returns how many failed attempts were retried. ``DeploymentError`` when a round
+    fails every attempt, or when too few clients connect."""
+    s = cfg.server
+    need = max(s.min_clients, coordinator.strategy.min_fit_clients)
+    retried = 0
+    for r in range(first, cfg.rounds + 1):
+        evaluate = r % cfg.eval.every == 0 or r == cfg.rounds
+        for attempt in range(s.round_retries + 1):
+            _wait_for_clients(hub, coordinator.population, need, s.join_timeout_s, r, opts.quiet)
+            engine.new_attempt()
+            try:
+                # The model and server state change only if the attempt succeeds, so a failed
+                # attempt is retried from exactly the state the round started in.
+                record = coordinator.attempt_round(r, evaluate=evaluate)
+            except ConfigError as exc:  # too few eligible clients to select from
+                record = {"round": r, "status": "failed", "error": str(exc)}
+            stats = engine.stats
+            record.update(
+                dropped=stats.dropped,
+                over_selected=stats.over_selected,
+                connected=len(coordinator.population.num_examples),
+            )
+            if record["status"] == "ok":
+                break
+            store.record_attempt(record, attempt)
+            retried += 1
+            _say(
+                progress_line(record, cfg.rounds, vars(stats))
+                + f" (attempt {attempt + 1} of {s.round_retries + 1})"
+                if "selected" in record
+                else f"round {r}: {record.get('error')}",
+                opts.quiet,
+            )
+        else:
+            raise DeploymentError(
+                f"round {r} failed {s.round_retries + 1} times: fewer than "
+                f"min_fit_clients={coordinator.strategy.min_fit_clients} usable updates by the "
+                f"{s.round_deadline_s:g} s deadline; see the log above for each client's reason"
+            )
+        # Durable first: a crash after this line resumes after round r.
+        store.commit_round(record, coordinator.checkpoint(), s.keep_checkpoints)
+        coordinator.commit(record)
+        recorder.log_round(record)
+        _say(progress_line(record, cfg.rounds, vars(stats)), opts.quiet)
+    return retried
+
+
+def run_identity(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
+    """The config sections (and factories) that define a run: a ``--state`` folder resumes only
+    a run with the same ones, because its checkpoint would not fit another model or strategy.
+    Factories are added only when given, so runs without them keep the identity they had."""
+    dump = cfg.model_dump(mode="json")
+    identity = {k: dump[k] for k in IDENTITY_SECTIONS}
+    if opts.model is not None:
+        identity["model_factory"] = opts.model
+    if opts.strategy is not None:
+        identity["strategy_factory"] = opts.strategy
+    return identity
+
+
+# -- the global model, its central evaluation, the strategy -------------------------------------
+
+
+@dataclass
+class GlobalModel:
+    """What the server needs of the model: its parameter layout and initial params, central
+    evaluation (None: off), and how to describe both in the log and the summary (``data``: what
+    the server evaluates on, empty when it has no data)."""
+
+    spec: ParamSpec
+    init_params: np.ndarray
+    central_eval: CentralEvaluator | None
+    source: str
+    eval_source: str
+    data: dict[str, Any]
+
+
+def build_global_model(cfg: Config, opts: ServerOptions) -> GlobalModel:
+    """The model from ``--model`` (no dataset is loaded) or from the config (as ``fedloom run``
+    builds it, with central evaluation on the dataset's test split)."""
+    if opts.eval_data is not None and not cfg.server.central_eval:
+        raise ConfigError(
+            f"--eval-data {opts.eval_data} asks for central evaluation, but "
+            "server.central_eval is false; drop one of them"
+        )
+    if opts.model is None:
+        sim = Simulation(cfg)  # the model, its initial params and the central test split
+        ds = sim.dataset
+        if opts.eval_data is not None:
+            evaluator, data = eval_data_evaluator(opts.eval_data, sim.new_model())
+            source = str(opts.eval_data)
+        else:
+            evaluator, source = sim.central_eval, f"the {ds.name} test split"
+            data = {
+                "name": ds.name,
+                "task": ds.task,
+                "train_examples": len(ds.x_train),
+                "test_examples": len(ds.x_test),
+            }
+        central = evaluator if cfg.server.central_eval else None
+        return GlobalModel(
+            spec=sim.spec,
+            init_params=sim.init_params,
+            central_eval=central,
+            source=f"{cfg.model.name} from the config",
+            eval_source=source if central is not None else "off (server.central_eval=false)",
+            data=data,
+        )
+    factory = load_entry_point(opts.model, "--model")
+    torch.manual_seed(cfg.seed)  # the same initial model on every (re)start of the run
+    module = call_factory(factory, cfg, "--model", opts.model)
+    if not isinstance(module, nn.Module):
+        raise DeploymentError(
+            f"--model {opts.model} returned {type(module).__name__}, not a torch.nn.Module; "
+            "the factory must return the model itself, e.g. `def make_model(): return MyNet()`"
+        )
+    params = get_params(module)
+    if not params:
+        raise DeploymentError(
+            f"--model {opts.model}: the model has no floating-point parameters to train"
+        )
+    spec = ParamSpec.of(params)
+    if opts.eval_data is None:
+        return GlobalModel(
+            spec=spec,
+            init_params=spec.flatten(params),
+            central_eval=None,
+            source=opts.model,
+            eval_source="off (the server has no data with --model; pass --eval-data FILE.npz)",
+            data={},
+        )
+    evaluator, data = eval_data_evaluator(opts.eval_data, copy.deepcopy(module))
+    return GlobalModel(
+        spec=spec,
+        init_params=spec.flatten(params),
+        central_eval=evaluator,
+        source=opts.model,
+        eval_source=str(opts.eval_data),
+        data=data,
     )
-    recorder.write_summary(summary)
-    store.close()
-    return summary
+
+
+def eval_data_evaluator(path: Path, model: nn.Module) -> tuple[CentralEvaluator, dict[str, Any]]:
+    """Central evaluation of ``model`` on an ``.npz`` file with arrays ``x`` and ``y``.
+
+    ``x`` holds the inputs exactly as the model takes them (``(n, *input_shape)``, cast to
+    float32). ``y`` decides the task: integer class ids mean classification, with as many classes
+    as the model has outputs; floats mean regression (one output, metrics in ``y``'s units).
+    The same metric functions as a simulation's central evaluation are used.
+    """
+    x, y = _read_eval_arrays(path)
+    classification = np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            width = int(model(torch.from_numpy(x[:1])).reshape(1, -1).shape[1])
+    except Exception as exc:
+        raise DeploymentError(
+            f"--eval-data {path}: the model cannot take x of shape {x.shape[1:]} per example "
+            f"({type(exc).__name__}: {exc}); save x exactly as the model takes it"
+        ) from None
+    finally:
+        model.train(was_training)
+    task: TaskType = "classification" if classification else "regression"
+    if classification:
+        targets = y.astype(np.int64)
+        if width < 2 or targets.min() < 0 or targets.max() >= width:
+            raise DeploymentError(
+                f"--eval-data {path}: y holds class ids {int(targets.min())}.."
+                f"{int(targets.max())}, but the model has {width} outputs; classification needs "
+                "one output per class (or save y as floats for regression)"
+            )
+        num_classes = width
+    else:
+        if width != 1:
+            raise DeploymentError(
+                f"--eval-data {path}: y holds floats (regression), but the model has {width} "
+                "outputs, not 1; save y as integer class ids for classification"
+            )
+        targets, num_classes = y.astype(np.float32), 1
+
+    def evaluate(params: Params) -> dict[str, Any]:
+        set_params(model, params)
+        return evaluate_model(model, x, targets, task=task, num_classes=num_classes)
+
+    data = {"eval_data": str(path), "task": task, "test_examples": len(targets)}
+    if classification:
+        data["num_classes"] = num_classes
+    return evaluate, data
+
+
+def _read_eval_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    how = "save it with numpy.savez(PATH, x=inputs, y=targets)"
+    if not path.is_file():
+        raise DeploymentError(f"--eval-data {path}: no such file; {how}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DeploymentError(f"--eval-data {path}: cannot read it ({exc}); {how}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DeploymentError(f"--eval-data {path} is one array, not an .npz archive; {how}")
+    try:
+        with loaded as data:
+            missing = sorted({"x", "y"} - set(data.files))
+            if missing:
+                raise DeploymentError(
+                    f"--eval-data {path} has arrays {sorted(data.files)}, no {' or '.join(missing)}"
+                    f"; {how}"
+                )
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DeploymentError(f"--eval-data {path}: cannot read it ({exc}); {how}") from None
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise DeploymentError(
+            f"--eval-data {path}: x must be (n, *input_shape) and y (n,) with n >= 1, got x "
+            f"{x.shape} and y {y.shape}"
+        )
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DeploymentError(f"--eval-data {path}: x must be numeric, got {x.dtype}")
+    numeric_y = np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.complexfloating)
+    if not (numeric_y or y.dtype == np.bool_):
+        raise DeploymentError(
+            f"--eval-data {path}: y must hold integer class ids or float targets, got {y.dtype}"
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise DeploymentError(f"--eval-data {path}: y holds NaN or inf")
+    return np.ascontiguousarray(x, dtype=np.float32), y
+
+
+def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
+    """The strategy from ``--strategy module:function`` (called with the Config, or with no
+    arguments), or the config's ``strategy`` section."""
+    if entry_point is None:
+        return make_strategy(cfg)
+    factory = load_entry_point(entry_point, "--strategy")
+    strategy = call_factory(factory, cfg, "--strategy", entry_point)
+    if not isinstance(strategy, Strategy):
+        raise DeploymentError(
+            f"--strategy {entry_point} returned {type(strategy).__name__}, not a fedloom "
+            "Strategy; return an instance of a subclass of fedloom.strategies.Strategy "
+            "(FedAvg, Scaffold, or your own)"
+        )
+    return strategy
+
+
+def load_entry_point(entry_point: str, flag: str) -> Callable[..., object]:
+    """The function named by ``module:function`` (the module is imported from sys.path, which
+    holds the working directory)."""
+    module_name, sep, attr = entry_point.partition(":")
+    if not sep or not module_name or not attr:
+        raise DeploymentError(f"{flag} expects module:function, got {entry_point!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DeploymentError(f"{flag} {entry_point}: cannot load it: {exc}") from None
+    if not callable(fn):
+        raise DeploymentError(f"{flag} {entry_point} is a {type(fn).__name__}, not a function")
+    return fn  # type: ignore[no-any-return]
+
+
+def call_factory(fn: Callable[..., object], cfg: Config, flag: str, entry_point: str) -> object:
+    """``fn(cfg)`` if the factory takes an argument, else ``fn()``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    if len(required) > 1:
+        raise DeploymentError(
+            f"{flag} {entry_point} takes {len(required)} arguments "
+            f"({', '.join(p.name for p in required)}); it must take none or the run's Config"
+        )
+    return fn(cfg) if positional else fn()
+
+
+# -- the engine's counts per round --------------------------------------------------------------
+
+
+class _CountedEngine:
+    """The remote engine, with its counts summed over the training exchanges of one round attempt.
+
+    ``RemoteEngine.last_stats`` covers one ``run`` call, but a round can be several (the stages
+    of a multi-stage protocol, then federated evaluation); the round's record and progress line
+    report its training stages together, as the coordinator counts selected and returned.
+    """
+
+    name = "remote"
+
+    def __init__(self, engine: RemoteEngine) -> None:
+        self.engine = engine
+        self.stats = RemoteRunStats()
+
+    def new_attempt(self) -> None:
+        self.stats = RemoteRunStats()
+
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        try:
+            yield from self.engine.run(tasks, blobs)
+        finally:
+            if any(t.kind != EVALUATE for t in tasks):
+                last = self.engine.last_stats
+                for f in dataclasses.fields(self.stats):
+                    setattr(self.stats, f.name, getattr(self.stats, f.name) + getattr(last, f.name))
+
+    def last_transfer(self) -> Transfer:
+        return self.engine.last_transfer()
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def _main_thread() -> bool:

@@ -1,10 +1,17 @@
 """The coordinator's durable state: SQLite for the run, its rounds, metrics and clients, and
-safetensors checkpoints of the global model and the server optimiser.
+safetensors checkpoints of everything the server keeps between rounds.
 
 Layout of ``--state``::
 
     state.sqlite3                 run, rounds, metrics, clients, attempts (WAL, synchronous=FULL)
     checkpoints/round-0003.safetensors
+
+A checkpoint holds the named arrays of ``Coordinator.checkpoint()``: ``params``, the server
+optimiser's ``opt.*`` and the strategy's ``strategy.*`` (SCAFFOLD's control variate, a clipping
+bound). Resuming without any of them would quietly change the algorithm (SCAFFOLD would restart
+from a zero control variate), so ``load_checkpoint`` refuses a checkpoint that lacks an array the
+run needs. Checkpoints of older versions, which hold only ``params`` and ``opt.*``, still load for
+strategies that keep no state.
 
 After each completed round the checkpoint is written to a temporary file, flushed to disk and
 renamed into place; only then does one transaction record the round, its metrics and the
@@ -22,6 +29,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,6 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedloom.errors import DeploymentError
-from fedloom.optim import OptState
 from fedloom.tracking.results import to_json_safe
 
 DB_FILE = "state.sqlite3"
@@ -162,16 +169,19 @@ class StateStore:
     def commit_round(
         self,
         record: dict[str, Any],
-        params: np.ndarray,
-        opt_state: OptState,
+        checkpoint: Mapping[str, np.ndarray],
         keep: int = 2,
     ) -> Path:
-        """Checkpoint and record a completed round, atomically; returns the checkpoint path."""
+        """Checkpoint and record a completed round, atomically; returns the checkpoint path.
+
+        ``checkpoint`` is ``Coordinator.checkpoint()``: named arrays, stored as they are.
+        """
         r = int(record["round"])
+        if "params" not in checkpoint:
+            raise ValueError("a checkpoint must hold the model's 'params'")
         path = self.folder / CHECKPOINT_DIR / f"round-{r:04d}.safetensors"
         tmp = path.with_suffix(".tmp")
-        tensors = {"params": np.ascontiguousarray(params)}
-        tensors.update({f"opt.{k}": np.ascontiguousarray(v) for k, v in opt_state.items()})
+        tensors = {name: np.ascontiguousarray(value) for name, value in checkpoint.items()}
         save_file(tensors, str(tmp), metadata={"round": str(r)})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -224,8 +234,16 @@ class StateStore:
             rows = self._db.execute("SELECT record_json FROM rounds ORDER BY round").fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def load_checkpoint(self, r: int) -> tuple[np.ndarray, OptState]:
-        """The global params and server optimiser state after round ``r``."""
+    def load_checkpoint(
+        self, r: int, needs: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The named arrays checkpointed after round ``r``.
+
+        ``needs``: the arrays the resuming run keeps (a fresh ``Coordinator.checkpoint()``); each
+        must be in the checkpoint with the same shape, or ``DeploymentError`` says which are
+        missing. Arrays the checkpoint holds beyond ``needs`` are returned too: strategy state a
+        strategy creates during a round (not at the start) must survive a restart as well.
+        """
         with self._lock:
             row = self._db.execute("SELECT checkpoint FROM rounds WHERE round = ?", (r,)).fetchone()
         if row is None:
@@ -233,10 +251,10 @@ class StateStore:
         path = Path(row[0])
         if not path.is_file():
             raise DeploymentError(f"checkpoint of round {r} is missing: {path}")
-        tensors = load_file(str(path))
-        params = tensors.pop("params")
-        opt = {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")}
-        return params, opt
+        arrays: dict[str, np.ndarray] = load_file(str(path))
+        if needs is not None:
+            check_checkpoint(arrays, needs, f"the checkpoint of round {r} ({path})")
+        return arrays
 
     def mark(self, status: str) -> None:
         with self._lock:
@@ -244,3 +262,38 @@ class StateStore:
                 "UPDATE run SET status = ?, finished = ? WHERE id = 1",
                 (status, time.time() if status != "running" else None),
             )
+
+
+def check_checkpoint(
+    arrays: Mapping[str, np.ndarray], needs: Mapping[str, np.ndarray], where: str
+) -> None:
+    """``DeploymentError`` unless ``arrays`` holds every array of ``needs`` with its shape.
+
+    A missing strategy array means the checkpoint was written by a version of fedloom that did not
+    checkpoint strategy state, or by a run of another strategy: resuming from it would silently
+    reset that state (SCAFFOLD's control variate to zero), so it is refused with what to do.
+    """
+    missing = sorted(name for name in needs if name not in arrays)
+    if missing:
+        strategy = [n for n in missing if n.startswith("strategy.")]
+        why = (
+            "it was written before fedloom checkpointed strategy state, or by a run of another "
+            "strategy; resuming would reset that state and change the algorithm"
+            if strategy
+            else "it was written by a run with another model or server optimiser"
+        )
+        raise DeploymentError(
+            f"cannot resume: {where} lacks {', '.join(missing)}, which this run needs ({why}). "
+            "Finish the run with the fedloom version and strategy that started it, or start a "
+            "new run with a new --state folder"
+        )
+    wrong = [
+        f"{name} has shape {tuple(arrays[name].shape)}, the run expects {tuple(value.shape)}"
+        for name, value in sorted(needs.items())
+        if tuple(arrays[name].shape) != tuple(value.shape)
+    ]
+    if wrong:
+        raise DeploymentError(
+            f"cannot resume: {where} does not fit this run ({'; '.join(wrong)}); start a new "
+            "run with a new --state folder"
+        )
