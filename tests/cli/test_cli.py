@@ -53,17 +53,20 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
     ("override", "expected"),
     [
         ("strategy.fraction_fit=1.5", "strategy.fraction_fit: got 1.5"),
-        ("strategy.name=fedprox", "allowed: 'fedavg' or 'fedsgd'"),
+        ("strategy.name=fedx", "allowed: 'fedavg', 'fedsgd', 'fedprox' or 'scaffold'"),
+        ("strategy.aggregation=sum", "strategy.aggregation='sum' applies to fedsgd only"),
         ("client.epochs=0", "client.epochs: got 0"),
         ("clinet.epochs=2", "clinet: unknown key"),
         ("rounds", "--set expects key=value"),
     ],
 )
 def test_bad_config_exits_nonzero_naming_the_field(
-    override: str, expected: str, capsys: pytest.CaptureFixture[str]
+    override: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", "--set", override, "--out", "unused"]) == 2
+    out = tmp_path / "unused"
+    assert main(["run", "--set", override, "--out", str(out)]) == 2
     assert expected in capsys.readouterr().err
+    assert not out.exists()  # refused before anything ran
 
 
 def test_missing_dataset_says_how_to_get_it(

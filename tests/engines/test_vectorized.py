@@ -304,8 +304,9 @@ def test_the_memory_budget_must_be_positive() -> None:
         VectorizedEngine(lambda cid: None, max_memory_mb=0)  # type: ignore[arg-type,return-value]
 
 
-def test_importing_the_engines_package_does_not_import_torch_func() -> None:
-    code = "import sys, fedloom.engines; assert 'torch.func' not in sys.modules"
+def test_importing_the_engines_package_does_not_import_the_vectorized_engine() -> None:
+    # (torch 2.13 imports torch.func with torch itself; the vectorized engine stays lazy.)
+    code = "import sys, fedloom.engines; assert 'fedloom.engines.vectorized' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

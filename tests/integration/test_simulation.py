@@ -1,13 +1,19 @@
-"""Whole simulations on real data: determinism, and the qualitative result of McMahan et al."""
+"""Whole simulations on real data: determinism, the qualitative result of McMahan et al., and
+that ``fedloom run``, ``fedloom.simulate`` and a demo client see the same clients."""
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fedloom
 from fedloom.config import load_config
-from fedloom.simulation import Simulation, run
+from fedloom.core.task import Blobs, Result, Task
+from fedloom.data.federated import load_clients, local_arrays
+from fedloom.errors import ConfigError
+from fedloom.simulation import Simulation, run, run_recorded
 
 
 def _strip_timing(path: Path) -> list[dict[str, object]]:
@@ -85,3 +91,77 @@ def test_csv_with_natural_partition_runs_one_client_per_group(tmp_path: Path) ->
     assert summary["num_clients"] == 3
     assert summary["dataset"]["task"] == "classification"
     assert "auc" in summary["final"]
+
+
+def test_demo_client_arrays_are_the_simulations_clients() -> None:
+    """``load_clients`` + ``local_arrays`` (what a deployment's demo client holds) give exactly the
+    rows a simulation of the same config gives its client."""
+    cfg = load_config(
+        None, ["partition.kind=dirichlet", "partition.num_clients=8", "eval.federated=true"]
+    )
+    sim = Simulation(cfg)
+    dataset, clients = load_clients(cfg)
+    for cid in (0, 5, 7):
+        arrays, client = local_arrays(dataset, clients[cid]), sim.client(cid)
+        assert arrays.x_test is not None and client.x_test is not None
+        np.testing.assert_array_equal(arrays.x_train, client.x_train)
+        np.testing.assert_array_equal(arrays.y_train, client.y_train)
+        np.testing.assert_array_equal(arrays.x_test, client.x_test)
+
+
+def test_simulate_on_a_runs_own_data_and_model_reproduces_the_run(tmp_path: Path) -> None:
+    """``fedloom.simulate`` wires the same engine, strategy, seeds and evaluation as ``fedloom run``:
+    given the run's clients' arrays, test split and model, it writes the same metrics."""
+    overrides = ["rounds=2", "partition.kind=dirichlet", "partition.num_clients=10"]
+    overrides += ["client.epochs=1", "strategy.fraction_fit=0.5", "strategy.server_momentum=0.5"]
+    cfg = load_config(None, overrides)
+    run(cfg, tmp_path / "run", quiet=True)
+    sim = Simulation(cfg)
+    ds = sim.dataset
+    summary = fedloom.simulate(
+        sim.new_model,
+        [(ds.x_train[c.train], ds.y_train[c.train]) for c in sim.clients],
+        test=(ds.x_test, ds.y_test),
+        rounds=2,
+        config={
+            "client.epochs": 1,
+            "strategy.fraction_fit": 0.5,
+            "strategy.server_momentum": 0.5,
+        },
+        out_dir=tmp_path / "simulate",
+        quiet=True,
+    )
+    assert _strip_timing(tmp_path / "simulate" / "metrics.jsonl") == _strip_timing(
+        tmp_path / "run" / "metrics.jsonl"
+    )
+    assert summary["num_parameters"] == sim.spec.size
+
+
+class _FailingEngine:
+    """Raises in its first run; records that it was closed."""
+
+    name = "failing"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        raise RuntimeError("the cluster went away")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_driver_closes_the_engine_when_a_round_raises(tmp_path: Path) -> None:
+    coordinator = Simulation(load_config(None, ["partition.num_clients=4"])).coordinator()
+    engine = _FailingEngine()
+    coordinator.engine = engine
+    with pytest.raises(RuntimeError, match="the cluster went away"):
+        run_recorded(coordinator, 2, tmp_path, quiet=True, summary_of=lambda h, w: {}, started=0.0)
+    assert engine.closed
+
+
+def test_a_refused_strategy_setting_leaves_no_results_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="applies to fedsgd only"):
+        run(load_config(None, ["strategy.aggregation=sum"]), tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()

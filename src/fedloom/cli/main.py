@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from fedloom import __version__
@@ -38,25 +37,23 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedloom.simulation import run
+    from fedloom.simulation import default_out_dir, run
 
     cfg = _load(args)
-    out = Path(args.out) if args.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    run(cfg, out, quiet=args.quiet)
+    run(cfg, Path(args.out) if args.out else default_out_dir(), quiet=args.quiet)
     return 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
     from fedloom.data import format_label_distribution, label_distribution, plot_label_distribution
-    from fedloom.simulation import Simulation
+    from fedloom.data.federated import load_clients
 
-    sim = Simulation(_load(args))
-    ds = sim.dataset
+    ds, clients = load_clients(_load(args))  # the split a run makes, without building models
     if ds.task != "classification":
-        sizes = [len(c.train) for c in sim.clients]
+        sizes = [len(c.train) for c in clients]
         print(f"{len(sizes)} clients; sizes min {min(sizes)}, max {max(sizes)}")
         return 0
-    counts = label_distribution(ds.y_train, [c.train for c in sim.clients], ds.num_classes)
+    counts = label_distribution(ds.y_train, [c.train for c in clients], ds.num_classes)
     print(format_label_distribution(counts, max_rows=args.rows))
     if args.plot:
         plot_label_distribution(counts, Path(args.plot))

@@ -34,11 +34,13 @@ import numpy as np
 
 from fedloom.client.base import Client
 from fedloom.client.execute import STAGES, DecodedBlobs, error_result, execute_task
+from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import TorchClient
 from fedloom.config import Config
 from fedloom.core.task import Blobs, Result, Task
 from fedloom.data import load_dataset
+from fedloom.data.federated import load_clients, local_arrays
 from fedloom.errors import DeploymentError
 from fedloom.models import build_model
 from fedloom.transport.certs import Bundle, client_bundle, read_token
@@ -73,15 +75,29 @@ def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
         raise DeploymentError(f"--partition {index}/{count}: the index must be in 0..{count - 1}")
 
     def build(cfg: Config, client_id: int) -> Client:
-        from fedloom.simulation import Simulation
-
         if cfg.dataset.name != dataset:
             raise DeploymentError(f"--dataset {dataset} but the run trains on {cfg.dataset.name!r}")
         part = cfg.partition.model_copy(update={"num_clients": count})
-        sim = Simulation(cfg.model_copy(update={"partition": part}))
-        if index >= len(sim.clients):
-            raise DeploymentError(f"--partition {index}/{count}: the run has {len(sim.clients)}")
-        return sim.client(index)
+        run = cfg.model_copy(update={"partition": part})
+        data, clients = load_clients(run)
+        if index >= len(clients):
+            raise DeploymentError(f"--partition {index}/{count}: the run has {len(clients)}")
+        local = local_arrays(data, clients[index])
+        outputs = data.num_classes if data.task == "classification" else 1
+        model = build_model(cfg.model.name, data.input_shape, outputs, hidden=cfg.model.hidden)
+        return TorchClient(
+            model,
+            local.x_train,
+            local.y_train,
+            x_test=local.x_test,
+            y_test=local.y_test,
+            task=data.task,
+            num_classes=outputs,
+            target_scale=data.target_scale,
+            client_id=index,
+            seed=cfg.seed,
+            training=LocalTraining.from_config(cfg.client),
+        )
 
     return build
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from fedloom.config import ClientConfig
 from fedloom.core.params import ParamSpec
 from fedloom.errors import ConfigError
 
@@ -49,6 +50,18 @@ class LocalTraining:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, client: ClientConfig) -> LocalTraining:
+        """The hyperparameters of a run config's ``client`` section."""
+        return cls(
+            epochs=client.epochs,
+            batch_size=client.batch_size,
+            lr=client.lr,
+            optimizer=client.optimizer,
+            momentum=client.momentum,
+            weight_decay=client.weight_decay,
+        )
 
     def updated(self, config: Mapping[str, Any]) -> LocalTraining:
         keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay")

@@ -1,0 +1,68 @@
+"""The strategy a Config names: ``strategy.name`` and its settings turned into a ``Strategy``.
+
+The one place that knows every built-in algorithm by name, so ``fedloom run``, ``fedloom server``
+and ``fedloom.simulate`` build the same strategy from the same config. The strategy files stay free
+of Config: a strategy is constructed from plain values and can be used without one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedloom.config import ClientConfig, Config
+from fedloom.errors import ConfigError
+from fedloom.optim import make_server_optimizer
+from fedloom.strategies.base import Strategy
+from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fedprox import FedProx
+from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.scaffold import Scaffold
+
+__all__ = ["STRATEGY_NAMES", "client_config", "make_strategy"]
+
+STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
+
+
+def client_config(client: ClientConfig) -> dict[str, Any]:
+    """The local-training settings every fit task carries, so a client trains as the run's
+    config says even when it was built with other defaults (a deployment client)."""
+    return {
+        "epochs": client.epochs,
+        "batch_size": client.batch_size,
+        "lr": client.lr,
+        "optimizer": client.optimizer,
+        "momentum": client.momentum,
+        "weight_decay": client.weight_decay,
+    }
+
+
+def make_strategy(cfg: Config) -> Strategy:
+    """The strategy ``cfg.strategy.name`` with the config's selection, local-training and server
+    optimiser settings.
+
+    Raises ``ConfigError`` for settings the chosen algorithm cannot honour, rather than ignoring
+    them: ``strategy.aggregation=sum`` outside FedSGD, ``strategy.server_momentum`` with Adam.
+    """
+    s = cfg.strategy
+    common: dict[str, Any] = dict(
+        fraction_fit=s.fraction_fit,
+        min_fit_clients=s.min_fit_clients,
+        fraction_evaluate=s.fraction_evaluate,
+        client_config=client_config(cfg.client),
+        server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
+    )
+    if s.name == "fedsgd":
+        return FedSGD(aggregation=s.aggregation, **common)
+    if s.aggregation != "mean":
+        raise ConfigError(
+            f"strategy.aggregation={s.aggregation!r} applies to fedsgd only; "
+            f"{s.name} always takes the example-weighted mean"
+        )
+    if s.name == "fedprox":
+        return FedProx(proximal_mu=s.proximal_mu, **common)
+    if s.name == "scaffold":
+        return Scaffold(**common)
+    if s.name == "fedavg":
+        return FedAvg(**common)
+    # Config validates the name; this guards a name added there but not here.
+    raise ConfigError(f"strategy.name={s.name!r}: allowed {', '.join(map(repr, STRATEGY_NAMES))}")
