@@ -17,14 +17,20 @@ import numpy as np
 import torch
 from _plain import WorkloadData, accuracy, build, client_seed, local_train, select
 
-FEDLOOM_ROWS = ("vectorized", "sequential", "ray")
+ENGINES = ("vectorized", "sequential", "ray")
+STRATEGIES = ("fedprox", "scaffold")
+FEDLOOM_ROWS = (*ENGINES, *(f"{s}-{e}" for s in STRATEGIES for e in ENGINES))
 
 
-def fedloom_row(engine: str, overrides: list[str], rounds: int, threads: int) -> dict[str, Any]:
+def fedloom_row(row: str, overrides: list[str], rounds: int, threads: int) -> dict[str, Any]:
+    """A fedloom row: ``ENGINE`` (FedAvg) or ``STRATEGY-ENGINE``."""
     from fedloom.config import load_config
     from fedloom.simulation import Simulation
 
+    strategy, _, engine = row.rpartition("-")
     extra = [f"rounds={rounds}", f"engine.name={engine}", f"engine.threads={threads}"]
+    if strategy:
+        extra.append(f"strategy.name={strategy}")
     if engine == "ray":
         extra.append(f"engine.num_workers={threads}")  # one single-threaded actor per thread
     if engine == "vectorized":

@@ -1,9 +1,15 @@
 """Simulation speed: fedloom's engines against a plain PyTorch loop, centralised training and Flower.
 
     python bench/simulation.py [--workloads digits-mlp-100,fmnist-cnn-1000,scale-10k]
-                               [--rows vectorized,sequential,ray,plain,central-B,central-KB,flower]
+                               [--rows vectorized,sequential,ray,plain,central-B,central-KB,flower,
+                                       fedprox-vectorized,fedprox-sequential,scaffold-vectorized,
+                                       scaffold-sequential]
                                [--rounds N] [--threads 2] [--repeat 1] [--json PATH]
-                               [--set KEY=VALUE ...]
+                               [--set KEY=VALUE ...] [--baseline SRC]
+
+``--baseline SRC`` adds ``vectorized@baseline`` and ``sequential@baseline`` rows that import
+fedloom from another source tree (``git worktree add /tmp/old REV`` and ``--baseline
+/tmp/old/src``), so a change is measured against the code before it in the same run.
 
 Every row of every workload runs in a fresh process, so its wall time includes starting Python and
 importing its framework, and its peak memory is its own: the resident set summed over the row's
@@ -34,7 +40,21 @@ import psutil  # type: ignore[import-untyped]
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ROWS = ("vectorized", "sequential", "ray", "plain", "central-B", "central-KB", "flower")
+ROWS = (
+    "vectorized",
+    "sequential",
+    "ray",
+    "plain",
+    "central-B",
+    "central-KB",
+    "flower",
+    "fedprox-vectorized",
+    "fedprox-sequential",
+    "scaffold-vectorized",
+    "scaffold-sequential",
+)
+BASELINE = "@baseline"
+STRATEGY_ROWS = ("fedprox", "scaffold")
 FLOWER_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
 
 
@@ -210,7 +230,7 @@ def row_command(
     return [
         sys.executable,
         str(BENCH / "_rows.py"),
-        row,
+        row.removesuffix(BASELINE),
         "--data",
         str(data),
         "--rounds",
@@ -241,6 +261,10 @@ def render(results: list[dict[str, Any]]) -> str:
     for r in results:
 
         def ratio(ref: str, r: dict[str, Any] = r) -> str:
+            if ref == "sequential":  # each strategy (and the baseline) against its own sequential
+                strategy = r["row"].removesuffix(BASELINE).rpartition("-")[0]
+                ref = (f"{strategy}-" if strategy in STRATEGY_ROWS else "") + ref
+                ref += BASELINE if r["row"].endswith(BASELINE) else ""
             other = by.get((r["workload"], ref), {}).get("steady_s_per_round")
             mine = r.get("steady_s_per_round")
             return f"{mine / other:.2f}" if mine and other else "—"
@@ -276,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=1800, help="seconds per row before it is killed"
     )
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a fedloom source folder (SRC with fedloom/ in it) to also run vectorized and "
+        "sequential from, as rows vectorized@baseline and sequential@baseline",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest is shown")
     p.add_argument(
         "--set",
@@ -293,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {list(ROWS)}")
+    if args.baseline is not None:
+        if not (args.baseline / "fedloom" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline}: no fedloom package in that folder")
+        rows += ["vectorized" + BASELINE, "sequential" + BASELINE]
 
     env = dict(os.environ)
     # Nothing phones home; Ray stays on this machine's loopback address.
@@ -313,12 +347,16 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 cmd = row_command(row, w, data, rounds, args.threads, args.set)
                 print(f"[{w.name}] {row} ...", file=sys.stderr, flush=True)
+                row_env = env
+                if row.endswith(BASELINE):
+                    src = os.pathsep.join([str(BENCH), str(args.baseline)])
+                    row_env = {**env, "PYTHONPATH": src}
                 if isinstance(cmd, str):
                     res: dict[str, Any] = {"status": "unavailable", "error": cmd}
                 else:
                     # Best of --repeat runs: on a shared machine the fastest run is the one least
                     # disturbed by other processes. Every run is kept in the JSON.
-                    runs = [run_row(cmd, env, args.timeout) for _ in range(args.repeat)]
+                    runs = [run_row(cmd, row_env, args.timeout) for _ in range(args.repeat)]
                     ok = [r for r in runs if "steady_s_per_round" in r]
                     res = min(ok, key=lambda r: r["steady_s_per_round"]) if ok else runs[0]
                     res = {**res, "runs": runs} if args.repeat > 1 else res
