@@ -53,6 +53,8 @@ class ClientStateStore:
 
     def put(self, client_id: int, round_num: int, state: State) -> None:
         """Record the state that round ``round_num`` left; later versions are superseded."""
+        if not state and client_id not in self._clients:
+            return  # stateless clients (plain FedAvg) cost nothing
         versions = self._clients.setdefault(client_id, _Versions())
         keep = [i for i, r in enumerate(versions.rounds) if r < round_num]
         keep = keep[-1:] if self.keep_previous else []

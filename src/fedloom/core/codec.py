@@ -66,9 +66,15 @@ class Float16Codec(DtypeCodec):
 CODECS: dict[str, Callable[[], Codec]] = {"float32": Float32Codec, "float16": Float16Codec}
 
 
+_INSTANCES: dict[str, Codec] = {}
+
+
 def get_codec(name: str) -> Codec:
-    """The codec registered under ``name``."""
-    try:
-        return CODECS[name]()
-    except KeyError:
-        raise ValueError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
+    """The codec registered under ``name`` (codecs hold no state: one instance per name)."""
+    codec = _INSTANCES.get(name)
+    if codec is None:
+        try:
+            codec = _INSTANCES[name] = CODECS[name]()
+        except KeyError:
+            raise ValueError(f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
+    return codec

@@ -33,7 +33,7 @@ import logging
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -134,10 +134,13 @@ class VectorizedEngine:
         self.max_params = max_params
         self.states = ClientStateStore()
         self._decoded = DecodedBlobs()
+        self._memo: dict[tuple[int, int], tuple[LocalTraining, LocalHooks, Hashable, str]] = {}
         self._probes: OrderedDict[Hashable, _Probed | str] = OrderedDict()
         self._warned: set[Hashable] = set()
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        # Keyed by object ids, valid while ``tasks`` (which hold the configs) are alive.
+        self._memo = {}
         groups: dict[_Group, list[_Job]] = {}
         sequential: list[tuple[Task, Client | None]] = []
         for position, task in enumerate(tasks):
@@ -201,15 +204,11 @@ class VectorizedEngine:
             return None
         config = task.config
         try:
-            training = client.training.updated(config)
-            hooks = hooks_for(config, training)
+            training, hooks, hooks_key, transforms = self._settings(client.training, config)
             seed = client_seed(
                 int(config.get("seed", client.seed)), int(config.get("round", 0)), client.client_id
             )
             x, y = np.asarray(client.x_train), np.asarray(client.y_train)
-            transforms = json.dumps(list(config.get("transforms") or []), sort_keys=True)
-            if transforms != "[]":
-                build_pipeline(config["transforms"])
             assert task.upload is not None
         except Exception:
             return None  # TorchClient.fit raises the same; the sequential path reports it
@@ -234,12 +233,28 @@ class VectorizedEngine:
             probe,
             training,
             gradient,
-            hooks.key(),
+            hooks_key,
             tuple(sorted((r, d) for r, d in task.blobs.items() if r != MODEL)),
             transforms,
             task.upload.codec,
         )
         return group, _Job(position, task, client, seed, steps, hooks)
+
+    def _settings(
+        self, base: LocalTraining, config: Mapping[str, Any]
+    ) -> tuple[LocalTraining, LocalHooks, Hashable, str]:
+        """A task's training, hooks (and their key) and transforms (as a key), worked out once per
+        config and client training per ``run``: a round's tasks share one config."""
+        key = (id(base), id(config))
+        settings = self._memo.get(key)
+        if settings is None:
+            training = base.updated(config)
+            hooks = hooks_for(config, training)
+            transforms = json.dumps(list(config.get("transforms") or []), sort_keys=True)
+            if transforms != "[]":
+                build_pipeline(config["transforms"])  # a bad pipeline raises here
+            settings = self._memo[key] = (training, hooks, hooks.key(), transforms)
+        return settings
 
     def _probe(
         self, group: _Group, jobs: list[_Job], spec: ParamSpec, vec: torch.Tensor
