@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 
-from fedloom.core.task import Blob
+from fedloom.core.task import MODEL, Blob
 from fedloom.transport.certs import client_bundle, create_certs
 from fedloom.transport.client import BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
-from fedloom.transport.wire import spec_to_proto
+from fedloom.transport.wire import blob_refs, spec_to_proto
 from tests.deploy import helpers as h
 
 pytestmark = pytest.mark.deploy
@@ -61,7 +61,8 @@ class Attacker:
                 if reply.WhichOneof("outcome") == "finished":
                     return
                 if reply.WhichOneof("outcome") == "task":
-                    gp, _ = self.conn.fetch_params(reply.task, cache)
+                    blobs = self.conn.fetch_blobs(reply.task, cache)
+                    gp = blobs[next(r.digest for r in blob_refs(reply.task) if r.role == MODEL)]
                     self.attack(reply.task, gp)
         except BaseException as exc:  # surfaced by the test
             self.errors.append(exc)

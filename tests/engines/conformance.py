@@ -26,7 +26,6 @@ from fedloom.core.task import (
     MODEL,
     Blob,
     Blobs,
-    GlobalParams,
     Result,
     Task,
     Upload,
@@ -126,7 +125,7 @@ CASES = [
 @dataclass
 class World:
     client_fn: ClientFn
-    global_params: GlobalParams
+    global_params: Blob
     case: Case
 
     @property
@@ -168,11 +167,11 @@ def make_world(case: Case) -> World:
 
     init = get_params(model)
     spec = ParamSpec.of(init)
-    return World(client_fn, GlobalParams.encode(spec, Float32Codec(), spec.flatten(init)), case)
+    return World(client_fn, Blob.encode(spec, Float32Codec(), spec.flatten(init)), case)
 
 
 def run_engine(
-    factory: EngineFactory, client_fn: ClientFn, tasks: Sequence[Task], blobs: Blobs | GlobalParams
+    factory: EngineFactory, client_fn: ClientFn, tasks: Sequence[Task], blobs: Blobs | Blob
 ) -> dict[int, Result]:
     """Results by client id; every task gets exactly one."""
     engine = factory(client_fn)

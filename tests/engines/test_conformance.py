@@ -19,7 +19,7 @@ from fedloom.client.local import LocalTraining
 from fedloom.client.torch_client import TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import EVALUATE, MODEL, GlobalParams, Result, Task, blob_table
+from fedloom.core.task import EVALUATE, MODEL, Blob, Result, Task, blob_table
 from fedloom.data import load_dataset, partition
 from fedloom.engines import SequentialEngine
 from fedloom.models import build_model
@@ -221,7 +221,7 @@ def _hooked_rounds(
     world = make_world(CASES_BY_NAME[case_name])
     spec = world.global_params.spec
     rng = np.random.default_rng(5)
-    control = GlobalParams.encode(
+    control = Blob.encode(
         spec, Float32Codec(), rng.normal(scale=0.05, size=spec.size).astype(np.float32)
     )
     scaffold = algorithm == "scaffold"
@@ -276,7 +276,7 @@ def test_scaffold_round_three_starts_from_the_control_variate_round_two_left() -
     world = make_world(CASES_BY_NAME["mlp-sgd-unequal"])
     spec = world.global_params.spec
     rng = np.random.default_rng(5)
-    control = GlobalParams.encode(
+    control = Blob.encode(
         spec, Float32Codec(), rng.normal(scale=0.05, size=spec.size).astype(np.float32)
     )
     config = {**world.case.config, **HOOKS["scaffold"], "round": 3, "seed": 7}

@@ -21,7 +21,7 @@ from fedloom.client.base import Client, EvalResult, FitResult
 from fedloom.config import load_config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import FIT, MODEL, GlobalParams, Task, Upload, blob_table
+from fedloom.core.task import FIT, MODEL, Blob, Task, Upload, blob_table
 from fedloom.engines import ClientFn
 from fedloom.engines.ray_engine import RayEngine
 from fedloom.simulation import Simulation
@@ -29,7 +29,7 @@ from fedloom.simulation import Simulation
 pytestmark = pytest.mark.ray
 
 SIZE = 4
-GP = GlobalParams.encode(
+GP = Blob.encode(
     ParamSpec(names=("w",), shapes=((SIZE,),), dtypes=("<f4",)),
     Float32Codec(),
     np.zeros(SIZE, np.float32),

@@ -18,7 +18,7 @@ from fedloom.client.base import ClientContext, FitResult
 from fedloom.client.torch_client import LossFn, TorchClient, get_params
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import GlobalParams, Task, blob_table
+from fedloom.core.task import Blob, Task, blob_table
 from fedloom.engines import SequentialEngine, _vmap_train
 from fedloom.engines.vectorized import VectorizationFallbackWarning, VectorizedEngine
 from fedloom.models import LinearModel
@@ -82,7 +82,7 @@ def _world(
     loss_fn: LossFn | None = None,
     sizes: tuple[int, ...] = SIZES,
     client_type: type[TorchClient] = TorchClient,
-) -> tuple[Callable[[int], TorchClient], GlobalParams]:
+) -> tuple[Callable[[int], TorchClient], Blob]:
     rng = np.random.default_rng(0)
     data = [
         (rng.normal(size=(n, 4)).astype(np.float32), rng.integers(0, 3, n).astype(np.int64))
@@ -95,15 +95,15 @@ def _world(
 
     init = get_params(model)
     spec = ParamSpec.of(init)
-    return client_fn, GlobalParams.encode(spec, Float32Codec(), spec.flatten(init))
+    return client_fn, Blob.encode(spec, Float32Codec(), spec.flatten(init))
 
 
-def _tasks(gp: GlobalParams, n: int = len(SIZES), round_num: int = 1) -> list[Task]:
+def _tasks(gp: Blob, n: int = len(SIZES), round_num: int = 1) -> list[Task]:
     return [fit_task(gp, cid, {**CONFIG, "round": round_num}, round_num) for cid in range(n)]
 
 
 def _assert_matches_sequential(
-    client_fn: Callable[[int], TorchClient], gp: GlobalParams, engine: VectorizedEngine
+    client_fn: Callable[[int], TorchClient], gp: Blob, engine: VectorizedEngine
 ) -> None:
     tasks = _tasks(gp)
     want = run_engine(SequentialEngine, client_fn, tasks, gp)

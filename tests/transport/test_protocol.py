@@ -17,7 +17,7 @@ from fedloom.client.deploy import ClientOptions, DeploymentClient
 from fedloom.config import Config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, GlobalParams, Task, Upload, blob_table
+from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Task, Upload, blob_table
 from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine
 from fedloom.server.coordinator import Coordinator, Population
@@ -65,7 +65,7 @@ def test_model_over_100_mb_streams_in_chunks_and_is_cached(
     # Prepare: 30M float32 parameters (120 MB), 30 times the 4 MB message cap
     spec = ParamSpec(names=("w", "b"), shapes=((6000, 5000), (10,)), dtypes=("<f4", "<f4"))
     vec = np.random.default_rng(0).standard_normal(spec.size).astype(np.float32)
-    gp = GlobalParams.encode(spec, Float32Codec(), vec)
+    gp = Blob.encode(spec, Float32Codec(), vec)
     assert len(gp.payload) > 100 * MB
     client = ConstantClient(0.25)
     started = start_client(mtls_server, certs, "client-0", lambda cid: client)
@@ -95,7 +95,7 @@ def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
     running = serve(certs, "token", compression="gzip")
     try:
         spec = ParamSpec(names=("w",), shapes=((1000,),), dtypes=("<f4",))
-        gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(1000, np.float32))
+        gp = Blob.encode(spec, Float32Codec(), np.zeros(1000, np.float32))
         # Execute: a token client (no certificate) takes part
         token_only = certs / "token-only"
         token_only.mkdir(exist_ok=True)
@@ -153,7 +153,7 @@ def test_silent_clients_are_dropped_at_the_deadline(mtls_server: Running, certs:
     conn.join("client-0", "", ["fit"])
     conn.ready(10, 0)
     spec = ParamSpec(names=("w",), shapes=((4,),), dtypes=("<f4",))
-    gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(4, np.float32))
+    gp = Blob.encode(spec, Float32Codec(), np.zeros(4, np.float32))
     engine = RemoteEngine(mtls_server.hub, deadline_s=0.5)
 
     # Execute: one task for the silent client, one for a client that never connected
@@ -208,7 +208,7 @@ def test_over_selection_takes_the_first_updates_and_cancels_the_rest(
     ]
     wait_ready(mtls_server, 3)
     spec = ParamSpec(names=("w",), shapes=((8,),), dtypes=("<f4",))
-    gp = GlobalParams.encode(spec, Float32Codec(), np.zeros(8, np.float32))
+    gp = Blob.encode(spec, Float32Codec(), np.zeros(8, np.float32))
     engine = RemoteEngine(mtls_server.hub, deadline_s=30, over_selection=2.0)
 
     # Execute
@@ -250,7 +250,7 @@ def test_bytes_count_what_was_streamed_so_cached_clients_download_nothing(
 
     # Execute: a round with fit and federated evaluation, then an evaluation alone
     record = coordinator.run_round(1)
-    model = GlobalParams.encode(spec, Float32Codec(), coordinator.params)
+    model = Blob.encode(spec, Float32Codec(), coordinator.params)
     evaluation = engine.run([evaluate(model, 0), evaluate(model, 1)], blob_table(model))
     assert all(r.ok for r in evaluation)
     mtls_server.hub.finish()

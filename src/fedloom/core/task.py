@@ -79,9 +79,6 @@ class Blob:
         return self.codec.decode(self.payload, self.spec.size)
 
 
-GlobalParams = Blob
-"""The global model's blob (the name the single-exchange API used)."""
-
 Blobs = Mapping[str, Blob]
 """Blobs by content hash: what ``Engine.run`` receives beside the tasks."""
 

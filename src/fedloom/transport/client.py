@@ -13,7 +13,6 @@ import grpc
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.params import Params
 from fedloom.core.task import MODEL, Blob, Result
 from fedloom.transport.certs import Bundle
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -81,10 +80,6 @@ class BlobCache:
         self._recent.append(frozenset(digests))
         keep = frozenset().union(*self._recent)
         self.blobs = {d: b for d, b in self.blobs.items() if d in keep}
-
-
-ParamsCache = BlobCache
-"""The name from when a task named one blob, its model."""
 
 
 class Connection:
@@ -181,16 +176,6 @@ class Connection:
             blobs[ref.digest] = blob
         cache.used(blobs)
         return blobs
-
-    def fetch_params(self, task: pb.TaskProto, cache: BlobCache) -> tuple[Blob, Params]:
-        """The task's model blob and its params (fetching every blob the task names), for a
-        client that needs the model only."""
-        blobs = self.fetch_blobs(task, cache)
-        model = next((ref for ref in blob_refs(task) if ref.role == MODEL), None)
-        if model is None:
-            raise ValueError(f"the {task.kind} task names no {MODEL!r} blob")
-        blob = blobs[model.digest]
-        return blob, blob.spec.unflatten(blob.decode())
 
     def _download(self, ref: pb.BlobRef) -> Blob:
         """One blob, in chunks, resuming from the last byte received if the stream breaks, and
