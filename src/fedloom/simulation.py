@@ -20,7 +20,13 @@ from torch import nn
 
 from fedloom import __version__
 from fedloom.client.local import LocalTraining
-from fedloom.client.torch_client import TorchClient, evaluate_model, get_params, set_params
+from fedloom.client.torch_client import (
+    TorchClient,
+    dataset_client,
+    evaluate_model,
+    get_params,
+    set_params,
+)
 from fedloom.config import Config, EngineConfig
 from fedloom.core.codec import get_codec
 from fedloom.core.params import Params, ParamSpec
@@ -129,17 +135,11 @@ class Simulation:
 
     def client(self, cid: int) -> TorchClient:
         """Client ``cid``. They share one model instance: each task loads the global params."""
-        ds = self.dataset
-        arrays = local_arrays(ds, self.clients[cid])
-        return TorchClient(
+        local = local_arrays(self.dataset, self.clients[cid])
+        return dataset_client(
             self.model,
-            arrays.x_train,
-            arrays.y_train,
-            x_test=arrays.x_test,
-            y_test=arrays.y_test,
-            task=ds.task,
-            num_classes=self.num_outputs,
-            target_scale=ds.target_scale,
+            self.dataset,
+            local,
             client_id=cid,
             seed=self.cfg.seed,
             training=self.training,

@@ -20,8 +20,6 @@ when the server stays unreachable for ``give_up_after`` seconds.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import threading
 import time
@@ -36,13 +34,14 @@ from fedloom.client.base import Client
 from fedloom.client.execute import STAGES, DecodedBlobs, error_result, execute_task
 from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
-from fedloom.client.torch_client import TorchClient
+from fedloom.client.torch_client import dataset_client
 from fedloom.config import Config
 from fedloom.core.task import Blobs, Result, Task
 from fedloom.data import load_dataset
-from fedloom.data.federated import load_clients, local_arrays
+from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
 from fedloom.models import build_model
+from fedloom.plugins import call_factory, load_entry_point
 from fedloom.transport.certs import Bundle, client_bundle, read_token
 from fedloom.transport.client import Backoff, BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -82,18 +81,13 @@ def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
         data, clients = load_clients(run)
         if index >= len(clients):
             raise DeploymentError(f"--partition {index}/{count}: the run has {len(clients)}")
-        local = local_arrays(data, clients[index])
-        outputs = data.num_classes if data.task == "classification" else 1
-        model = build_model(cfg.model.name, data.input_shape, outputs, hidden=cfg.model.hidden)
-        return TorchClient(
+        model = build_model(
+            cfg.model.name, data.input_shape, data.num_classes, hidden=cfg.model.hidden
+        )
+        return dataset_client(
             model,
-            local.x_train,
-            local.y_train,
-            x_test=local.x_test,
-            y_test=local.y_test,
-            task=data.task,
-            num_classes=outputs,
-            target_scale=data.target_scale,
+            data,
+            local_arrays(data, clients[index]),
             client_id=index,
             seed=cfg.seed,
             training=LocalTraining.from_config(cfg.client),
@@ -109,19 +103,15 @@ def csv_factory(path: str, target: str) -> ClientFactory:
         ds = load_dataset(
             "csv", path=path, target=target, test_fraction=cfg.dataset.test_fraction, seed=cfg.seed
         )
-        outputs = ds.num_classes if ds.task == "classification" else 1
-        model = build_model(cfg.model.name, ds.input_shape, outputs, hidden=cfg.model.hidden)
-        return TorchClient(
+        model = build_model(cfg.model.name, ds.input_shape, ds.num_classes, hidden=cfg.model.hidden)
+        local = LocalArrays(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+        return dataset_client(
             model,
-            ds.x_train,
-            ds.y_train,
-            x_test=ds.x_test,
-            y_test=ds.y_test,
-            task=ds.task,
-            num_classes=outputs,
-            target_scale=ds.target_scale,
+            ds,
+            local,
             client_id=client_id,
             seed=cfg.seed,
+            training=LocalTraining.from_config(cfg.client),
         )
 
     return build
@@ -134,17 +124,10 @@ def app_factory(entry_point: str) -> ClientFactory:
     The module is imported here, before the client joins, so the stages it registers
     (``register_stage``) are among the task kinds the client advertises.
     """
-    module_name, sep, attr = entry_point.partition(":")
-    if not sep or not module_name or not attr:
-        raise DeploymentError(f"--app expects module:function, got {entry_point!r}")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DeploymentError(f"--app {entry_point}: cannot load it: {exc}") from None
+    fn = load_entry_point(entry_point, "--app")
 
     def build(cfg: Config, client_id: int) -> Client:
-        takes_config = bool(inspect.signature(fn).parameters)
-        client = fn(cfg) if takes_config else fn()
+        client = call_factory(fn, cfg, "--app", entry_point)
         if not isinstance(client, Client):
             raise DeploymentError(
                 f"--app {entry_point} returned {type(client).__name__}, which has no fit and "

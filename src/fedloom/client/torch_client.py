@@ -33,6 +33,8 @@ from fedloom.client.local import (
     state_views,
 )
 from fedloom.core.params import Params, ParamSpec
+from fedloom.data import Dataset
+from fedloom.data.federated import LocalArrays
 from fedloom.metrics import classification_metrics, regression_metrics
 
 TaskType = Literal["classification", "regression"]
@@ -268,3 +270,29 @@ class TorchClient:
             g = p.grad if p is not None else None
             grads[name] = (g.numpy() if g is not None else np.zeros(value.shape, np.float32)).copy()
         return total, grads
+
+
+def dataset_client(
+    model: nn.Module,
+    dataset: Dataset,
+    local: LocalArrays,
+    *,
+    client_id: int,
+    seed: int,
+    training: LocalTraining | None = None,
+) -> TorchClient:
+    """A TorchClient on one client's arrays of a loaded dataset, with the dataset's task, number
+    of classes and target scale (a simulated client, a demo client, a CSV client)."""
+    return TorchClient(
+        model,
+        local.x_train,
+        local.y_train,
+        x_test=local.x_test,
+        y_test=local.y_test,
+        task=dataset.task,
+        num_classes=dataset.num_classes,
+        target_scale=dataset.target_scale,
+        client_id=client_id,
+        seed=seed,
+        training=training,
+    )

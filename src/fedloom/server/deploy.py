@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import importlib
-import inspect
 import json
 import os
 import resource
@@ -36,7 +34,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -55,6 +53,7 @@ from fedloom.core.task import EVALUATE, Blobs, Result, Task
 from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine, RemoteRunStats
 from fedloom.errors import ConfigError, DeploymentError
+from fedloom.plugins import call_factory, load_entry_point
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population
 from fedloom.server.state import StateStore
 from fedloom.simulation import Simulation
@@ -545,41 +544,6 @@ def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
             "(FedAvg, Scaffold, or your own)"
         )
     return strategy
-
-
-def load_entry_point(entry_point: str, flag: str) -> Callable[..., object]:
-    """The function named by ``module:function`` (the module is imported from sys.path, which
-    holds the working directory)."""
-    module_name, sep, attr = entry_point.partition(":")
-    if not sep or not module_name or not attr:
-        raise DeploymentError(f"{flag} expects module:function, got {entry_point!r}")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DeploymentError(f"{flag} {entry_point}: cannot load it: {exc}") from None
-    if not callable(fn):
-        raise DeploymentError(f"{flag} {entry_point} is a {type(fn).__name__}, not a function")
-    return fn  # type: ignore[no-any-return]
-
-
-def call_factory(fn: Callable[..., object], cfg: Config, flag: str, entry_point: str) -> object:
-    """``fn(cfg)`` if the factory takes an argument, else ``fn()``."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    positional = [
-        p
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    required = [p for p in positional if p.default is inspect.Parameter.empty]
-    if len(required) > 1:
-        raise DeploymentError(
-            f"{flag} {entry_point} takes {len(required)} arguments "
-            f"({', '.join(p.name for p in required)}); it must take none or the run's Config"
-        )
-    return fn(cfg) if positional else fn()
 
 
 # -- the engine's counts per round --------------------------------------------------------------
