@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"api"},
     {"cli"},
 ]
-APPLICATIONS = {"fedloom.client.deploy", "fedloom.server.deploy"}
+APPLICATIONS = {"fedloom.client.deploy", "fedloom.server.deploy", "fedloom.server.user_code"}
 ROOT = Path(fedloom.__file__).parent
 
 

@@ -20,7 +20,8 @@ from fedloom.data import load_dataset
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError, DeploymentError
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.server.deploy import ServerOptions, build_global_model, build_strategy
+from fedloom.server.deploy import ServerOptions
+from fedloom.server.user_code import GlobalModel, build_global_model, build_strategy
 from fedloom.strategies import Strategy
 from tests import apps
 from tests.deploy import helpers as h
@@ -163,7 +164,7 @@ def _opts(tmp_path: Path, model: str, eval_data: Path | None = None) -> ServerOp
 
 def test_model_factory_builds_the_same_model_as_the_user_gets(tmp_path: Path) -> None:
     cfg = load_config(None, ["seed=3", "dataset.name=mnist", "dataset.data_dir=/no/such/dir"])
-    model = build_global_model(cfg, _opts(tmp_path, model=MODEL))
+    model = _build(cfg, _opts(tmp_path, model=MODEL))
     torch.manual_seed(3)
     expected = get_params(apps.make_model())
     assert model.spec == ParamSpec.of(expected)
@@ -176,7 +177,7 @@ def test_eval_data_gives_the_simulation_metrics_for_classification_and_regressio
 ) -> None:
     cfg = load_config(None, ["model.name=mlp"])
     eval_data = _digits_test_split(tmp_path / "digits.npz", cfg)
-    model = build_global_model(cfg, _opts(tmp_path, model=MODEL, eval_data=eval_data))
+    model = _build(cfg, _opts(tmp_path, model=MODEL, eval_data=eval_data))
     assert model.central_eval is not None
     params = model.spec.unflatten(model.init_params)
     metrics = model.central_eval(params)
@@ -197,9 +198,7 @@ def test_eval_data_gives_the_simulation_metrics_for_classification_and_regressio
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, module, raising=False)
-    reg = build_global_model(
-        cfg, _opts(tmp_path, model=f"{module}:make", eval_data=tmp_path / "reg.npz")
-    )
+    reg = _build(cfg, _opts(tmp_path, model=f"{module}:make", eval_data=tmp_path / "reg.npz"))
     assert reg.central_eval is not None
     assert reg.data["task"] == "regression"
     assert {"loss", "rmse", "mae"} <= set(reg.central_eval(reg.spec.unflatten(reg.init_params)))
@@ -221,7 +220,7 @@ def test_eval_data_that_does_not_fit_is_refused_with_the_reason(
     path = tmp_path / "eval.npz"
     np.savez(path, **arrays)  # type: ignore[arg-type]
     with pytest.raises(DeploymentError) as info:
-        build_global_model(load_config(), _opts(tmp_path, model=MODEL, eval_data=path))
+        _build(load_config(), _opts(tmp_path, model=MODEL, eval_data=path))
     assert message in str(info.value)
 
 
@@ -232,14 +231,14 @@ def test_eval_data_must_be_an_npz_archive(tmp_path: Path) -> None:
         (tmp_path / "x.npy", "is one array, not an .npz archive"),
     ]:
         with pytest.raises(DeploymentError, match=r"numpy\.savez") as info:
-            build_global_model(load_config(), _opts(tmp_path, model=MODEL, eval_data=path))
+            _build(load_config(), _opts(tmp_path, model=MODEL, eval_data=path))
         assert message in str(info.value)
 
 
 def test_eval_data_conflicts_with_central_eval_off(tmp_path: Path) -> None:
     cfg = load_config(None, ["server.central_eval=false"])
     with pytest.raises(ConfigError, match=r"server\.central_eval is false"):
-        build_global_model(cfg, _opts(tmp_path, model=MODEL, eval_data=tmp_path / "e.npz"))
+        _build(cfg, _opts(tmp_path, model=MODEL, eval_data=tmp_path / "e.npz"))
 
 
 def test_strategy_factory_takes_the_config_or_nothing_and_must_return_a_strategy() -> None:
@@ -259,4 +258,8 @@ def test_strategy_factory_takes_the_config_or_nothing_and_must_return_a_strategy
 
 def test_model_factory_must_return_a_module(tmp_path: Path) -> None:
     with pytest.raises(DeploymentError, match=r"returned ClipToMedianNorm, not a torch.nn.Module"):
-        build_global_model(load_config(), _opts(tmp_path, model="tests.apps:two_stage_strategy"))
+        _build(load_config(), _opts(tmp_path, model="tests.apps:two_stage_strategy"))
+
+
+def _build(cfg: Config, opts: ServerOptions) -> GlobalModel:
+    return build_global_model(cfg, opts.model, opts.eval_data)

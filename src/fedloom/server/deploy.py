@@ -24,7 +24,6 @@ this module adds what a long-running service needs:
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -33,32 +32,22 @@ import signal
 import sys
 import threading
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-
 from fedloom import __version__
-from fedloom.client.torch_client import TaskType, evaluate_model, get_params, set_params
 from fedloom.config import Config
 from fedloom.core.codec import get_codec
-from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import EVALUATE, Blobs, Result, Task
 from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine, RemoteRunStats
 from fedloom.errors import ConfigError, DeploymentError
-from fedloom.plugins import call_factory, load_entry_point
-from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population
+from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.state import StateStore
-from fedloom.simulation import Simulation
-from fedloom.strategies import Strategy
-from fedloom.strategies.factory import make_strategy
+from fedloom.server.user_code import build_global_model, build_strategy
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
@@ -165,7 +154,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             flush=True,
         )
 
-    model = build_global_model(cfg, opts)
+    model = build_global_model(cfg, opts.model, opts.eval_data)
     strategy = build_strategy(cfg, opts.strategy)
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
     with contextlib.closing(StateStore(opts.state)) as store:
@@ -358,192 +347,6 @@ def run_identity(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
     if opts.strategy is not None:
         identity["strategy_factory"] = opts.strategy
     return identity
-
-
-# -- the global model, its central evaluation, the strategy -------------------------------------
-
-
-@dataclass
-class GlobalModel:
-    """What the server needs of the model: its parameter layout and initial params, central
-    evaluation (None: off), and how to describe both in the log and the summary (``data``: what
-    the server evaluates on, empty when it has no data)."""
-
-    spec: ParamSpec
-    init_params: np.ndarray
-    central_eval: CentralEvaluator | None
-    source: str
-    eval_source: str
-    data: dict[str, Any]
-
-
-def build_global_model(cfg: Config, opts: ServerOptions) -> GlobalModel:
-    """The model from ``--model`` (no dataset is loaded) or from the config (as ``fedloom run``
-    builds it, with central evaluation on the dataset's test split)."""
-    if opts.eval_data is not None and not cfg.server.central_eval:
-        raise ConfigError(
-            f"--eval-data {opts.eval_data} asks for central evaluation, but "
-            "server.central_eval is false; drop one of them"
-        )
-    if opts.model is None:
-        sim = Simulation(cfg)  # the model, its initial params and the central test split
-        ds = sim.dataset
-        if opts.eval_data is not None:
-            evaluator, data = eval_data_evaluator(opts.eval_data, sim.new_model())
-            source = str(opts.eval_data)
-        else:
-            evaluator, source = sim.central_eval, f"the {ds.name} test split"
-            data = {
-                "name": ds.name,
-                "task": ds.task,
-                "train_examples": len(ds.x_train),
-                "test_examples": len(ds.x_test),
-            }
-        central = evaluator if cfg.server.central_eval else None
-        return GlobalModel(
-            spec=sim.spec,
-            init_params=sim.init_params,
-            central_eval=central,
-            source=f"{cfg.model.name} from the config",
-            eval_source=source if central is not None else "off (server.central_eval=false)",
-            data=data,
-        )
-    factory = load_entry_point(opts.model, "--model")
-    torch.manual_seed(cfg.seed)  # the same initial model on every (re)start of the run
-    module = call_factory(factory, cfg, "--model", opts.model)
-    if not isinstance(module, nn.Module):
-        raise DeploymentError(
-            f"--model {opts.model} returned {type(module).__name__}, not a torch.nn.Module; "
-            "the factory must return the model itself, e.g. `def make_model(): return MyNet()`"
-        )
-    params = get_params(module)
-    if not params:
-        raise DeploymentError(
-            f"--model {opts.model}: the model has no floating-point parameters to train"
-        )
-    spec = ParamSpec.of(params)
-    if opts.eval_data is None:
-        return GlobalModel(
-            spec=spec,
-            init_params=spec.flatten(params),
-            central_eval=None,
-            source=opts.model,
-            eval_source="off (the server has no data with --model; pass --eval-data FILE.npz)",
-            data={},
-        )
-    evaluator, data = eval_data_evaluator(opts.eval_data, copy.deepcopy(module))
-    return GlobalModel(
-        spec=spec,
-        init_params=spec.flatten(params),
-        central_eval=evaluator,
-        source=opts.model,
-        eval_source=str(opts.eval_data),
-        data=data,
-    )
-
-
-def eval_data_evaluator(path: Path, model: nn.Module) -> tuple[CentralEvaluator, dict[str, Any]]:
-    """Central evaluation of ``model`` on an ``.npz`` file with arrays ``x`` and ``y``.
-
-    ``x`` holds the inputs exactly as the model takes them (``(n, *input_shape)``, cast to
-    float32). ``y`` decides the task: integer class ids mean classification, with as many classes
-    as the model has outputs; floats mean regression (one output, metrics in ``y``'s units).
-    The same metric functions as a simulation's central evaluation are used.
-    """
-    x, y = _read_eval_arrays(path)
-    classification = np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            width = int(model(torch.from_numpy(x[:1])).reshape(1, -1).shape[1])
-    except Exception as exc:
-        raise DeploymentError(
-            f"--eval-data {path}: the model cannot take x of shape {x.shape[1:]} per example "
-            f"({type(exc).__name__}: {exc}); save x exactly as the model takes it"
-        ) from None
-    finally:
-        model.train(was_training)
-    task: TaskType = "classification" if classification else "regression"
-    if classification:
-        targets = y.astype(np.int64)
-        if width < 2 or targets.min() < 0 or targets.max() >= width:
-            raise DeploymentError(
-                f"--eval-data {path}: y holds class ids {int(targets.min())}.."
-                f"{int(targets.max())}, but the model has {width} outputs; classification needs "
-                "one output per class (or save y as floats for regression)"
-            )
-        num_classes = width
-    else:
-        if width != 1:
-            raise DeploymentError(
-                f"--eval-data {path}: y holds floats (regression), but the model has {width} "
-                "outputs, not 1; save y as integer class ids for classification"
-            )
-        targets, num_classes = y.astype(np.float32), 1
-
-    def evaluate(params: Params) -> dict[str, Any]:
-        set_params(model, params)
-        return evaluate_model(model, x, targets, task=task, num_classes=num_classes)
-
-    data = {"eval_data": str(path), "task": task, "test_examples": len(targets)}
-    if classification:
-        data["num_classes"] = num_classes
-    return evaluate, data
-
-
-def _read_eval_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    how = "save it with numpy.savez(PATH, x=inputs, y=targets)"
-    if not path.is_file():
-        raise DeploymentError(f"--eval-data {path}: no such file; {how}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DeploymentError(f"--eval-data {path}: cannot read it ({exc}); {how}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DeploymentError(f"--eval-data {path} is one array, not an .npz archive; {how}")
-    try:
-        with loaded as data:
-            missing = sorted({"x", "y"} - set(data.files))
-            if missing:
-                raise DeploymentError(
-                    f"--eval-data {path} has arrays {sorted(data.files)}, no {' or '.join(missing)}"
-                    f"; {how}"
-                )
-            x, y = data["x"], data["y"]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DeploymentError(f"--eval-data {path}: cannot read it ({exc}); {how}") from None
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
-        raise DeploymentError(
-            f"--eval-data {path}: x must be (n, *input_shape) and y (n,) with n >= 1, got x "
-            f"{x.shape} and y {y.shape}"
-        )
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise DeploymentError(f"--eval-data {path}: x must be numeric, got {x.dtype}")
-    numeric_y = np.issubdtype(y.dtype, np.number) and not np.issubdtype(y.dtype, np.complexfloating)
-    if not (numeric_y or y.dtype == np.bool_):
-        raise DeploymentError(
-            f"--eval-data {path}: y must hold integer class ids or float targets, got {y.dtype}"
-        )
-    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
-        raise DeploymentError(f"--eval-data {path}: y holds NaN or inf")
-    return np.ascontiguousarray(x, dtype=np.float32), y
-
-
-def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
-    """The strategy from ``--strategy module:function`` (called with the Config, or with no
-    arguments), or the config's ``strategy`` section."""
-    if entry_point is None:
-        return make_strategy(cfg)
-    factory = load_entry_point(entry_point, "--strategy")
-    strategy = call_factory(factory, cfg, "--strategy", entry_point)
-    if not isinstance(strategy, Strategy):
-        raise DeploymentError(
-            f"--strategy {entry_point} returned {type(strategy).__name__}, not a fedloom "
-            "Strategy; return an instance of a subclass of fedloom.strategies.Strategy "
-            "(FedAvg, Scaffold, or your own)"
-        )
-    return strategy
 
 
 # -- the engine's counts per round --------------------------------------------------------------
