@@ -263,3 +263,20 @@ def test_tasks_name_the_model_blob_and_the_upload_they_expect() -> None:
     coord.run_round(1)
 
     assert seen[0].upload == Upload("float32", 2)
+
+
+def test_server_transforms_run_on_the_aggregate_before_the_server_optimizer() -> None:
+    # mean delta (1 * [3, 4] + 1 * [3, 4]) / 2 = [3, 4], norm 5, clipped to norm 1: [0.6, 0.8]
+    clients = {i: DeltaClient(np.array([3.0, 4.0], np.float32)) for i in range(2)}
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(clients.__getitem__),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({0: 1, 1: 1}),
+        server_transforms=[{"name": "clip", "max_norm": 1.0}],
+    )
+
+    coord.run_round(1)
+
+    np.testing.assert_allclose(coord.params, [0.6, 0.8], rtol=1e-6)

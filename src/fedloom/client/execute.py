@@ -117,7 +117,7 @@ def apply_transforms(vec: np.ndarray, task: Task, state: State) -> np.ndarray:
     own = {k[len(prefix) :]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)}
     if not own:
         own = pipeline.init(vec.shape[0])
-    ctx = {"round": task.round, "client_id": task.client_id}
+    ctx = {"round": task.round}  # the same context the vectorized engine gives a cohort
     out, new = pipeline.apply(torch.from_numpy(vec), own, ctx)
     state.update({prefix + k: v.numpy().copy() for k, v in new.items()})
     return out.numpy()
