@@ -90,6 +90,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         token=args.token,
         give_up_after=args.give_up_after,
         quiet=args.quiet,
+        state=Path(args.state) if args.state else None,
     )
     if args.insecure:
         print(
@@ -179,6 +180,14 @@ def register(sub: Any) -> None:
         type=int,
         help="torch threads for local training (default: torch's choice; use 1 when several "
         "clients share a machine)",
+    )
+    client.add_argument(
+        "--state",
+        metavar="DIR",
+        help="keep this client's state (SCAFFOLD's control variate, error-feedback residuals) in "
+        "DIR/client-state.safetensors: loaded at start, written after every task that changes "
+        "it, so a restarted client goes on where it stopped; one folder per client and run "
+        "(default: memory only, lost when the process exits)",
     )
     client.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     client.set_defaults(func=cmd_client)

@@ -10,16 +10,28 @@ heartbeat thread keeps the session alive during local training.
 The client's state (error-feedback residuals, SCAFFOLD's control variate) lives in this process,
 in a ``ClientStateStore`` that keeps the version before the newest: a round the server runs again
 (it retried the round, or resumed after a crash) starts from the state it first started from. The
-state is never uploaded, and is lost when the process exits.
+state is never uploaded. Without ``--state`` it is lost when the process exits, and a restarted
+client would start SCAFFOLD again from a zero control variate while the server goes on with the
+run: the result would silently differ from an uninterrupted run.
+
+With ``--state DIR`` the store is also kept in ``DIR/client-state.safetensors``
+(``STATE_FILE``): loaded at start, and written after every task that changed the state, before
+the task's result is uploaded. The server aggregates only results it has received, so every state
+whose update the server aggregated is on disk first, and a client killed at any point restarts
+from it. The file records the run id and the client name: a file of another run or another client
+is refused (unless it holds no state), because its state would not fit this run.
 
 When the server is unreachable the client retries with exponential backoff and full jitter, and
 joins again when the server comes back (for instance after a restart from its state folder). It
 exits 0 when the run finishes, 3 when the server refuses it (authentication, protocol), and 4
-when the server stays unreachable for ``give_up_after`` seconds.
+when the server stays unreachable for ``give_up_after`` seconds. A ``--state`` file that cannot be
+used (damaged, another run's or client's, not writable) stops it with ``DeploymentError``, which
+``fedloom`` reports with the reason and exit code 2, as it does for the client's other local errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -53,6 +65,7 @@ ClientFactory = Callable[[Config, int], Client]
 """Builds the local ``Client`` from the run's config and the id the server gave this client."""
 
 EXIT_FINISHED, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 3, 4
+STATE_FILE = "client-state.safetensors"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class ClientOptions:
     give_up_after: float = 600.0
     max_message_mb: float = 64.0
     quiet: bool = False
+    state: Path | None = None
+    """Folder for ``STATE_FILE``; None keeps the client state in memory only."""
 
 
 def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
@@ -161,6 +176,11 @@ class DeploymentClient:
         self.client: Client | None = None
         self.cache = BlobCache()
         self.states = ClientStateStore(keep_previous=True)
+        self.state_file = opts.state / STATE_FILE if opts.state is not None else None
+        self.run_id = ""
+        # run_id and client_name of the loaded file, checked against the run at Join
+        self._file_owner: dict[str, str] = {}
+        self._load_state()
         # Decoded once per task's set of blobs (a fit and the evaluation after it share the model).
         self._decoded = DecodedBlobs()
         self._decoded_for: frozenset[str] = frozenset()
@@ -191,6 +211,91 @@ class DeploymentClient:
                 f"no credentials for {opts.name!r} in {opts.certs}: expected {opts.name}.crt and "
                 f"{opts.name}.key (mTLS), or {opts.name}.token (or --token) for token auth"
             )
+
+    def _load_state(self) -> None:
+        """Take over the state file of a previous process of this client, if there is one.
+
+        A damaged file stops the client (``ClientStateFileError`` says what to do): starting
+        from zero instead would change the algorithm without anyone noticing."""
+        if self.state_file is None:
+            log.info(
+                "client state (SCAFFOLD's control variate, error-feedback residuals) lives in "
+                "memory only; it is lost if this process exits before the run ends (--state DIR "
+                "keeps it on disk)"
+            )
+            return
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeploymentError(
+                f"--state {self.state_file.parent}: cannot create the folder ({exc}); give a "
+                "folder this client can write to"
+            ) from exc
+        if not self.state_file.exists():
+            self._say(f"no client state in {self.state_file} yet; starting from zero state")
+            return
+        loaded, owner = ClientStateStore.load_with_metadata(self.state_file)
+        loaded.keep_previous = True  # a deployment client reruns rounds; see ClientStateStore
+        self.states = loaded
+        self._file_owner = owner
+        if len(loaded) == 0:
+            self._say(f"client state file {self.state_file} holds no state; starting from zero")
+            return
+        name = owner.get("client_name")
+        if name != self.opts.name:
+            whose = f"client {name!r}" if name else "no named client"
+            raise DeploymentError(
+                f"the client state file {self.state_file} belongs to {whose}, not "
+                f"{self.opts.name!r}: give each client its own --state folder, or delete the "
+                "file to start this client's state from zero"
+            )
+        held = "; ".join(
+            f"client {cid}, versions of rounds {', '.join(map(str, loaded.rounds(cid)))}"
+            for cid in loaded.client_ids()
+        )
+        self._say(
+            f"loaded client state from {self.state_file}: {held} ({loaded.nbytes:,} bytes, "
+            f"run {owner.get('run_id', '?')})"
+        )
+
+    def _check_state_owner(self, run_id: str, client_id: int) -> None:
+        """Refuse a state file of another run, or one that holds another client id's state:
+        its state would not fit this run (and the server's id for a name is stable within a
+        run, so a different id means the file is not this client's)."""
+        if len(self.states) == 0:
+            return
+        file_run = self._file_owner.get("run_id")
+        if file_run is not None and file_run != run_id:
+            raise DeploymentError(
+                f"the client state file {self.state_file} belongs to run {file_run}, but the "
+                f"server runs {run_id}: use a new --state folder for a new run, or delete the "
+                "file to start this client's state from zero"
+            )
+        others = [cid for cid in self.states.client_ids() if cid != client_id]
+        if others:
+            raise DeploymentError(
+                f"the client state file {self.state_file} holds the state of client id(s) "
+                f"{others}, but the server knows {self.opts.name!r} as client {client_id}: "
+                "give each client its own --state folder, or delete the file to start this "
+                "client's state from zero"
+            )
+
+    def _save_state(self) -> None:
+        """Write the whole store to the state file, before the result that changed it is
+        uploaded. A write that fails stops the client: uploading anyway would let the server
+        aggregate an update whose state a restart would lose."""
+        if self.state_file is None:
+            return
+        owner = {"run_id": self.run_id, "client_name": self.opts.name}
+        try:
+            self.states.save(self.state_file, metadata=owner)
+        except OSError as exc:
+            raise DeploymentError(
+                f"cannot write the client state file {self.state_file} ({exc}); free space or "
+                "fix permissions in the --state folder, then start the client again"
+            ) from exc
+        self._file_owner = owner
+        log.debug("client state written to %s (%d bytes)", self.state_file, self.states.nbytes)
 
     def _say(self, message: str) -> None:
         if not self.opts.quiet:
@@ -263,6 +368,12 @@ class DeploymentClient:
         self.backoff.reset()
         self.unreachable_since = None
         cfg = Config.model_validate_json(joined.config_json)
+        try:
+            self._check_state_owner(joined.run_id, joined.client_id)
+        except DeploymentError:
+            _leave(conn)
+            raise
+        self.run_id = joined.run_id
         if self.client is None:
             self.client = self.factory(cfg, joined.client_id)
         n, n_test = _data_sizes(self.client)
@@ -285,7 +396,11 @@ class DeploymentClient:
                     return EXIT_FINISHED
                 if outcome != "task":
                     continue
-                self._run_task(conn, reply.task, joined.chunk_bytes)
+                try:
+                    self._run_task(conn, reply.task, joined.chunk_bytes)
+                except DeploymentError:  # the state file cannot be written
+                    _leave(conn)  # the server stops waiting for this client's task at once
+                    raise
         finally:
             stop.set()
 
@@ -330,6 +445,7 @@ class DeploymentClient:
         # would undo what the fit left.
         if result.ok and result.state is not None and _changed(before, result.state):
             self.states.put(task.client_id, task.round, result.state)
+            self._save_state()
         result.state = None
         return result
 
@@ -338,6 +454,12 @@ def _changed(before: State, after: State) -> bool:
     return before.keys() != after.keys() or any(
         after[k] is not before[k] and not np.array_equal(after[k], before[k]) for k in after
     )
+
+
+def _leave(conn: Connection) -> None:
+    """Tell the server this client is gone before it stops on an error (best effort)."""
+    with contextlib.suppress(grpc.RpcError):
+        conn.leave()
 
 
 def _heartbeat(conn: Connection, every: float, stop: threading.Event) -> None:
