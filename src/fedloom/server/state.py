@@ -181,7 +181,8 @@ class StateStore:
             raise ValueError("a checkpoint must hold the model's 'params'")
         path = self.folder / CHECKPOINT_DIR / f"round-{r:04d}.safetensors"
         tmp = path.with_suffix(".tmp")
-        tensors = {name: np.require(value, requirements="C")  # keeps 0-d arrays 0-d for name, value in checkpoint.items()}
+        # np.require, not ascontiguousarray: a 0-d array (a scalar bound) must come back 0-d.
+        tensors = {name: np.require(value, requirements="C") for name, value in checkpoint.items()}
         save_file(tensors, str(tmp), metadata={"round": str(r)})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
