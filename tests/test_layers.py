@@ -15,6 +15,7 @@ import fedloom
 # Lowest first; packages on one line are the same layer and do not import each other.
 LAYERS: list[set[str]] = [
     {"errors", "fedloom"},
+    {"codecs"},
     {"config", "plugins"},
     {"core"},
     {"transforms", "metrics", "models", "optim", "aggregators", "data", "tracking"},

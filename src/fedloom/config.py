@@ -99,7 +99,31 @@ class EvalConfig(_Section):
 
 
 class TransportConfig(_Section):
-    codec: Literal["float32", "float16"] = "float32"
+    codec: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="the downlink's codec, and the upload's when `upload` is empty"
+    )
+    upload: list[str | dict[str, float | int]] = Field(
+        default_factory=list,
+        description="the upload's codec chain, applied in order: [topk: 0.01, int8, zstd]",
+    )
+    error_feedback: bool = Field(
+        False, description="add what a lossy upload left out to the next round's update"
+    )
+
+    @field_validator("upload")
+    @classmethod
+    def _chain(cls, v: list[str | dict[str, float | int]]) -> list[str | dict[str, float | int]]:
+        from fedloom.codecs import codec_spec, parse_codec
+
+        parse_codec(codec_spec(v))  # raises ValueError naming what is wrong with the chain
+        return v
+
+    @property
+    def upload_codec(self) -> str:
+        """The canonical spec of the upload's codec chain."""
+        from fedloom.codecs import codec_spec
+
+        return codec_spec(self.upload) if self.upload else self.codec
 
 
 class ServerConfig(_Section):

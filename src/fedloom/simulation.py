@@ -96,6 +96,8 @@ def make_coordinator(
         population=population,
         seed=cfg.seed,
         codec=get_codec(cfg.transport.codec),
+        upload_codec=get_codec(cfg.transport.upload_codec),
+        error_feedback=cfg.transport.error_feedback,
         central_eval=central_eval,
         eval_every=cfg.eval.every,
         federated_eval=cfg.eval.federated,

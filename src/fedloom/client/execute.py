@@ -13,7 +13,7 @@ import functools
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from fedloom.client.base import Client, ClientContext
 from fedloom.client.state import State
-from fedloom.core.codec import get_codec
+from fedloom.core.codec import Codec, get_codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Blobs, Result, Task, resolve
 from fedloom.transforms import build_pipeline
@@ -123,6 +123,46 @@ def apply_transforms(vec: np.ndarray, task: Task, state: State) -> np.ndarray:
     return out.numpy()
 
 
+ERROR_FEEDBACK = "error_feedback/residual"
+"""Client-state key of the error-feedback residual."""
+
+
+def codec_rng(task: Task) -> np.random.Generator:
+    """The stream a stochastic codec (QSGD, random-k) draws from for one task: seeded by (seed,
+    round, client) and apart from local training's, so a client's upload does not depend on the
+    engine or on which clients run beside it."""
+    seed = int(task.config.get("seed", 0))
+    return np.random.default_rng([seed, task.round, task.client_id, 0x636F646563])
+
+
+def encode_uploads(
+    codec: Codec, rows: np.ndarray, tasks: Sequence[Task], states: Sequence[State]
+) -> list[bytes]:
+    """Encode one upload per row (one client each), with error feedback where the task asks.
+
+    Error feedback (Stich et al. 2018, "Sparsified SGD with Memory"; Karimireddy et al. 2019,
+    "Error Feedback Fixes SignSGD and other Gradient Compression Schemes"): the client adds the
+    residual of what its last lossy upload left out, and keeps as the new residual what this one
+    leaves out: ``target = update + residual``, ``residual = target - decode(encode(target))``.
+    It needs the codec's own reconstruction, so it is this encoding step and not a transform
+    before it. The residual is client state, so it lives in the engine's store in simulation and in
+    the client process in a deployment. One batched ``encode_rows`` serves one client or a cohort.
+    """
+    feedback = [bool(t.config.get("error_feedback")) for t in tasks]
+    targets = np.array(rows, dtype=np.float32, copy=True)
+    for i, (on, state) in enumerate(zip(feedback, states, strict=True)):
+        residual = state.get(ERROR_FEEDBACK)
+        if on and residual is not None and residual.shape == targets[i].shape:
+            targets[i] += residual
+    rngs = [codec_rng(t) for t in tasks] if codec.stochastic else None
+    payloads = codec.encode_rows(targets, rngs)
+    for i, (on, state) in enumerate(zip(feedback, states, strict=True)):
+        if on:
+            sent = codec.decode(payloads[i], targets.shape[1])
+            state[ERROR_FEEDBACK] = (targets[i] - sent).astype(np.float32)
+    return payloads
+
+
 class DecodedBlobs:
     """Decoded blob vectors by content hash, decoded once per hash.
 
@@ -188,7 +228,8 @@ def execute_task(
             if out.upload is None:
                 raise ValueError(f"the {task.kind} task expects an upload and none was made")
             vec = apply_transforms(out.upload, task, context.state)
-            payload = get_codec(task.upload.codec).encode(vec)
+            codec = get_codec(task.upload.codec)
+            payload = encode_uploads(codec, vec[None, :], [task], [context.state])[0]
         return Result(
             task,
             num_examples=out.num_examples,

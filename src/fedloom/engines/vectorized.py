@@ -42,7 +42,7 @@ import torch
 from torch.func import vmap
 
 from fedloom.client.base import Client
-from fedloom.client.execute import TRANSFORM_STATE, DecodedBlobs, error_result
+from fedloom.client.execute import TRANSFORM_STATE, DecodedBlobs, encode_uploads, error_result
 from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
 from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import TorchClient
@@ -335,8 +335,10 @@ class VectorizedEngine:
                     extra,
                     states,
                 )
-                uploads = _transform_rows(outcome.updates, [j.task for j in chunk], outcome.states)
+                tasks = [j.task for j in chunk]
+                uploads = _transform_rows(outcome.updates, tasks, outcome.states)
                 _check_sizes(uploads, chunk)
+                payloads = encode_uploads(codec, uploads, tasks, outcome.states)
             except Exception as exc:
                 self._warn(("runtime", type(exc)), f"a vectorised chunk raised {one_line(exc)}")
                 for job in chunk:
@@ -350,7 +352,7 @@ class VectorizedEngine:
                 yield Result(
                     job.task,
                     num_examples=job.client.num_examples,
-                    payload=codec.encode(uploads[row]),
+                    payload=payloads[row],
                     metrics={"train_loss": outcome.losses[row]},
                     seconds=seconds,
                 )

@@ -76,6 +76,8 @@ class _Tally:
     bytes_up: int = 0
     train_loss: float = 0.0
     train_weight: int = 0
+    payload_up: int = 0  # bytes of the uploads received
+    dense_up: int = 0  # what they would take as float32
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Coordinator:
     max_update_bytes: int | None = None
     listeners: Sequence[RoundListener] = ()
     server_transforms: Sequence[dict[str, Any]] = ()
+    upload_codec: Codec | None = None
+    error_feedback: bool = False
     opt_state: OptState = field(init=False)
     strategy_state: StrategyState = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list, init=False)
@@ -193,6 +197,9 @@ class Coordinator:
             log.error("round %d failed: the global model and server state are unchanged", r)
         if tally.train_weight:
             record["train_loss"] = tally.train_loss / tally.train_weight
+        if tally.payload_up:
+            # float32 bytes over the bytes sent: how much the upload codec saved this round
+            record["compression_ratio_up"] = tally.dense_up / tally.payload_up
         if evaluate:
             metrics, eval_bytes = self.evaluate(r)
             record.update(metrics)
@@ -215,6 +222,8 @@ class Coordinator:
             # The strategy works on a copy: a failed round leaves the server state as it was.
             state={k: v.copy() for k, v in self.strategy_state.items()},
             num_clients=len(self.population.eligible),
+            upload_codec=self.upload_codec,
+            error_feedback=self.error_feedback,
         )
 
     def _exchange(self, r: int, exchange: Exchange, tally: _Tally, first: bool) -> None:
@@ -234,6 +243,9 @@ class Coordinator:
                 log.warning("round %d: client %d failed: %s", r, cid, result.error)
                 continue
             bytes_up += len(result.payload or b"")
+            if result.payload is not None and result.task.upload is not None:
+                tally.payload_up += len(result.payload)
+                tally.dense_up += 4 * result.task.upload.size
             try:
                 vec = self._validate(result)
             except UpdateRejected as exc:

@@ -173,6 +173,8 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             population=Population(num_examples={}),
             seed=cfg.seed,
             codec=get_codec(cfg.transport.codec),
+            upload_codec=get_codec(cfg.transport.upload_codec),
+            error_feedback=cfg.transport.error_feedback,
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,

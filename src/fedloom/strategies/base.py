@@ -50,14 +50,17 @@ class RoundContext:
     model: Blob
     state: StrategyState
     num_clients: int
+    upload_codec: Codec | None = None
+    error_feedback: bool = False
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
         return Blob.encode(self.spec, self.codec, vec)
 
     def upload(self, parts: int = 1) -> Upload:
-        """An upload of ``parts`` model-sized vectors in the round's codec."""
-        return Upload(self.codec.name, parts * self.spec.size)
+        """An upload of ``parts`` model-sized vectors in the round's upload codec."""
+        codec = self.upload_codec or self.codec
+        return Upload(codec.name, parts * self.spec.size)
 
 
 OnResult = Callable[[Result, "np.ndarray | None"], None]
@@ -98,7 +101,10 @@ class Strategy(ABC):
 
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
         """The config every fit task of the round carries."""
-        return {**self.client_config, "mode": self.mode, "round": ctx.round, "seed": ctx.seed}
+        config = {**self.client_config, "mode": self.mode, "round": ctx.round, "seed": ctx.seed}
+        if ctx.error_feedback:
+            config["error_feedback"] = True
+        return config
 
     def configure_fit(self, ctx: RoundContext) -> list[Task]:
         """Select this round's clients and give each its fit task on the global model."""

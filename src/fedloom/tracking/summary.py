@@ -29,6 +29,7 @@ _BOOKKEEPING = frozenset(
         "failed",
         "bytes_up",
         "bytes_down",
+        "compression_ratio_up",
         "seconds",
         "status",
         # deployment bookkeeping (fedloom server)

@@ -1,0 +1,169 @@
+"""Uplink compression: bytes to reach a target accuracy, for float32 FedAvg and codec chains.
+
+    python bench/compression.py [--dataset fashion_mnist] [--clients 100] [--alpha 0.5]
+                                [--fraction 0.1] [--rounds 150] [--target 0.75]
+                                [--chains NAME,...] [--png bench/compression.png] [--json PATH]
+
+Every chain trains the same model from the same initialisation on the same Dirichlet(alpha) split
+with the same clients per round and the same local work (vectorized engine); only the upload's
+codec chain (``transport.upload``) and error feedback (``transport.error_feedback``) differ. For
+each chain the table gives the first round whose central test accuracy reaches ``--target``, the
+uplink bytes (and all bytes, up and down) spent until then, and the ratio of float32 FedAvg's
+uplink bytes to this chain's. The PNG plots accuracy against cumulative uplink bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+# name -> (upload chain, error feedback)
+CHAINS: dict[str, tuple[list[Any], bool]] = {
+    "float32": ([], False),
+    "float16": (["float16"], False),
+    "int8": (["int8"], False),
+    "int4": (["int4"], False),
+    "qsgd:16": ([{"qsgd": 16}], False),
+    "sign + EF": (["sign"], True),
+    "topk 10% + int8": ([{"topk": 0.1}, "int8"], False),
+    "topk 10% + int8 + EF": ([{"topk": 0.1}, "int8"], True),
+    "topk 1% + int8": ([{"topk": 0.01}, "int8"], False),
+    "topk 1% + int8 + EF": ([{"topk": 0.01}, "int8"], True),
+    "topk 1% + int8 + zstd + EF": ([{"topk": 0.01}, "int8", "zstd"], True),
+    "randomk 10% + EF": ([{"randomk": 0.1}], True),
+}
+
+
+def run(common: list[str], chain: list[Any], feedback: bool) -> list[dict[str, Any]]:
+    from fedloom.config import load_config
+    from fedloom.simulation import Simulation
+
+    overrides = [*common, f"transport.upload={json.dumps(chain)}"]
+    overrides.append(f"transport.error_feedback={str(feedback).lower()}")
+    sim = Simulation(load_config(None, overrides))
+    coordinator = sim.coordinator()
+    try:
+        history = coordinator.run(sim.cfg.rounds)
+    finally:
+        coordinator.engine.close()
+    return history
+
+
+def reach(history: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    up = down = 0
+    for record in history:
+        up += record["bytes_up"]
+        down += record["bytes_down"]
+        if record.get("accuracy", 0.0) >= target:
+            return {"round": record["round"], "bytes_up": up, "bytes_total": up + down}
+    return {"round": None, "bytes_up": None, "bytes_total": None}
+
+
+def _mb(n: float | None) -> str:
+    return "—" if n is None else f"{n / 1e6:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", default="fashion_mnist")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--hidden", default="[64]")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--target", type=float, default=0.75)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chains", default=",".join(CHAINS))
+    p.add_argument("--png", type=Path, default=ROOT / "bench" / "compression.png")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    names = [n for n in args.chains.split(",") if n]
+    if unknown := [n for n in names if n not in CHAINS]:
+        p.error(f"unknown chains {unknown}; choose from {list(CHAINS)}")
+    common = [
+        f"seed={args.seed}",
+        f"dataset.name={args.dataset}",
+        "partition.kind=dirichlet",
+        f"partition.alpha={args.alpha}",
+        f"partition.num_clients={args.clients}",
+        "model.name=mlp",
+        f"model.hidden={args.hidden}",
+        f"strategy.fraction_fit={args.fraction}",
+        f"rounds={args.rounds}",
+        f"client.epochs={args.epochs}",
+        "client.batch_size=10",
+        f"client.lr={args.lr}",
+        "engine.name=vectorized",
+    ]
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        chain, feedback = CHAINS[name]
+        start = time.perf_counter()
+        histories[name] = run(common, chain, feedback)
+        last = histories[name][-1]
+        print(
+            f"{name}: final accuracy {last['accuracy']:.4f}, "
+            f"{time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    base = reach(histories["float32"], args.target) if "float32" in histories else None
+    print(f"target accuracy {args.target}; " + " ".join(common))
+    print(
+        "| upload chain | final acc. | best acc. | round to target | uplink MB to target "
+        "| all MB to target | uplink ÷ float32 | mean compression per upload |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    summary: dict[str, Any] = {}
+    for name, history in histories.items():
+        hit = reach(history, args.target)
+        accuracies = [r.get("accuracy", math.nan) for r in history]
+        ratio = "—"
+        if base and base["bytes_up"] and hit["bytes_up"]:
+            ratio = f"{base['bytes_up'] / hit['bytes_up']:.1f}x"
+        ratios = [r["compression_ratio_up"] for r in history if "compression_ratio_up" in r]
+        print(
+            f"| {name} | {accuracies[-1]:.3f} | {max(accuracies):.3f} | {hit['round'] or '—'} "
+            f"| {_mb(hit['bytes_up'])} | {_mb(hit['bytes_total'])} | {ratio} "
+            f"| {sum(ratios) / max(len(ratios), 1):.1f}x |"
+        )
+        summary[name] = {"reach": hit, "history": history}
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, history in histories.items():
+            cumulative, up = [], 0
+            for record in history:
+                up += record["bytes_up"]
+                cumulative.append(up / 1e6)
+            ax.plot(cumulative, [r["accuracy"] for r in history], label=name)
+        ax.axhline(args.target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative uplink MB (log scale)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{args.dataset}, Dirichlet({args.alpha}), {args.clients} clients")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=120)
+        print(f"curves: {args.png}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
