@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedloom.errors import ConfigError
 
@@ -117,6 +117,17 @@ class TransportConfig(_Section):
 
         parse_codec(codec_spec(v))  # raises ValueError naming what is wrong with the chain
         return v
+
+    @model_validator(mode="after")
+    def _feedback_needs_a_lossy_upload(self) -> TransportConfig:
+        lossless = self.upload_codec == "float32" or self.upload_codec.startswith("zstd")
+        if self.error_feedback and lossless:
+            raise ValueError(
+                "transport.error_feedback adds back what a lossy upload left out, and a float32 "
+                "upload leaves out nothing: set transport.upload (e.g. [topk: 0.01, int8]) or "
+                "turn error_feedback off"
+            )
+        return self
 
     @property
     def upload_codec(self) -> str:

@@ -159,3 +159,30 @@ def test_get_codec_builds_each_spec_once() -> None:
     with pytest.raises(ValueError, match="unknown codec 'zip'"):
         core_codec.get_codec("zip")
     assert "topk" in core_codec.CODECS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["transport.upload=[zstd, {topk: 0.01}]"], "zstd must come last"),
+        (["transport.upload=[{topk: 1.5}]"], r"topk fraction must be in \(0, 1\], got 1.5"),
+        (["transport.upload=[int9]"], "unknown codec 'int9'"),
+        (["transport.error_feedback=true"], "a float32 upload leaves out nothing"),
+        (["transport.error_feedback=true", "transport.upload=[zstd]"], "leaves out nothing"),
+    ],
+)
+def test_a_bad_upload_config_names_the_problem(overrides: list[str], message: str) -> None:
+    from fedloom.config import load_config
+    from fedloom.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_the_config_names_the_upload_chain_canonically() -> None:
+    from fedloom.config import load_config
+
+    cfg = load_config(None, ["transport.upload=[{topk: 0.01}, int8, zstd]"])
+
+    assert cfg.transport.upload_codec == "topk:0.01|int8|zstd"
+    assert load_config(None, ["transport.codec=float16"]).transport.upload_codec == "float16"
