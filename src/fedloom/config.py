@@ -109,6 +109,10 @@ class TransportConfig(_Section):
     error_feedback: bool = Field(
         False, description="add what a lossy upload left out to the next round's update"
     )
+    download: list[str | dict[str, float | int]] = Field(
+        default_factory=list,
+        description="the downlink's codec chain (the model and other blobs): [int8]; [] = codec",
+    )
 
     @field_validator("upload")
     @classmethod
@@ -116,6 +120,22 @@ class TransportConfig(_Section):
         from fedloom.codecs import codec_spec, parse_codec
 
         parse_codec(codec_spec(v))  # raises ValueError naming what is wrong with the chain
+        return v
+
+    @field_validator("download")
+    @classmethod
+    def _download_chain(
+        cls, v: list[str | dict[str, float | int]]
+    ) -> list[str | dict[str, float | int]]:
+        from fedloom.codecs import codec_spec, parse_codec
+
+        codec = parse_codec(codec_spec(v))
+        if codec.stochastic:
+            raise ValueError(
+                f"the downlink is encoded once a round for every client, with no random stream: "
+                f"{codec.name!r} is stochastic; use a deterministic codec (float16, int8, topk, "
+                "sign) for transport.download"
+            )
         return v
 
     @model_validator(mode="after")
@@ -128,6 +148,13 @@ class TransportConfig(_Section):
                 "turn error_feedback off"
             )
         return self
+
+    @property
+    def download_codec(self) -> str:
+        """The canonical spec of the downlink's codec chain."""
+        from fedloom.codecs import codec_spec
+
+        return codec_spec(self.download) if self.download else self.codec
 
     @property
     def upload_codec(self) -> str:

@@ -95,7 +95,7 @@ def make_coordinator(
         params=init_params.copy(),
         population=population,
         seed=cfg.seed,
-        codec=get_codec(cfg.transport.codec),
+        codec=get_codec(cfg.transport.download_codec),
         upload_codec=get_codec(cfg.transport.upload_codec),
         error_feedback=cfg.transport.error_feedback,
         central_eval=central_eval,

@@ -169,6 +169,8 @@ def test_get_codec_builds_each_spec_once() -> None:
         (["transport.upload=[int9]"], "unknown codec 'int9'"),
         (["transport.error_feedback=true"], "a float32 upload leaves out nothing"),
         (["transport.error_feedback=true", "transport.upload=[zstd]"], "leaves out nothing"),
+        (["transport.download=[{qsgd: 16}]"], "'qsgd:16' is stochastic"),
+        (["transport.download=[int8, {topk: 0.1}]"], "topk:0.1 must come before int8"),
     ],
 )
 def test_a_bad_upload_config_names_the_problem(overrides: list[str], message: str) -> None:
@@ -186,3 +188,5 @@ def test_the_config_names_the_upload_chain_canonically() -> None:
 
     assert cfg.transport.upload_codec == "topk:0.01|int8|zstd"
     assert load_config(None, ["transport.codec=float16"]).transport.upload_codec == "float16"
+    down = load_config(None, ["transport.download=[int8]", "transport.codec=float16"]).transport
+    assert (down.download_codec, down.upload_codec) == ("int8", "float16")

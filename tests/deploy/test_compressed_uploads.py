@@ -1,5 +1,6 @@
-"""Compressed uploads over gRPC: top-k + int8 with error feedback, validated by the server against
-the codec the task names, give the model the in-process simulation gives."""
+"""Compressed uploads and downloads over gRPC: top-k + int8 uploads with error feedback, validated
+by the server against the codec the task names, and an int8 model on the way down, give the model
+the in-process simulation gives."""
 
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
         rounds=4,
         server={"min_clients": 3},
         partition={"num_clients": 3},
-        transport={"upload": [{"topk": 0.05}, "int8"], "error_feedback": True},
+        transport={
+            "upload": [{"topk": 0.05}, "int8"],
+            "error_feedback": True,
+            "download": ["int8"],
+        },
     )
     port = h.free_port()
     server_log = tmp_path / "server.log"
@@ -55,6 +60,10 @@ def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
     records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 4
     assert all(r["compression_ratio_up"] > 8 for r in records)
+    # the int8 model: one byte a parameter and a float32 scale per 256, to each client each round
+    sim_spec = Simulation(load_config(config)).spec
+    int8_model = sim_spec.size + 4 * -(-sim_spec.size // 256)
+    assert all(r["bytes_down"] == 3 * int8_model for r in records)
 
     # Assert: the same model as the sequential simulation, error-feedback residuals included
     sim = Simulation(load_config(config))

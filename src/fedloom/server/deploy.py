@@ -172,7 +172,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             params=model.init_params.copy(),
             population=Population(num_examples={}),
             seed=cfg.seed,
-            codec=get_codec(cfg.transport.codec),
+            codec=get_codec(cfg.transport.download_codec),
             upload_codec=get_codec(cfg.transport.upload_codec),
             error_feedback=cfg.transport.error_feedback,
             central_eval=model.central_eval,
