@@ -9,7 +9,8 @@ with the same clients per round and the same local work (vectorized engine); onl
 codec chain (``transport.upload``) and error feedback (``transport.error_feedback``) differ. For
 each chain the table gives the first round whose central test accuracy reaches ``--target``, the
 uplink bytes (and all bytes, up and down) spent until then, and the ratio of float32 FedAvg's
-uplink bytes to this chain's. The PNG plots accuracy against cumulative uplink bytes.
+uplink bytes to this chain's. Two rows also compress the downlink (``transport.download``). The PNG
+plots accuracy against cumulative uplink bytes.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-# name -> (upload chain, error feedback)
-CHAINS: dict[str, tuple[list[Any], bool]] = {
+# name -> (upload chain, error feedback[, download chain])
+CHAINS: dict[str, tuple[Any, ...]] = {
     "float32": ([], False),
     "float16": (["float16"], False),
     "int8": (["int8"], False),
@@ -39,15 +40,20 @@ CHAINS: dict[str, tuple[list[Any], bool]] = {
     "topk 1% + int8 + EF": ([{"topk": 0.01}, "int8"], True),
     "topk 1% + int8 + zstd + EF": ([{"topk": 0.01}, "int8", "zstd"], True),
     "randomk 10%": ([{"randomk": 0.1}], False),
+    "int8 both ways": (["int8"], False, ["int8"]),
+    "topk 1% + int8 + zstd + EF; int8 down": ([{"topk": 0.01}, "int8", "zstd"], True, ["int8"]),
 }
 
 
-def run(common: list[str], chain: list[Any], feedback: bool) -> list[dict[str, Any]]:
+def run(
+    common: list[str], chain: list[Any], feedback: bool, download: list[Any] | None = None
+) -> list[dict[str, Any]]:
     from fedloom.config import load_config
     from fedloom.simulation import Simulation
 
     overrides = [*common, f"transport.upload={json.dumps(chain)}"]
     overrides.append(f"transport.error_feedback={str(feedback).lower()}")
+    overrides.append(f"transport.download={json.dumps(download or [])}")
     sim = Simulation(load_config(None, overrides))
     coordinator = sim.coordinator()
     try:
@@ -107,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     histories: dict[str, list[dict[str, Any]]] = {}
     for name in names:
-        chain, feedback = CHAINS[name]
         start = time.perf_counter()
-        histories[name] = run(common, chain, feedback)
+        histories[name] = run(common, *CHAINS[name])
         last = histories[name][-1]
         print(
             f"{name}: final accuracy {last['accuracy']:.4f}, {time.perf_counter() - start:.0f} s",
