@@ -25,6 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _sim import run_history  # noqa: E402
 
 # name -> (upload chain, error feedback[, download chain])
 CHAINS: dict[str, tuple[Any, ...]] = {
@@ -48,19 +51,10 @@ CHAINS: dict[str, tuple[Any, ...]] = {
 def run(
     common: list[str], chain: list[Any], feedback: bool, download: list[Any] | None = None
 ) -> list[dict[str, Any]]:
-    from fedloom.config import load_config
-    from fedloom.simulation import Simulation
-
     overrides = [*common, f"transport.upload={json.dumps(chain)}"]
     overrides.append(f"transport.error_feedback={str(feedback).lower()}")
     overrides.append(f"transport.download={json.dumps(download or [])}")
-    sim = Simulation(load_config(None, overrides))
-    coordinator = sim.coordinator()
-    try:
-        history = coordinator.run(sim.cfg.rounds)
-    finally:
-        coordinator.engine.close()
-    return history
+    return run_history(overrides)
 
 
 def reach(history: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -90,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chains", default=",".join(CHAINS))
-    p.add_argument("--png", type=Path, default=ROOT / "bench" / "compression.png")
+    p.add_argument(
+        "--png",
+        default=str(ROOT / "bench" / "compression.png"),
+        help="where to write the curves; '' for none",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     names = [n for n in args.chains.split(",") if n]
@@ -143,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary[name] = {"reach": hit, "history": history}
     if args.png:
+        png = Path(args.png)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -164,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title(f"{args.dataset}, Dirichlet({args.alpha}), {args.clients} clients")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
-        print(f"curves: {args.png}")
+        fig.savefig(png, dpi=120)
+        print(f"curves: {png}")
     if args.json:
         args.json.write_text(json.dumps(summary, default=str))
     return 0

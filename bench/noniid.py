@@ -20,6 +20,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _sim import run_history  # noqa: E402
 
 ALGORITHMS: dict[str, list[str]] = {
     "FedAvg": ["strategy.name=fedavg"],
@@ -30,16 +33,7 @@ ALGORITHMS: dict[str, list[str]] = {
 
 
 def run(overrides: list[str]) -> list[float]:
-    from fedloom.config import load_config
-    from fedloom.simulation import Simulation
-
-    sim = Simulation(load_config(None, overrides))
-    coordinator = sim.coordinator()
-    try:
-        history = coordinator.run(sim.cfg.rounds)
-    finally:
-        coordinator.engine.close()
-    return [float(r["accuracy"]) for r in history]
+    return [float(r["accuracy"]) for r in run_history(overrides)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,3 +200,30 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
             p.send_signal(signal.SIGKILL)
     for p in procs:
         p.wait()
+
+
+def demo_federation(
+    tmp_path: Path, certs: Path, config: Path, clients: int
+) -> tuple[Path, list[int]]:
+    """Run ``fedloom server`` with ``clients`` demo clients (digits, partition i of N) over TLS to
+    the end; returns the server's log and the clients' exit codes. Results land in tmp_path/out."""
+    port = free_port()
+    server_log = tmp_path / "server.log"
+    procs = [server(config, port, certs, tmp_path / "state", tmp_path / "out", server_log)]
+    try:
+        listening(server_log, procs[0])
+        for i in range(clients):
+            procs.append(
+                client(
+                    port,
+                    f"client-{i}",
+                    certs,
+                    tmp_path / f"client-{i}.log",
+                    ["--dataset", "digits", "--partition", f"{i}/{clients}"],
+                )
+            )
+        assert wait(procs[0], 120, server_log) == 0, read(server_log)
+        codes = [wait(p, 30, tmp_path / f"client-{i}.log") for i, p in enumerate(procs[1:])]
+    finally:
+        stop_all(procs)
+    return server_log, codes

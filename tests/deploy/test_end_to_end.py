@@ -22,26 +22,8 @@ def test_tls_server_and_five_clients_match_the_simulation(tmp_path: Path, certs:
     config = h.write_config(
         tmp_path / "run.yaml", rounds=5, server={"min_clients": 5}, partition={"num_clients": 5}
     )
-    port = h.free_port()
-    server_log = tmp_path / "server.log"
-    procs = [h.server(config, port, certs, tmp_path / "state", tmp_path / "out", server_log)]
-    try:
-        h.listening(server_log, procs[0])
-        for i in range(5):
-            procs.append(
-                h.client(
-                    port,
-                    f"client-{i}",
-                    certs,
-                    tmp_path / f"client-{i}.log",
-                    ["--dataset", "digits", "--partition", f"{i}/5"],
-                )
-            )
-        # Execute
-        assert h.wait(procs[0], 120, server_log) == 0, h.read(server_log)
-        codes = [h.wait(p, 30, tmp_path / f"client-{i}.log") for i, p in enumerate(procs[1:])]
-    finally:
-        h.stop_all(procs)
+    # Execute
+    server_log, codes = h.demo_federation(tmp_path, certs, config, 5)
 
     # Assert: every client finished cleanly, the run is complete and recorded
     assert codes == [0] * 5
