@@ -10,6 +10,8 @@ import pytest
 
 from fedloom.config import load_config
 from fedloom.core.task import FIT, Result
+from fedloom.engines import SequentialEngine
+from fedloom.engines.base import OverSelects
 from fedloom.server.coordinator import Coordinator
 from fedloom.simulation import Simulation
 from tests.engines.conformance import ENGINE_FACTORIES, engine_params
@@ -86,3 +88,33 @@ def _reference() -> tuple[Coordinator, Recorder]:
     if "sequential" not in _CACHE:
         _CACHE["sequential"] = _run("sequential")
     return _CACHE["sequential"]
+
+
+class OverSelectionRecorder(SequentialEngine):
+    """Records what the coordinator allows before each stage (a deployment's over-selection)."""
+
+    def __init__(self, client_fn: Any) -> None:
+        super().__init__(client_fn)
+        self.allowed: list[bool] = []
+
+    def allow_over_selection(self, allowed: bool) -> None:
+        self.allowed.append(allowed)
+
+
+def test_only_the_first_stage_of_a_round_may_over_select() -> None:
+    cfg = load_config(None, ["partition.num_clients=3"])
+    sim = Simulation(cfg)
+    engine = OverSelectionRecorder(sim.client)
+    coord = Coordinator(
+        strategy=ClipToMedianNorm(client_config={"epochs": 1}),
+        engine=engine,
+        spec=sim.spec,
+        params=sim.init_params.copy(),
+        population=sim.population(),
+    )
+
+    coord.run_round(1, evaluate=False)
+    coord.run_round(2, evaluate=False)
+
+    assert isinstance(engine, OverSelects)
+    assert engine.allowed == [True, False, True, False]

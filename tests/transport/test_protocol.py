@@ -211,15 +211,19 @@ def test_over_selection_takes_the_first_updates_and_cancels_the_rest(
     gp = Blob.encode(spec, Float32Codec(), np.zeros(8, np.float32))
     engine = RemoteEngine(mtls_server.hub, deadline_s=30, over_selection=2.0)
 
-    # Execute
+    # Execute: a round's first stage may over-select; a later stage may not
     task = fit(gp, 0)
     results = list(engine.run([task], blob_table(gp)))
+    stats = engine.last_stats
+    engine.allow_over_selection(False)
+    later = list(engine.run([task], blob_table(gp)))
     mtls_server.hub.finish()
 
     # Assert: one accepted update came back; the other tasks were cancelled, not waited for
     assert [s.join() for s in started] == [0, 0, 0]
-    stats = engine.last_stats
     assert (stats.dispatched, stats.over_selected, stats.accepted) == (3, 2, 1)
+    assert (engine.last_stats.dispatched, engine.last_stats.over_selected) == (1, 0)
+    assert [r.task.client_id for r in later] == [0]
     assert [r.ok for r in results] == [True]
     assert stats.cancelled <= 2 and stats.dropped == 0
     # Assert: the extra tasks were copies of the strategy's task (blobs, upload, config)

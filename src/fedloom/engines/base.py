@@ -55,6 +55,17 @@ class MeasuresTransfer(Protocol):
         ...
 
 
+@runtime_checkable
+class OverSelects(Protocol):
+    """An engine that may ask more clients than a stage's tasks name (a deployment's
+    over-selection). Only a round's first stage may: a later stage of a multi-stage protocol must
+    reach exactly the clients that took part in the stages before it."""
+
+    def allow_over_selection(self, allowed: bool) -> None:
+        """Whether the next ``run`` may over-select."""
+        ...
+
+
 def keep_state(states: ClientStateStore, result: Result) -> Result:
     """Store the state a successful task left in ``states``; the Result no longer carries it."""
     if result.ok and result.state is not None:
@@ -85,6 +96,7 @@ __all__ = [
     "ClientFn",
     "Engine",
     "MeasuresTransfer",
+    "OverSelects",
     "Transfer",
     "error_result",
     "execute_task",

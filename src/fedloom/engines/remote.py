@@ -61,6 +61,7 @@ class RemoteEngine:
         self.hub = hub
         self.deadline_s = deadline_s
         self.over_selection = over_selection
+        self._over_select_next = True
         self.seed = seed
         self.tick_s = tick_s
         self.last_stats = RemoteRunStats()
@@ -68,6 +69,11 @@ class RemoteEngine:
 
     def last_transfer(self) -> Transfer:
         return self._transfer
+
+    def allow_over_selection(self, allowed: bool) -> None:
+        """Whether the next ``run`` may ask extra clients (``OverSelects``): the coordinator allows
+        it for a round's first stage only."""
+        self._over_select_next = allowed
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
         stats = RemoteRunStats()
@@ -118,7 +124,7 @@ class RemoteEngine:
 
     def _over_select(self, tasks: Sequence[Task]) -> list[Task]:
         fit = [t for t in tasks if t.kind == FIT]
-        if not fit or self.over_selection <= 0:
+        if not fit or self.over_selection <= 0 or not self._over_select_next:
             return []
         chosen = {t.client_id for t in tasks}
         spare = sorted(

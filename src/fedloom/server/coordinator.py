@@ -25,7 +25,7 @@ from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import Blob, Result, blob_table
 from fedloom.core.validation import decode_update, finite_metrics
-from fedloom.engines.base import Engine, MeasuresTransfer, Transfer
+from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
@@ -233,6 +233,10 @@ class Coordinator:
             for listener in self.listeners:
                 listener.on_round_start(r, len(tasks))
         tally.selected += len(tasks)
+        if isinstance(self.engine, OverSelects):
+            # Extra clients may stand in for stragglers of a round's first stage only: a later
+            # stage must reach exactly the clients that took part in the stages before it.
+            self.engine.allow_over_selection(first)
         bytes_up = 0
         for result in self.engine.run(tasks, blobs):
             for listener in self.listeners:

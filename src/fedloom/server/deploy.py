@@ -380,6 +380,9 @@ class _CountedEngine:
                 for f in dataclasses.fields(self.stats):
                     setattr(self.stats, f.name, getattr(self.stats, f.name) + getattr(last, f.name))
 
+    def allow_over_selection(self, allowed: bool) -> None:
+        self.engine.allow_over_selection(allowed)
+
     def last_transfer(self) -> Transfer:
         return self.engine.last_transfer()
 
