@@ -22,9 +22,10 @@ from torch import nn
 
 import tests.strategies.two_stage as two_stage
 from fedloom.client.local import LocalTraining
-from fedloom.client.torch_client import TorchClient
+from fedloom.client.torch_client import TorchClient, dataset_client
 from fedloom.config import Config
-from fedloom.data import load_dataset, partition
+from fedloom.data import load_dataset
+from fedloom.data.federated import local_arrays, partition_clients
 from fedloom.strategies import Strategy
 from fedloom.strategies.factory import make_strategy
 
@@ -53,40 +54,19 @@ def make_model() -> TwoLayerNet:
 
 def digits_client(cfg: Config, index: int, count: int) -> TorchClient:
     """Client ``index`` of ``count``: a fresh ``make_model()`` on its partition of the digits
-    training split, partitioned as the config says (kind, seed), trained as its client section
-    says. No local test split: federated evaluation would use the training rows."""
+    training split, split as a simulation of the config with ``count`` clients splits it (kind,
+    seed, local test split), trained as its client section says. Digits whatever the config's
+    dataset: the server of these tests must not be able to load the config's dataset."""
     if not 0 <= index < count:
         raise ValueError(f"partition {index}/{count}: the index must be in 0..{count - 1}")
     ds = load_dataset("digits", test_fraction=cfg.dataset.test_fraction, seed=cfg.seed)
-    p = cfg.partition
-    rows = partition(
-        p.kind,
-        ds.y_train,
-        count,
-        seed=cfg.seed,
-        alpha=p.alpha,
-        shards_per_client=p.shards_per_client,
-        quantity_distribution=p.quantity_distribution,
-        quantity_sigma=p.quantity_sigma,
-    )[index]
-    c = cfg.client
-    training = LocalTraining(
-        epochs=c.epochs,
-        batch_size=c.batch_size,
-        lr=c.lr,
-        optimizer=c.optimizer,
-        momentum=c.momentum,
-        weight_decay=c.weight_decay,
+    split = cfg.model_copy(
+        update={"partition": cfg.partition.model_copy(update={"num_clients": count})}
     )
-    return TorchClient(
-        make_model(),
-        ds.x_train[rows],
-        ds.y_train[rows],
-        task="classification",
-        num_classes=DIGITS_CLASSES,
-        client_id=index,
-        seed=cfg.seed,
-        training=training,
+    local = local_arrays(ds, partition_clients(ds, split)[index])
+    training = LocalTraining.from_config(cfg.client)
+    return dataset_client(
+        make_model(), ds, local, client_id=index, seed=cfg.seed, training=training
     )
 
 

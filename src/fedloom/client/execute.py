@@ -13,7 +13,7 @@ import functools
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,7 @@ from fedloom.client.state import State
 from fedloom.core.codec import Codec, get_codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Blobs, Result, Task, resolve
-from fedloom.transforms import build_pipeline
+from fedloom.transforms import apply_to_rows
 
 
 @dataclass
@@ -103,25 +103,6 @@ def _evaluate(client: Client, task: Task, params: Params, context: ClientContext
 
 register_stage(FIT, _fit)
 register_stage(EVALUATE, _evaluate)
-
-TRANSFORM_STATE = "transforms"
-
-
-def apply_transforms(vec: np.ndarray, task: Task, state: State) -> np.ndarray:
-    """Run the task's ``transforms`` config on one upload; their state lives in client state."""
-    specs = task.config.get("transforms") or []
-    if not specs:
-        return vec
-    pipeline = build_pipeline(specs)
-    prefix = f"{TRANSFORM_STATE}/"
-    own = {k[len(prefix) :]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)}
-    if not own:
-        own = pipeline.init(vec.shape[0])
-    ctx = {"round": task.round}  # the same context the vectorized engine gives a cohort
-    out, new = pipeline.apply(torch.from_numpy(vec), own, ctx)
-    state.update({prefix + k: v.numpy().copy() for k, v in new.items()})
-    return out.numpy()
-
 
 ERROR_FEEDBACK = "error_feedback/residual"
 """Client-state key of the error-feedback residual."""
@@ -227,9 +208,10 @@ def execute_task(
         if task.upload is not None:
             if out.upload is None:
                 raise ValueError(f"the {task.kind} task expects an upload and none was made")
-            vec = apply_transforms(out.upload, task, context.state)
+            specs = task.config.get("transforms") or []
+            vec = apply_to_rows(specs, out.upload[None, :], [context.state], {"round": task.round})
             codec = get_codec(task.upload.codec)
-            payload = encode_uploads(codec, vec[None, :], [task], [context.state])[0]
+            payload = encode_uploads(codec, vec, [task], [context.state])[0]
         return Result(
             task,
             num_examples=out.num_examples,
@@ -255,8 +237,3 @@ def error_result(task: Task, exc: BaseException, seconds: float = 0.0) -> Result
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" at {where.filename}:{where.lineno}" if where else ""
     return Result(task, error=f"{type(exc).__name__}: {exc}{at}", seconds=seconds)
-
-
-def check_kinds(kinds: Mapping[str, object]) -> list[str]:
-    """The task kinds this process can run (for a deployment client's Join)."""
-    return sorted(STAGES) if not kinds else sorted(k for k in kinds if k in STAGES)

@@ -39,12 +39,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.func import vmap
 
 from fedloom.client.base import Client
-from fedloom.client.execute import TRANSFORM_STATE, DecodedBlobs, encode_uploads, error_result
+from fedloom.client.execute import DecodedBlobs, encode_uploads, error_result
 from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
-from fedloom.client.state import ClientStateStore, State
+from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
 from fedloom.core.codec import get_codec
 from fedloom.core.params import ParamSpec
@@ -58,7 +57,7 @@ from fedloom.engines._vmap_model import (
 )
 from fedloom.engines._vmap_train import bytes_per_client, client_steps, train_chunk
 from fedloom.engines.base import ClientFn, run_one
-from fedloom.transforms import build_pipeline
+from fedloom.transforms import apply_to_rows, build_pipeline
 
 __all__ = ["VectorizationFallbackWarning", "VectorizedEngine"]
 
@@ -336,7 +335,9 @@ class VectorizedEngine:
                     states,
                 )
                 tasks = [j.task for j in chunk]
-                uploads = _transform_rows(outcome.updates, tasks, outcome.states)
+                specs = tasks[0].config.get("transforms") or []  # one pipeline a group
+                ctx = {"round": tasks[0].round}
+                uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx)
                 _check_sizes(uploads, chunk)
                 payloads = encode_uploads(codec, uploads, tasks, outcome.states)
             except Exception as exc:
@@ -378,32 +379,6 @@ class VectorizedEngine:
                 VectorizationFallbackWarning,
                 stacklevel=3,
             )
-
-
-def _transform_rows(rows: np.ndarray, tasks: Sequence[Task], states: list[State]) -> np.ndarray:
-    """The tasks' transforms (one pipeline for the whole group) over every row at once, with
-    ``vmap``; each client's transform state is read from and written back to ``states``."""
-    specs = tasks[0].config.get("transforms") or []
-    if not specs:
-        return rows
-    pipeline = build_pipeline(specs)
-    prefix = f"{TRANSFORM_STATE}/"
-    own: list[dict[str, torch.Tensor]] = []
-    for state in states:
-        mine = {
-            k[len(prefix) :]: torch.from_numpy(v) for k, v in state.items() if k.startswith(prefix)
-        }
-        own.append(mine or pipeline.init(rows.shape[1]))
-    stacked = {k: torch.stack([o[k] for o in own]) for k in own[0]}
-    ctx: dict[str, Any] = {"round": tasks[0].round}
-
-    def one(vec: torch.Tensor, state: dict[str, torch.Tensor]) -> Any:
-        return pipeline.apply(vec, state, ctx)
-
-    out, new = vmap(one)(torch.from_numpy(rows), stacked)
-    for i, state in enumerate(states):
-        state.update({prefix + k: v[i].numpy().copy() for k, v in new.items()})
-    return out.numpy()  # type: ignore[no-any-return]
 
 
 def _check_sizes(rows: np.ndarray, chunk: Sequence[_Job]) -> None:

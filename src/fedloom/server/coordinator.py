@@ -19,18 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import Blob, Result, blob_table
-from fedloom.core.validation import decode_update, finite_metrics
+from fedloom.core.validation import check_count, decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
 from fedloom.strategies.base import Exchange, RoundContext, Strategy, StrategyState
-from fedloom.transforms import build_pipeline
+from fedloom.transforms import apply_to_rows, build_pipeline
 
 log = logging.getLogger("fedloom")
 
@@ -106,10 +105,7 @@ class Coordinator:
         self.opt_state = self.strategy.server_optimizer.init(self.params)
         self.strategy_state = self.strategy.init_state(self.params)
         if self.server_transforms:
-            pipeline = build_pipeline(self.server_transforms)
-            self.strategy_state.update(
-                {f"transforms/{k}": v.numpy() for k, v in pipeline.init(self.spec.size).items()}
-            )
+            build_pipeline(self.server_transforms)  # a bad pipeline fails here, not in round 1
         if self.population.skipped:
             log.warning(
                 "%d clients have no training data and are skipped: %s",
@@ -183,7 +179,10 @@ class Coordinator:
             "bytes_up": tally.bytes_up,
         }
         if aggregate is not None:
-            aggregate = self._server_transforms(aggregate, ctx)
+            # the server pipeline's state lives in the strategy state, like a client's in its own
+            aggregate = apply_to_rows(
+                self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
+            )[0].astype(np.float32, copy=False)
             pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
             params, opt_state = self.strategy.server_optimizer.step(
                 self.params, pseudo_grad, self.opt_state
@@ -210,6 +209,12 @@ class Coordinator:
     def _context(
         self, r: int, rng: np.random.Generator, eligible: Sequence[int] | None = None
     ) -> RoundContext:
+        """The context of a fit round (the strategy state is a copy the round may change) or, with
+        ``eligible``, of federated evaluation (which only reads it)."""
+        state = dict(self.strategy_state)
+        if eligible is None:
+            # The strategy works on a copy: a failed round leaves the server state as it was.
+            state = {k: v.copy() for k, v in state.items()}
         return RoundContext(
             round=r,
             eligible=self.population.eligible if eligible is None else eligible,
@@ -219,8 +224,7 @@ class Coordinator:
             codec=self.codec,
             params=self.params,
             model=Blob.encode(self.spec, self.codec, self.params),
-            # The strategy works on a copy: a failed round leaves the server state as it was.
-            state={k: v.copy() for k, v in self.strategy_state.items()},
+            state=state,
             num_clients=len(self.population.eligible),
             upload_codec=self.upload_codec,
             error_feedback=self.error_feedback,
@@ -269,24 +273,9 @@ class Coordinator:
 
     def _validate(self, result: Result) -> np.ndarray | None:
         if result.task.upload is None:
-            if result.num_examples < 0:
-                raise UpdateRejected(f"num_examples must be >= 0, got {result.num_examples}")
+            check_count(result.num_examples)
             return None
         return decode_update(result, self.max_update_bytes)
-
-    def _server_transforms(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
-        if not self.server_transforms:
-            return aggregate
-        pipeline = build_pipeline(self.server_transforms)
-        prefix = "transforms/"
-        own = {
-            k[len(prefix) :]: torch.from_numpy(v)
-            for k, v in ctx.state.items()
-            if k.startswith(prefix)
-        }
-        out, new = pipeline.apply(torch.from_numpy(aggregate), own, {"round": ctx.round})
-        ctx.state.update({prefix + k: v.numpy() for k, v in new.items()})
-        return out.numpy().astype(np.float32, copy=False)
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         """Central evaluation on the held-out set, and federated evaluation on clients' splits.

@@ -2,9 +2,11 @@
 ``apply(vec, state, ctx) -> (vec, state)``, combined with ``chain``."""
 
 from fedloom.transforms.base import (
+    STATE_PREFIX,
     TRANSFORMS,
     Transform,
     TransformState,
+    apply_to_rows,
     build_pipeline,
     chain,
     register_transform,
@@ -12,9 +14,11 @@ from fedloom.transforms.base import (
 from fedloom.transforms.clip import clip_by_l2_norm
 
 __all__ = [
+    "STATE_PREFIX",
     "TRANSFORMS",
     "Transform",
     "TransformState",
+    "apply_to_rows",
     "build_pipeline",
     "chain",
     "clip_by_l2_norm",

@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from torch.func import vmap
 
 from fedloom.errors import ConfigError
 
@@ -85,3 +87,43 @@ def build_pipeline(specs: Sequence[Mapping[str, Any]]) -> Transform:
         except TypeError as exc:
             raise ConfigError(f"transform {name!r}: {exc}") from None
     return chain(*built)
+
+
+STATE_PREFIX = "transforms/"
+"""Where a pipeline's state lives in a client's (or the server's) state: ``transforms/<name>``."""
+
+
+def apply_to_rows(
+    specs: Sequence[Mapping[str, Any]],
+    rows: np.ndarray,
+    states: Sequence[dict[str, np.ndarray]],
+    ctx: Mapping[str, Any],
+) -> np.ndarray:
+    """Run the pipeline ``specs`` names over ``rows`` (one client's update each, or the
+    server's aggregate) at once with ``vmap``.
+
+    Row ``i``'s transform state is read from ``states[i]`` (initialised on first use) and written
+    back to it, under ``STATE_PREFIX``. One client is a one-row call, so a client, a vectorized
+    cohort and the server run the same code.
+    """
+    if not specs:
+        return rows
+    pipeline = build_pipeline(specs)
+    own = []
+    for state in states:
+        mine = {
+            k.removeprefix(STATE_PREFIX): torch.from_numpy(np.asarray(v))
+            for k, v in state.items()
+            if k.startswith(STATE_PREFIX)
+        }
+        own.append(mine or pipeline.init(rows.shape[1]))
+    stacked = {k: torch.stack([o[k] for o in own]) for k in own[0]}
+
+    def one(vec: torch.Tensor, state: TransformState) -> tuple[torch.Tensor, TransformState]:
+        return pipeline.apply(vec, state, ctx)
+
+    out, new = vmap(one)(torch.from_numpy(np.ascontiguousarray(rows)), stacked)
+    for i, state in enumerate(states):
+        state.update({STATE_PREFIX + k: v[i].numpy().copy() for k, v in new.items()})
+    result: np.ndarray = out.numpy()
+    return result
