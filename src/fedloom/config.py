@@ -119,7 +119,7 @@ class TransportConfig(_Section):
     def _chain(cls, v: list[str | dict[str, float | int]]) -> list[str | dict[str, float | int]]:
         from fedloom.codecs import codec_spec, parse_codec
 
-        parse_codec(codec_spec(v))  # raises ValueError naming what is wrong with the chain
+        _not_a_mask(parse_codec(codec_spec(v)), "transport.upload")  # or what is wrong with it
         return v
 
     @field_validator("download")
@@ -130,6 +130,7 @@ class TransportConfig(_Section):
         from fedloom.codecs import codec_spec, parse_codec
 
         codec = parse_codec(codec_spec(v))
+        _not_a_mask(codec, "transport.download")
         if codec.stochastic:
             raise ValueError(
                 f"the downlink is encoded once a round for every client, with no random stream: "
@@ -162,6 +163,14 @@ class TransportConfig(_Section):
         from fedloom.codecs import codec_spec
 
         return codec_spec(self.upload) if self.upload else self.codec
+
+
+def _not_a_mask(codec: Any, key: str) -> None:
+    if "bitmask" in codec.name.split("|"):
+        raise ValueError(
+            f"bitmask encodes pruning masks (0/1 vectors) only, not the values of {key}; "
+            "use pruning.enabled for a sparse model"
+        )
 
 
 class ServerConfig(_Section):
@@ -202,6 +211,27 @@ class ServerConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class PruningConfig(_Section):
+    """Gradual magnitude pruning of the global model (Zhu and Gupta 2017)."""
+
+    enabled: bool = False
+    target_sparsity: float = Field(
+        0.9, gt=0, lt=1, description="fraction of the prunable weights pruned at end_round"
+    )
+    start_round: int = Field(2, ge=1, description="the first pruning step (at sparsity 0)")
+    end_round: int = Field(15, ge=1, description="the round the target sparsity is reached")
+    every: int = Field(1, ge=1, description="rounds between pruning steps")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PruningConfig:
+        if self.end_round < self.start_round:
+            raise ValueError(
+                f"pruning.end_round ({self.end_round}) must be >= pruning.start_round "
+                f"({self.start_round})"
+            )
+        return self
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -214,6 +244,16 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    pruning: PruningConfig = Field(default_factory=PruningConfig)
+
+    @model_validator(mode="after")
+    def _pruning_in_the_run(self) -> Config:
+        if self.pruning.enabled and self.pruning.start_round > self.rounds:
+            raise ValueError(
+                f"pruning.start_round ({self.pruning.start_round}) is after the last round "
+                f"({self.rounds}): the model would never be pruned"
+            )
+        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

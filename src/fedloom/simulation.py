@@ -36,6 +36,7 @@ from fedloom.engines import Engine, SequentialEngine
 from fedloom.engines.base import ClientFn
 from fedloom.models import build_model
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
+from fedloom.server.pruning import pruning_schedule
 from fedloom.strategies import Strategy
 from fedloom.strategies.factory import make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
@@ -98,6 +99,7 @@ def make_coordinator(
         codec=get_codec(cfg.transport.download_codec),
         upload_codec=get_codec(cfg.transport.upload_codec),
         error_feedback=cfg.transport.error_feedback,
+        pruning=pruning_schedule(cfg.pruning),
         central_eval=central_eval,
         eval_every=cfg.eval.every,
         federated_eval=cfg.eval.federated,

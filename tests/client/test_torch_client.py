@@ -1,11 +1,15 @@
 """TorchClient on a one-weight linear regression, where every number can be worked by hand."""
 
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
 
+from fedloom.client.base import ClientContext
 from fedloom.client.local import LocalTraining, client_seed
 from fedloom.client.torch_client import TorchClient, get_params
+from fedloom.core.task import MASK
 from fedloom.models import LinearModel
 
 X = np.array([[1.0], [2.0]], np.float32)
@@ -70,3 +74,21 @@ def test_training_is_deterministic_per_client_and_round() -> None:
     np.testing.assert_array_equal(a.update, b.update)
     assert not np.array_equal(a.update, c.update)
     assert client_seed(0, 1, 2) != client_seed(0, 2, 1)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_pruned_weight_stays_zero_under_momentum_weight_decay_and_adam(
+    optimizer: Literal["sgd", "adam"],
+) -> None:
+    # the mask prunes the weight and keeps the bias: only the bias trains
+    training = LocalTraining(
+        epochs=3, batch_size=1, lr=0.1, optimizer=optimizer, momentum=0.9 * (optimizer == "sgd")
+    )
+    client = _client(training=LocalTraining(**{**vars(training), "weight_decay": 0.1}))
+    theta = {"linear.weight": np.array([[0.0]], np.float32), "linear.bias": np.zeros(1, np.float32)}
+    mask = np.array([0.0, 1.0], np.float32)
+
+    res = client.fit(theta, {"mode": "train"}, ClientContext(blobs={MASK: mask}))
+
+    assert isinstance(res.update, np.ndarray)
+    assert res.update[0] == 0.0 and res.update[1] > 0.1

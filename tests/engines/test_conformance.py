@@ -24,6 +24,7 @@ from fedloom.data import load_dataset, partition
 from fedloom.engines import SequentialEngine
 from fedloom.models import build_model
 from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.pruning import PruningSchedule, prunable
 from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
 from tests.engines.conformance import (
     CASES,
@@ -334,3 +335,43 @@ def test_compressed_uploads_with_error_feedback_match_the_sequential_engine(
         compressed = "bytes_down" if chain.startswith("down:") else "bytes_up"
         size = got.spec.size * mine["selected"]
         assert mine[compressed] < 4 * size / 3  # int8 down: about a quarter of float32's
+
+
+# Pruning (Zhu and Gupta 2017) with sparse models and uploads: (strategy, upload chain or "")
+PRUNED = [("fedavg-momentum", ""), ("fedavg-momentum", "topk:0.1|int8"), ("scaffold", "")]
+
+
+@functools.cache
+def _pruned_reference(strategy: str, chain: str) -> Coordinator:
+    return _pruned_run("sequential", strategy, chain)
+
+
+def _pruned_run(engine: str, strategy: str, chain: str) -> Coordinator:
+    coordinator = _digits_coordinator(engine, STRATEGIES[strategy]())
+    coordinator.pruning = PruningSchedule(0.6, start_round=1, end_round=3, every=1)
+    if chain:
+        coordinator.upload_codec = get_codec(chain)
+        coordinator.error_feedback = True
+    try:
+        coordinator.run(3)
+    finally:
+        coordinator.engine.close()
+    return coordinator
+
+
+@ENGINES
+@pytest.mark.parametrize(("strategy", "chain"), PRUNED)
+def test_pruned_rounds_match_the_sequential_engine(engine: str, strategy: str, chain: str) -> None:
+    got = _pruned_run(engine, strategy, chain)
+
+    want = _pruned_reference(strategy, chain)
+    np.testing.assert_allclose(got.params, want.params, rtol=1e-4, atol=1e-5)
+    schedule = PruningSchedule(0.6, start_round=1, end_round=3, every=1)
+    for mine, theirs in zip(got.history, want.history, strict=True):
+        assert mine["returned"] == theirs["returned"] == mine["selected"]
+        assert (mine["bytes_up"], mine["bytes_down"]) == (theirs["bytes_up"], theirs["bytes_down"])
+        assert mine["sparsity"] == pytest.approx(schedule.sparsity(mine["round"]), abs=1e-3)
+    # the pruned weights are exactly zero in the global model
+    support = got.strategy_state["pruning/mask"] > 0.5
+    assert not got.params[~support].any()
+    assert (~support).sum() == round(0.6 * prunable(got.spec).sum())

@@ -23,7 +23,20 @@ from fedloom.client.base import Client, ClientContext
 from fedloom.client.state import State
 from fedloom.core.codec import Codec, get_codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Blobs, Result, Task, resolve
+from fedloom.core.task import (
+    EVALUATE,
+    FIT,
+    MASK,
+    MODEL,
+    Blob,
+    Blobs,
+    Result,
+    Task,
+    gather,
+    mask_support,
+    resolve,
+    scatter,
+)
 from fedloom.transforms import apply_to_rows
 
 
@@ -71,7 +84,9 @@ def call_with_context(
     func = getattr(method, "__func__", method)
     if _takes_context(func, func is not method):
         return method(params, task.config, context)
-    if context.blobs or context.state:
+    # A pruning mask is also how the model travels; a client without a context simply trains the
+    # dense model it decodes to, and the server re-applies the mask.
+    if set(context.blobs) - {MASK} or context.state:
         raise TypeError(
             f"this {task.kind} task sends {sorted(context.blobs) or 'client state'}, but "
             f"{type(getattr(method, '__self__', method)).__name__}.{func.__name__} takes no "
@@ -80,9 +95,25 @@ def call_with_context(
     return method(params, task.config)
 
 
+def dense_upload_size(task: Task, model_size: int, mask: np.ndarray | None) -> int | None:
+    """How many values a client's update has before it is encoded: the task's upload size, or for
+    an upload sparse under a pruning mask, that many model-sized parts (None: no upload)."""
+    upload = task.upload
+    if upload is None:
+        return None
+    if upload.mask is None:
+        return upload.size
+    kept = 0 if mask is None else int(mask_support(mask).sum())
+    if kept == 0 or upload.size % kept:
+        raise ValueError(
+            f"the task's upload of {upload.size} values does not fit its mask of {kept} weights"
+        )
+    return upload.size // kept * model_size
+
+
 def _fit(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
     fit = call_with_context(client.fit, params, task, context)
-    size = task.upload.size if task.upload is not None else None
+    size = dense_upload_size(task, ParamSpec.of(params).size, context.blobs.get(MASK))
     update = fit.update  # type: ignore[attr-defined]
     if isinstance(update, np.ndarray):
         if update.ndim != 1 or (size is not None and update.shape[0] != size):
@@ -117,9 +148,16 @@ def codec_rng(task: Task) -> np.random.Generator:
 
 
 def encode_uploads(
-    codec: Codec, rows: np.ndarray, tasks: Sequence[Task], states: Sequence[State]
+    codec: Codec,
+    rows: np.ndarray,
+    tasks: Sequence[Task],
+    states: Sequence[State],
+    support: np.ndarray | None = None,
 ) -> list[bytes]:
     """Encode one upload per row (one client each), with error feedback where the task asks.
+
+    With ``support`` (the tasks' pruning mask, as booleans over the model), each row sends only
+    its values under the mask (``gather``); the residual stays model-sized and zero off the mask.
 
     Error feedback (Stich et al. 2018, "Sparsified SGD with Memory"; Karimireddy et al. 2019,
     "Error Feedback Fixes SignSGD and other Gradient Compression Schemes"): the client adds the
@@ -136,12 +174,25 @@ def encode_uploads(
         if on and residual is not None and residual.shape == targets[i].shape:
             targets[i] += residual
     rngs = [codec_rng(t) for t in tasks] if codec.stochastic else None
-    payloads = codec.encode_rows(targets, rngs)
+    values = targets if support is None else gather(targets, support)
+    payloads = codec.encode_rows(values, rngs)
     for i, (on, state) in enumerate(zip(feedback, states, strict=True)):
         if on:
-            sent = codec.decode(payloads[i], targets.shape[1])
+            sent = codec.decode(payloads[i], values.shape[1])
+            if support is not None:
+                sent = scatter(sent, support)
+                targets[i] *= np.tile(support, targets.shape[1] // support.shape[0])
             state[ERROR_FEEDBACK] = (targets[i] - sent).astype(np.float32)
     return payloads
+
+
+def upload_support(task: Task, blobs: Blobs, decoded: DecodedBlobs) -> np.ndarray | None:
+    """The boolean mask an upload is sparse under (None for a dense upload)."""
+    if task.upload is None or task.upload.mask is None:
+        return None
+    if task.blobs.get(MASK) != task.upload.mask:
+        raise ValueError("the upload is sparse under a mask that the task does not send")
+    return mask_support(decoded.vector(resolve(task, blobs, MASK), blobs))
 
 
 class DecodedBlobs:
@@ -155,21 +206,22 @@ class DecodedBlobs:
         self.keep = keep
         self._vectors: dict[str, np.ndarray] = {}
 
-    def _decoded(self, blob: Blob) -> np.ndarray:
+    def _decoded(self, blob: Blob, blobs: Blobs | None) -> np.ndarray:
         vec = self._vectors.get(blob.digest)
         if vec is None:
-            vec = self._vectors[blob.digest] = blob.decode()
+            vec = self._vectors[blob.digest] = blob.decode(blobs)
             while len(self._vectors) > self.keep:
                 self._vectors.pop(next(iter(self._vectors)))
         return vec
 
-    def vector(self, blob: Blob) -> np.ndarray:
-        view: np.ndarray = self._decoded(blob).view()
+    def vector(self, blob: Blob, blobs: Blobs | None = None) -> np.ndarray:
+        """``blob`` decoded; ``blobs`` holds the mask a sparse blob is under."""
+        view: np.ndarray = self._decoded(blob, blobs).view()
         view.setflags(write=False)
         return view
 
-    def tensor(self, blob: Blob) -> torch.Tensor:
-        return torch.from_numpy(self._decoded(blob))
+    def tensor(self, blob: Blob, blobs: Blobs | None = None) -> torch.Tensor:
+        return torch.from_numpy(self._decoded(blob, blobs))
 
     def clear(self) -> None:
         self._vectors.clear()
@@ -194,10 +246,10 @@ def execute_task(
         if handler is None:
             raise ValueError(f"this client does not handle task kind {task.kind!r}")
         model = resolve(task, blobs)
-        params = model.spec.unflatten(decoded.vector(model).copy())
+        params = model.spec.unflatten(decoded.vector(model, blobs).copy())
         context = ClientContext(
             blobs={
-                role: decoded.vector(resolve(task, blobs, role))
+                role: decoded.vector(resolve(task, blobs, role), blobs)
                 for role in task.blobs
                 if role != MODEL
             },
@@ -211,7 +263,8 @@ def execute_task(
             specs = task.config.get("transforms") or []
             vec = apply_to_rows(specs, out.upload[None, :], [context.state], {"round": task.round})
             codec = get_codec(task.upload.codec)
-            payload = encode_uploads(codec, vec, [task], [context.state])[0]
+            support = upload_support(task, blobs, decoded)
+            payload = encode_uploads(codec, vec, [task], [context.state], support)[0]
         return Result(
             task,
             num_examples=out.num_examples,

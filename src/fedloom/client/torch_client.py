@@ -33,6 +33,7 @@ from fedloom.client.local import (
     state_views,
 )
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import MASK
 from fedloom.data import Dataset
 from fedloom.data.federated import LocalArrays
 from fedloom.metrics import classification_metrics, regression_metrics
@@ -166,7 +167,11 @@ class TorchClient:
             blob = np.array(context.blobs[role], dtype=np.float32)  # writable, for torch
             shared[role] = named_views(spec, names, torch.from_numpy(blob))
         own = state_views(hooks.state, spec, names, context.state)
-        loss = self._train(training, seed, hooks, shared, own)
+        masks = None
+        if MASK in context.blobs:  # a pruned model: only the weights under the mask train
+            mask = np.array(context.blobs[MASK], dtype=np.float32)
+            masks = named_views(spec, names, torch.from_numpy(mask))
+        loss = self._train(training, seed, hooks, shared, own, masks)
         local = torch.from_numpy(spec.flatten(get_params(self.model)))
         full_delta = local - global_vec
         delta = named_views(spec, names, full_delta)
@@ -210,6 +215,7 @@ class TorchClient:
         hooks: LocalHooks,
         shared: Mapping[str, Tensors],
         own: Mapping[str, Tensors],
+        masks: Mapping[str, torch.Tensor] | None = None,
     ) -> float:
         model, n = self.model, self.num_examples
         generator = torch.Generator().manual_seed(seed)
@@ -241,6 +247,8 @@ class TorchClient:
                 with torch.no_grad():
                     if hooks.has_grad:
                         step_grads = hooks.grad(step_grads, named, shared, own)
+                    if masks is not None:
+                        step_grads = {k: g * masks[k] for k, g in step_grads.items()}
                     optimizer.step(
                         [named[k] for k in trained], [step_grads[k] for k in trained], step
                     )

@@ -25,6 +25,7 @@ from fedloom.codecs.dtype import (
     float32,
 )
 from fedloom.codecs.lossless import Zstd, ZstdCodec, zstd
+from fedloom.codecs.mask import BitmaskCodec, bitmask
 from fedloom.codecs.qsgd import QSGDCodec, qsgd
 from fedloom.codecs.quantize import BLOCK, BlockQuantCodec, int4, int8
 from fedloom.codecs.sign import SignCodec, sign
@@ -35,6 +36,7 @@ __all__ = [
     "STAGES",
     "BFloat16Codec",
     "BatchCodec",
+    "BitmaskCodec",
     "BlockQuantCodec",
     "Codec",
     "DtypeCodec",
@@ -53,6 +55,7 @@ __all__ = [
     "Zstd",
     "ZstdCodec",
     "bfloat16",
+    "bitmask",
     "chain",
     "codec_spec",
     "float16",

@@ -21,14 +21,22 @@ FIT = "fit"
 EVALUATE = "evaluate"
 MODEL = "model"
 """The blob role of the global model a task trains or evaluates."""
+MASK = "mask"
+"""The blob role of a pruning mask (a 0/1 vector over the model, ``bitmask``-encoded): blobs and
+uploads that name it carry only the values where it is 1."""
 
 
 @dataclass(frozen=True)
 class Upload:
-    """What a task's result must carry: ``size`` float values encoded with the codec ``codec``."""
+    """What a task's result must carry: ``size`` float values encoded with the codec ``codec``.
+
+    With ``mask`` (the digest of the task's ``MASK`` blob), the upload is sparse under it: each
+    model-sized part sends only its values where the mask is 1, and ``size`` counts those.
+    """
 
     codec: str
     size: int
+    mask: str | None = None
 
     def max_bytes(self) -> int:
         """The most bytes such an upload may take on the wire (the codec's declared size)."""
@@ -63,24 +71,79 @@ class Task:
 @dataclass(frozen=True)
 class Blob:
     """A flat float vector as it travels down (a model, a control variate): encoded once,
-    addressed and cached by the SHA-256 of its payload."""
+    addressed and cached by the SHA-256 of its payload.
+
+    ``mask`` names (by digest) the ``MASK`` blob this one is sparse under: the payload holds only
+    the values where the mask is 1, and decoding puts zeros elsewhere. The digest covers the mask's
+    digest too, so the same values under two masks are two blobs.
+    """
 
     spec: ParamSpec
     codec: Codec
     payload: bytes
     digest: str
+    mask: str | None = None
 
     @classmethod
-    def encode(cls, spec: ParamSpec, codec: Codec, vec: np.ndarray) -> Blob:
-        payload = codec.encode(vec)
-        return cls(spec=spec, codec=codec, payload=payload, digest=content_hash(payload))
+    def encode(
+        cls, spec: ParamSpec, codec: Codec, vec: np.ndarray, mask: Blob | None = None
+    ) -> Blob:
+        if mask is None:
+            payload = codec.encode(vec)
+            return cls(spec=spec, codec=codec, payload=payload, digest=content_hash(payload))
+        payload = codec.encode(np.asarray(vec, np.float32)[mask_support(mask.decode())])
+        digest = masked_digest(payload, mask.digest)
+        return cls(spec=spec, codec=codec, payload=payload, digest=digest, mask=mask.digest)
 
-    def decode(self) -> np.ndarray:
-        return self.codec.decode(self.payload, self.spec.size)
+    @classmethod
+    def mask_of(cls, spec: ParamSpec, support: np.ndarray) -> Blob:
+        """The ``MASK`` blob of a boolean (or 0/1) ``support`` over the model."""
+        return cls.encode(spec, get_codec("bitmask"), np.asarray(support, np.float32))
+
+    def decode(self, blobs: Blobs | None = None) -> np.ndarray:
+        """The full-size vector; a blob sparse under a mask needs that mask among ``blobs``."""
+        if self.mask is None:
+            return self.codec.decode(self.payload, self.spec.size)
+        mask = (blobs or {}).get(self.mask)
+        if mask is None:
+            raise ValueError(
+                f"this blob is sparse under the mask {self.mask[:12]}, which was not provided"
+            )
+        support = mask_support(mask.decode())
+        return scatter(self.codec.decode(self.payload, int(support.sum())), support)
 
 
 Blobs = Mapping[str, Blob]
 """Blobs by content hash: what ``Engine.run`` receives beside the tasks."""
+
+
+def masked_digest(payload: bytes, mask_digest: str) -> str:
+    """The content hash of a payload sparse under the mask ``mask_digest``."""
+    return content_hash(mask_digest.encode("ascii") + b"|" + payload)
+
+
+def mask_support(mask: np.ndarray) -> np.ndarray:
+    """The boolean support of a decoded 0/1 mask."""
+    return np.asarray(mask) > 0.5
+
+
+def gather(vec: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """The values of ``vec`` (one or more model-sized parts back to back, or rows of them) where
+    ``support`` is true: what a masked upload sends."""
+    size = support.shape[0]
+    lead = vec.shape[:-1]
+    parts = vec.reshape(*lead, vec.shape[-1] // size, size)
+    return np.ascontiguousarray(parts[..., support].reshape(*lead, -1))
+
+
+def scatter(values: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """The inverse of ``gather``: model-sized parts with ``values`` where ``support`` is true and
+    zeros elsewhere."""
+    count = int(support.sum())
+    nparts = values.shape[-1] // count if count else 1
+    out = np.zeros((nparts, support.shape[0]), np.float32)
+    out[:, support] = values.reshape(nparts, count)
+    return out.reshape(-1)
 
 
 def blob_table(*blobs: Blob) -> dict[str, Blob]:

@@ -39,6 +39,7 @@ from fedloom.client.local import (
 from fedloom.client.state import State
 from fedloom.client.torch_client import TorchClient
 from fedloom.core.params import ParamSpec
+from fedloom.core.task import MASK
 from fedloom.engines._vmap_model import CohortModel
 
 
@@ -177,6 +178,8 @@ def train_chunk(
             raise ValueError(f"local training {hooks.name!r} needs the task's {role!r} blob")
         shared[role] = named_views(spec, names, blobs[role])
     own = _stack_states(hooks, spec, names, [states[i] if states else {} for i in order])
+    # A pruned model: one mask for the cohort, broadcast over its rows.
+    masks = named_views(spec, names, blobs[MASK]) if blobs and MASK in blobs else None
 
     trainable, consts = model.split(global_vec)
     params = model.stack(trainable, num)
@@ -209,6 +212,8 @@ def train_chunk(
                         own_k,
                     )
                     grads = [hooked[n] for n in names]
+                if masks is not None:
+                    grads = [g * masks[n] for g, n in zip(grads, names, strict=True)]
                 optimizer.step(rows, grads, t)
     flat = model.flatten(accumulated)
     if not gradient:

@@ -41,7 +41,13 @@ import numpy as np
 import torch
 
 from fedloom.client.base import Client
-from fedloom.client.execute import DecodedBlobs, encode_uploads, error_result
+from fedloom.client.execute import (
+    DecodedBlobs,
+    dense_upload_size,
+    encode_uploads,
+    error_result,
+    upload_support,
+)
 from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
 from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
@@ -168,7 +174,7 @@ class VectorizedEngine:
 
         for group, jobs in groups.items():
             model_blob = resolve(jobs[0].task, blobs)
-            vec = self._decoded.tensor(model_blob)
+            vec = self._decoded.tensor(model_blob, blobs)
             probed = self._probe(group, jobs, model_blob.spec, vec)
             if probed is None:
                 sequential.extend((job.task, job.client) for job in jobs)
@@ -311,7 +317,7 @@ class VectorizedEngine:
             hooks,
         )
         extra = {
-            role: self._decoded.tensor(blobs[digest])
+            role: self._decoded.tensor(blobs[digest], blobs)
             for role, digest in group.blobs
             if digest in blobs
         }
@@ -338,8 +344,9 @@ class VectorizedEngine:
                 specs = tasks[0].config.get("transforms") or []  # one pipeline a group
                 ctx = {"round": tasks[0].round}
                 uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx)
-                _check_sizes(uploads, chunk)
-                payloads = encode_uploads(codec, uploads, tasks, outcome.states)
+                support = upload_support(tasks[0], blobs, self._decoded)  # one mask a group
+                _check_sizes(uploads, chunk, probed.model.spec.size, support)
+                payloads = encode_uploads(codec, uploads, tasks, outcome.states, support)
             except Exception as exc:
                 self._warn(("runtime", type(exc)), f"a vectorised chunk raised {one_line(exc)}")
                 for job in chunk:
@@ -381,10 +388,10 @@ class VectorizedEngine:
             )
 
 
-def _check_sizes(rows: np.ndarray, chunk: Sequence[_Job]) -> None:
+def _check_sizes(
+    rows: np.ndarray, chunk: Sequence[_Job], model_size: int, support: np.ndarray | None
+) -> None:
     for job in chunk:
-        assert job.task.upload is not None
-        if rows.shape[1] != job.task.upload.size:
-            raise ValueError(
-                f"the upload has {rows.shape[1]} values, the task expects {job.task.upload.size}"
-            )
+        expected = dense_upload_size(job.task, model_size, support)
+        if rows.shape[1] != expected:
+            raise ValueError(f"the upload has {rows.shape[1]} values, the task expects {expected}")

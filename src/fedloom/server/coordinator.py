@@ -15,19 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import Blob, Result, blob_table
+from fedloom.core.task import MASK, Blob, Result, Task, blob_table, scatter
 from fedloom.core.validation import check_count, decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
+from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
 from fedloom.strategies.base import Exchange, RoundContext, Strategy, StrategyState
 from fedloom.transforms import apply_to_rows, build_pipeline
 
@@ -96,9 +97,13 @@ class Coordinator:
     server_transforms: Sequence[dict[str, Any]] = ()
     upload_codec: Codec | None = None
     error_feedback: bool = False
+    pruning: PruningSchedule | None = None
     opt_state: OptState = field(init=False)
     strategy_state: StrategyState = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list, init=False)
+    # The pruning mask each client last received: a client keeps blobs in its content-hash cache,
+    # so a mask is counted once per client in the bytes of an engine that does not measure them.
+    _mask_sent: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
@@ -164,7 +169,7 @@ class Coordinator:
         try:
             exchange = next(plan)
             while True:
-                self._exchange(r, exchange, tally, first=tally.selected == 0)
+                self._exchange(r, exchange, tally, ctx, first=tally.selected == 0)
                 exchange = plan.send(None)
         except StopIteration as done:
             aggregate = done.value
@@ -187,6 +192,8 @@ class Coordinator:
             params, opt_state = self.strategy.server_optimizer.step(
                 self.params, pseudo_grad, self.opt_state
             )
+            if ctx.support is not None:
+                params = params * ctx.support  # pruned weights stay zero, whatever the optimiser
             self.params = params.astype(np.float32, copy=False)
             self.opt_state = opt_state
             self.strategy_state = ctx.state
@@ -196,6 +203,9 @@ class Coordinator:
             log.error("round %d failed: the global model and server state are unchanged", r)
         if tally.train_weight:
             record["train_loss"] = tally.train_loss / tally.train_weight
+        if self.pruning is not None:
+            support = ctx.support
+            record["sparsity"] = 0.0 if support is None else sparsity_of(support, self.spec)
         if tally.payload_up:
             # float32 bytes over the bytes sent: how much the upload codec saved this round
             record["compression_ratio_up"] = tally.dense_up / tally.payload_up
@@ -212,9 +222,18 @@ class Coordinator:
         """The context of a fit round (the strategy state is a copy the round may change) or, with
         ``eligible``, of federated evaluation (which only reads it)."""
         state = dict(self.strategy_state)
+        support = None
         if eligible is None:
             # The strategy works on a copy: a failed round leaves the server state as it was.
             state = {k: v.copy() for k, v in state.items()}
+            if self.pruning is not None:
+                support = mask_for_round(self.pruning, r, self.params, self.spec, state)
+        elif MASK_STATE in state:
+            support = state[MASK_STATE] > 0.5
+        params, mask = self.params, None
+        if support is not None:
+            params = (self.params * support).astype(np.float32)
+            mask = Blob.mask_of(self.spec, support)
         return RoundContext(
             round=r,
             eligible=self.population.eligible if eligible is None else eligible,
@@ -222,17 +241,20 @@ class Coordinator:
             seed=self.seed,
             spec=self.spec,
             codec=self.codec,
-            params=self.params,
-            model=Blob.encode(self.spec, self.codec, self.params),
+            params=params,
+            model=Blob.encode(self.spec, self.codec, params, mask),
             state=state,
             num_clients=len(self.population.eligible),
             upload_codec=self.upload_codec,
             error_feedback=self.error_feedback,
+            mask=mask,
+            support=support,
         )
 
-    def _exchange(self, r: int, exchange: Exchange, tally: _Tally, first: bool) -> None:
-        tasks = exchange.tasks
-        blobs = blob_table(*exchange.blobs)
+    def _exchange(
+        self, r: int, exchange: Exchange, tally: _Tally, ctx: RoundContext, first: bool
+    ) -> None:
+        tasks, blobs = _with_mask(exchange.tasks, blob_table(*exchange.blobs), ctx.mask)
         if first:
             for listener in self.listeners:
                 listener.on_round_start(r, len(tasks))
@@ -253,9 +275,9 @@ class Coordinator:
             bytes_up += len(result.payload or b"")
             if result.payload is not None and result.task.upload is not None:
                 tally.payload_up += len(result.payload)
-                tally.dense_up += 4 * result.task.upload.size
+                tally.dense_up += 4 * _dense_values(result.task.upload.size, ctx)
             try:
-                vec = self._validate(result)
+                vec = self._validate(result, ctx)
             except UpdateRejected as exc:
                 tally.rejected += 1
                 log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
@@ -266,16 +288,36 @@ class Coordinator:
             if loss is not None and np.isfinite(loss):
                 tally.train_loss += loss * result.num_examples
                 tally.train_weight += result.num_examples
-        assumed = sum(len(blobs[d].payload) for t in tasks for d in t.blobs.values() if d in blobs)
-        transfer = self._transfer(Transfer(assumed, bytes_up))
+        transfer = self._transfer(Transfer(self._sent(tasks, blobs), bytes_up))
         tally.bytes_down += transfer.bytes_down
         tally.bytes_up += transfer.bytes_up
 
-    def _validate(self, result: Result) -> np.ndarray | None:
-        if result.task.upload is None:
+    def _validate(self, result: Result, ctx: RoundContext) -> np.ndarray | None:
+        upload = result.task.upload
+        if upload is None:
             check_count(result.num_examples)
             return None
-        return decode_update(result, self.max_update_bytes)
+        vec = decode_update(result, self.max_update_bytes)
+        if upload.mask is not None:
+            if ctx.mask is None or ctx.support is None or upload.mask != ctx.mask.digest:
+                raise UpdateRejected("the upload is sparse under a mask this round did not send")
+            vec = scatter(vec, ctx.support)
+        return vec
+
+    def _sent(self, tasks: Sequence[Task], blobs: dict[str, Blob]) -> int:
+        """The bytes an in-process engine's tasks move down: every blob of every task, except a
+        pruning mask the client already holds."""
+        total = 0
+        for task in tasks:
+            for role, digest in task.blobs.items():
+                if digest not in blobs:
+                    continue
+                if role == MASK:
+                    if self._mask_sent.get(task.client_id) == digest:
+                        continue
+                    self._mask_sent[task.client_id] = digest
+                total += len(blobs[digest].payload)
+        return total
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         """Central evaluation on the held-out set, and federated evaluation on clients' splits.
@@ -294,9 +336,11 @@ class Coordinator:
     def _federated_evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         rng = np.random.default_rng([self.seed, r, 1])
         ctx = self._context(r, rng, sorted(self.population.has_test_data))
-        tasks = self.strategy.configure_evaluate(ctx)
+        tasks, blobs = _with_mask(
+            self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx.mask
+        )
         per_metric: dict[str, list[float]] = {}
-        for result in self.engine.run(tasks, blob_table(ctx.model)):
+        for result in self.engine.run(tasks, blobs):
             if not result.ok:
                 log.warning(
                     "round %d: evaluation on client %d failed: %s",
@@ -313,8 +357,7 @@ class Coordinator:
             higher = k not in ("loss", "rmse", "mae")
             for stat, v in fairness_summary(values, higher_is_better=higher).items():
                 out[f"fed_{k}_{stat}"] = v
-        sent = len(ctx.model.payload) * len(tasks)
-        return out, self._transfer(Transfer(sent, 0)).bytes_down
+        return out, self._transfer(Transfer(self._sent(tasks, blobs), 0)).bytes_down
 
     def _transfer(self, assumed: Transfer) -> Transfer:
         """The bytes of the engine's latest run: measured if the engine measures them, else
@@ -322,6 +365,33 @@ class Coordinator:
         if isinstance(self.engine, MeasuresTransfer):
             return self.engine.last_transfer()
         return assumed
+
+
+def _dense_values(size: int, ctx: RoundContext) -> int:
+    """How many values an upload of ``size`` stands for in the dense model (the model-sized parts
+    behind an upload sparse under the round's pruning mask)."""
+    if ctx.support is None:
+        return size
+    kept = int(ctx.support.sum())
+    return size // kept * ctx.spec.size if kept else size
+
+
+def _with_mask(
+    tasks: list[Task], blobs: dict[str, Blob], mask: Blob | None
+) -> tuple[list[Task], dict[str, Blob]]:
+    """Tasks that name a blob sparse under ``mask`` also name the mask (role ``MASK``), and the
+    blobs include it: a client needs it to decode them."""
+    if mask is None:
+        return tasks, blobs
+    blobs = {**blobs, mask.digest: mask}
+    out = []
+    for task in tasks:
+        if MASK not in task.blobs and any(
+            d in blobs and blobs[d].mask == mask.digest for d in task.blobs.values()
+        ):
+            task = replace(task, blobs={**task.blobs, MASK: mask.digest})
+        out.append(task)
+    return out, blobs
 
 
 def _preview(ids: Sequence[int], n: int = 10) -> str:

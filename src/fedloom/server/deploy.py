@@ -46,6 +46,7 @@ from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine, RemoteRunStats
 from fedloom.errors import ConfigError, DeploymentError
 from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.pruning import pruning_schedule
 from fedloom.server.state import StateStore
 from fedloom.server.user_code import build_global_model, build_strategy
 from fedloom.tracking import RunRecorder
@@ -175,6 +176,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             codec=get_codec(cfg.transport.download_codec),
             upload_codec=get_codec(cfg.transport.upload_codec),
             error_feedback=cfg.transport.error_feedback,
+            pruning=pruning_schedule(cfg.pruning),
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,

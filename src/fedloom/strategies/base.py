@@ -52,15 +52,22 @@ class RoundContext:
     num_clients: int
     upload_codec: Codec | None = None
     error_feedback: bool = False
+    mask: Blob | None = None
+    """The pruning mask of a pruned model (``model`` is sparse under it), else None."""
+    support: np.ndarray | None = None
+    """``mask`` as booleans over the model."""
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
         return Blob.encode(self.spec, self.codec, vec)
 
     def upload(self, parts: int = 1) -> Upload:
-        """An upload of ``parts`` model-sized vectors in the round's upload codec."""
+        """An upload of ``parts`` model-sized vectors in the round's upload codec (only their
+        values under the pruning mask, when the model is pruned)."""
         codec = self.upload_codec or self.codec
-        return Upload(codec.name, parts * self.spec.size)
+        if self.mask is None or self.support is None:
+            return Upload(codec.name, parts * self.spec.size)
+        return Upload(codec.name, parts * int(self.support.sum()), self.mask.digest)
 
 
 OnResult = Callable[[Result, "np.ndarray | None"], None]

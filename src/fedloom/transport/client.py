@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.task import MODEL, Blob, Result
+from fedloom.core.task import MODEL, Blob, Result, masked_digest
 from fedloom.transport.certs import Bundle
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
@@ -212,13 +212,16 @@ class Connection:
             raise ValueError(f"{ref.role!r} blob download stopped at {received} of {size} bytes")
         payload = bytes(buf)
         del buf
-        digest = hashlib.sha256(payload).hexdigest()
+        mask = ref.mask or None
+        digest = (
+            hashlib.sha256(payload).hexdigest() if mask is None else masked_digest(payload, mask)
+        )
         if digest != ref.digest:
             raise ValueError(
                 f"the downloaded {ref.role!r} blob hashes to {digest[:12]}, the task names "
                 f"{ref.digest[:12]}"
             )
-        return Blob(spec=spec, codec=codec, payload=payload, digest=digest)
+        return Blob(spec=spec, codec=codec, payload=payload, digest=digest, mask=mask)
 
     def upload(self, task: pb.TaskProto, result: Result, chunk_bytes: int) -> pb.UploadReply:
         """Send ``result`` as a header and payload chunks; the reply says if it was accepted."""

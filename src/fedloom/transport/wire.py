@@ -74,6 +74,7 @@ def task_to_proto(
                 num_bytes=len(blob.payload),
                 codec=blob.codec.name,
                 spec=spec_to_proto(blob.spec),
+                mask=blob.mask or "",
             )
             for role, blob in blobs.items()
         ],
@@ -85,7 +86,11 @@ def task_to_proto(
         msg.codec = model.codec.name
         msg.spec.CopyFrom(spec_to_proto(model.spec))
     if task.upload is not None:
-        msg.upload.CopyFrom(pb.UploadSpec(codec=task.upload.codec, size=task.upload.size))
+        msg.upload.CopyFrom(
+            pb.UploadSpec(
+                codec=task.upload.codec, size=task.upload.size, mask=task.upload.mask or ""
+            )
+        )
     return msg
 
 
@@ -113,7 +118,7 @@ def upload_from_proto(msg: pb.TaskProto) -> Upload | None:
     """What the task's result must upload; None for a metrics-only task. ``ValueError`` when the
     task's spec is malformed."""
     if msg.HasField("upload"):
-        return Upload(msg.upload.codec, int(msg.upload.size))
+        return Upload(msg.upload.codec, int(msg.upload.size), msg.upload.mask or None)
     if _from_old_server(msg) and msg.kind == FIT:
         return Upload(msg.codec, spec_from_proto(msg.spec).size)
     return None

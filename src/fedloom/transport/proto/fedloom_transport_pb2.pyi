@@ -91,26 +91,30 @@ class TensorShape(_message.Message):
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BlobRef(_message.Message):
-    __slots__ = ("role", "digest", "num_bytes", "codec", "spec")
+    __slots__ = ("role", "digest", "num_bytes", "codec", "spec", "mask")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     role: str
     digest: str
     num_bytes: int
     codec: str
     spec: ParamSpecProto
-    def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ...) -> None: ...
+    mask: str
+    def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., mask: _Optional[str] = ...) -> None: ...
 
 class UploadSpec(_message.Message):
-    __slots__ = ("codec", "size")
+    __slots__ = ("codec", "size", "mask")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
     codec: str
     size: int
-    def __init__(self, codec: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+    mask: str
+    def __init__(self, codec: _Optional[str] = ..., size: _Optional[int] = ..., mask: _Optional[str] = ...) -> None: ...
 
 class TaskProto(_message.Message):
     __slots__ = ("task_id", "kind", "round", "client_id", "config_json", "params_digest", "params_bytes", "codec", "spec", "deadline_seconds", "blobs", "upload")

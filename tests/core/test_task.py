@@ -1,0 +1,44 @@
+"""Blobs and uploads sparse under a pruning mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedloom.core.codec import get_codec
+from fedloom.core.params import ParamSpec, content_hash
+from fedloom.core.task import Blob, blob_table, gather, scatter
+
+SPEC = ParamSpec(names=("w",), shapes=((2, 3),), dtypes=("float32",))
+VEC = np.array([1.5, 0.0, -2.0, 0.0, 0.25, 3.0], np.float32)
+SUPPORT = np.array([True, False, True, False, True, True])
+
+
+def test_a_masked_blob_carries_only_the_values_under_its_mask() -> None:
+    mask = Blob.mask_of(SPEC, SUPPORT)
+    blob = Blob.encode(SPEC, get_codec("float32"), VEC, mask)
+
+    # four float32 values, and a digest over the mask's digest and the payload
+    assert blob.payload == np.array([1.5, -2.0, 0.25, 3.0], "<f4").tobytes()
+    assert blob.mask == mask.digest
+    assert blob.digest != content_hash(blob.payload)
+    np.testing.assert_array_equal(blob.decode(blob_table(mask)), VEC)
+
+
+def test_a_masked_blob_without_its_mask_is_an_error() -> None:
+    mask = Blob.mask_of(SPEC, SUPPORT)
+    blob = Blob.encode(SPEC, get_codec("float32"), VEC, mask)
+
+    with pytest.raises(ValueError, match=r"sparse under the mask .* not provided"):
+        blob.decode({})
+
+
+def test_gather_and_scatter_work_part_by_part() -> None:
+    two_parts = np.concatenate([VEC, 2 * VEC])
+
+    values = gather(two_parts, SUPPORT)
+
+    assert values.tolist() == [1.5, -2.0, 0.25, 3.0, 3.0, -4.0, 0.5, 6.0]
+    np.testing.assert_array_equal(scatter(values, SUPPORT), two_parts)
+    rows = gather(np.stack([two_parts, -two_parts]), SUPPORT)
+    assert rows.shape == (2, 8) and rows[1].tolist() == (-values).tolist()
