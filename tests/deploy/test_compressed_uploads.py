@@ -56,3 +56,44 @@ def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
     for name, want in coordinator.global_params.items():
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
     assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
+
+
+def test_a_pruned_model_travels_sparse_with_its_mask_once_per_client(
+    tmp_path: Path, certs: Path
+) -> None:
+    # Prepare: 3 clients, 4 rounds, the schedule from 0% at round 2 to 60% at round 3; uploads
+    # top-k + int8
+    pruning = {"enabled": True, "target_sparsity": 0.6, "start_round": 2, "end_round": 3}
+    config = h.write_config(
+        tmp_path / "run.yaml",
+        rounds=4,
+        server={"min_clients": 3},
+        partition={"num_clients": 3},
+        transport={"upload": [{"topk": 0.2}, "int8"], "error_feedback": True},
+        pruning=pruning,
+    )
+    # Execute
+    _, codes = h.demo_federation(tmp_path, certs, config, 3)
+
+    # Assert: every round ok, sparsity on schedule, the mask downloaded once per client and mask
+    assert codes == [0] * 3
+    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 4
+    assert [r["sparsity"] for r in records] == pytest.approx([0, 0, 0.6, 0.6], abs=1e-3)
+    sim = Simulation(load_config(config))
+    coordinator = sim.coordinator()
+    coordinator.engine = SequentialEngine(sim.client)
+    history = coordinator.run(4)
+    kept = int(coordinator.strategy_state["pruning/mask"].sum())
+    mask_bytes = -(-sim.spec.size // 8)
+    assert records[3]["bytes_down"] == 3 * 4 * kept
+    assert records[2]["bytes_down"] == 3 * (4 * kept + mask_bytes)
+
+    # Assert: the model the simulation gives, with the pruned weights exactly zero
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name, want in coordinator.global_params.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
+    assert [r["bytes_down"] for r in records] == [r["bytes_down"] for r in history]
+    flat = sim.spec.flatten({n: got[n] for n in sim.spec.names})
+    assert not flat[coordinator.strategy_state["pruning/mask"] < 0.5].any()
