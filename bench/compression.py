@@ -9,8 +9,10 @@ with the same clients per round and the same local work (vectorized engine); onl
 codec chain (``transport.upload``) and error feedback (``transport.error_feedback``) differ. For
 each chain the table gives the first round whose central test accuracy reaches ``--target``, the
 uplink bytes (and all bytes, up and down) spent until then, and the ratio of float32 FedAvg's
-uplink bytes to this chain's. Two rows also compress the downlink (``transport.download``). The PNG
-plots accuracy against cumulative uplink bytes.
+uplink bytes to this chain's. Two rows also compress the downlink (``transport.download``), and the
+``pruned`` rows prune the global model (``pruning:``, gradual magnitude pruning from round 2 to 20)
+so that the model and the updates travel sparse. The PNG plots accuracy against cumulative uplink
+bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _sim import run_history  # noqa: E402
 
-# name -> (upload chain, error feedback[, download chain])
+# name -> (upload chain, error feedback[, download chain[, pruning target sparsity]])
 CHAINS: dict[str, tuple[Any, ...]] = {
     "float32": ([], False),
     "float16": (["float16"], False),
@@ -45,15 +47,32 @@ CHAINS: dict[str, tuple[Any, ...]] = {
     "randomk 10%": ([{"randomk": 0.1}], False),
     "int8 both ways": (["int8"], False, ["int8"]),
     "topk 1% + int8 + zstd + EF; int8 down": ([{"topk": 0.01}, "int8", "zstd"], True, ["int8"]),
+    "pruned 50%": ([], False, [], 0.5),
+    "pruned 75%": ([], False, [], 0.75),
+    "pruned 90%": ([], False, [], 0.9),
+    "pruned 90% + topk 10% + int8 + EF; int8 down": ([{"topk": 0.1}, "int8"], True, ["int8"], 0.9),
 }
+PRUNE_START, PRUNE_END = 2, 20
+"""The pruning rows' schedule: from 0% at round 2 to the target at round 20, a step every round."""
 
 
 def run(
-    common: list[str], chain: list[Any], feedback: bool, download: list[Any] | None = None
+    common: list[str],
+    chain: list[Any],
+    feedback: bool,
+    download: list[Any] | None = None,
+    sparsity: float | None = None,
 ) -> list[dict[str, Any]]:
     overrides = [*common, f"transport.upload={json.dumps(chain)}"]
     overrides.append(f"transport.error_feedback={str(feedback).lower()}")
     overrides.append(f"transport.download={json.dumps(download or [])}")
+    if sparsity is not None:
+        overrides += [
+            "pruning.enabled=true",
+            f"pruning.target_sparsity={sparsity}",
+            f"pruning.start_round={PRUNE_START}",
+            f"pruning.end_round={PRUNE_END}",
+        ]
     return run_history(overrides)
 
 

@@ -114,6 +114,11 @@ class TransportConfig(_Section):
         description="the downlink's codec chain (the model and other blobs): [int8]; [] = codec",
     )
 
+    download_delta: bool = Field(
+        False,
+        description="send each client the model as a delta against the one it holds (its last)",
+    )
+
     @field_validator("upload")
     @classmethod
     def _chain(cls, v: list[str | dict[str, float | int]]) -> list[str | dict[str, float | int]]:

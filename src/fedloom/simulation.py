@@ -100,6 +100,7 @@ def make_coordinator(
         upload_codec=get_codec(cfg.transport.upload_codec),
         error_feedback=cfg.transport.error_feedback,
         pruning=pruning_schedule(cfg.pruning),
+        download_delta=cfg.transport.download_delta,
         central_eval=central_eval,
         eval_every=cfg.eval.every,
         federated_eval=cfg.eval.federated,

@@ -42,3 +42,27 @@ def test_gather_and_scatter_work_part_by_part() -> None:
     np.testing.assert_array_equal(scatter(values, SUPPORT), two_parts)
     rows = gather(np.stack([two_parts, -two_parts]), SUPPORT)
     assert rows.shape == (2, 8) and rows[1].tolist() == (-values).tolist()
+
+
+def test_a_delta_blob_decodes_to_its_base_plus_the_delta() -> None:
+    base = Blob.held(SPEC, np.array([1, 2, 3, 4, 5, 6], np.float32))
+    vec = np.array([1.5, 2, 2, 4, 5, 6.25], np.float32)
+
+    delta = Blob.encode(SPEC, get_codec("float32"), vec, base=base)
+
+    assert delta.payload == np.array([0.5, 0, -1, 0, 0, 0.25], "<f4").tobytes()
+    assert delta.base == base.digest and delta.digest != content_hash(delta.payload)
+    np.testing.assert_array_equal(delta.decode(blob_table(base)), vec)
+    with pytest.raises(ValueError, match=r"a delta against the model .* not provided"):
+        delta.decode({})
+
+
+def test_a_delta_under_a_mask_drops_the_base_where_the_mask_prunes() -> None:
+    base = Blob.held(SPEC, np.array([1, 2, 3, 4, 5, 6], np.float32))
+    mask = Blob.mask_of(SPEC, SUPPORT)  # prunes entries 1 and 3
+
+    delta = Blob.encode(SPEC, get_codec("float32"), VEC, mask, base)
+
+    # the kept entries of VEC - base: 1.5 - 1, -2 - 3, 0.25 - 5, 3 - 6
+    assert delta.payload == np.array([0.5, -5, -4.75, -3], "<f4").tobytes()
+    np.testing.assert_array_equal(delta.decode(blob_table(base, mask)), VEC)

@@ -97,3 +97,35 @@ def test_a_pruned_model_travels_sparse_with_its_mask_once_per_client(
     assert [r["bytes_down"] for r in records] == [r["bytes_down"] for r in history]
     flat = sim.spec.flatten({n: got[n] for n in sim.spec.names})
     assert not flat[coordinator.strategy_state["pruning/mask"] < 0.5].any()
+
+
+def test_model_deltas_reach_clients_without_downloading_the_base(
+    tmp_path: Path, certs: Path
+) -> None:
+    # Prepare: 3 clients, 3 rounds with federated evaluation (a fit and an evaluation a round,
+    # each sent as a top-k + int8 delta against the model the client decoded last)
+    config = h.write_config(
+        tmp_path / "run.yaml",
+        rounds=3,
+        server={"min_clients": 3},
+        partition={"num_clients": 3},
+        eval={"federated": True},
+        transport={"download": [{"topk": 0.2}, "int8"], "download_delta": True},
+    )
+    # Execute
+    _, codes = h.demo_federation(tmp_path, certs, config, 3)
+
+    # Assert: the bytes and the model of the simulation, where the base is never counted: the
+    # deployment clients found it in their caches
+    assert codes == [0] * 3
+    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 3
+    sim = Simulation(load_config(config))
+    coordinator = sim.coordinator()
+    coordinator.engine = SequentialEngine(sim.client)
+    history = coordinator.run(3)
+    assert [r["bytes_down"] for r in records] == [r["bytes_down"] for r in history]
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name, want in coordinator.global_params.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    assert records[-1]["fed_accuracy_mean"] == pytest.approx(history[-1]["fed_accuracy_mean"])

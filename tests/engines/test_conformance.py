@@ -297,7 +297,8 @@ def test_scaffold_round_three_starts_from_the_control_variate_round_two_left() -
 
 
 # upload chain, or "down:CHAIN" for a compressed downlink (the model and blobs) with float32 uploads
-COMPRESSED = ["topk:0.05|int8", "qsgd:8", "randomk:0.2|float16", "down:int8"]
+# "delta:CHAIN" sends the model as a delta against the one each client holds (download_delta)
+COMPRESSED = ["topk:0.05|int8", "qsgd:8", "randomk:0.2|float16", "down:int8", "delta:topk:0.1|int8"]
 
 
 @functools.cache
@@ -307,8 +308,9 @@ def _compressed_reference(chain: str) -> Coordinator:
 
 def _compressed_run(engine: str, chain: str) -> Coordinator:
     coordinator = _digits_coordinator(engine, FedAvg(fraction_fit=0.75))
-    if chain.startswith("down:"):
-        coordinator.codec = get_codec(chain.removeprefix("down:"))
+    if chain.startswith(("down:", "delta:")):
+        coordinator.codec = get_codec(chain.partition(":")[2])
+        coordinator.download_delta = chain.startswith("delta:")
     else:
         coordinator.upload_codec = get_codec(chain)
         coordinator.error_feedback = True
@@ -332,7 +334,7 @@ def test_compressed_uploads_with_error_feedback_match_the_sequential_engine(
     for mine, theirs in zip(got.history, want.history, strict=True):
         assert (mine["returned"], mine["bytes_up"]) == (theirs["returned"], theirs["bytes_up"])
         assert mine["bytes_down"] == theirs["bytes_down"]
-        compressed = "bytes_down" if chain.startswith("down:") else "bytes_up"
+        compressed = "bytes_down" if chain.startswith(("down:", "delta:")) else "bytes_up"
         size = got.spec.size * mine["selected"]
         assert mine[compressed] < 4 * size / 3  # int8 down: about a quarter of float32's
 

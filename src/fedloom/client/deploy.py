@@ -48,7 +48,7 @@ from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import dataset_client
 from fedloom.config import Config
-from fedloom.core.task import Blobs, Result, Task
+from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
 from fedloom.data import load_dataset
 from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
@@ -419,6 +419,7 @@ class DeploymentClient:
             return
         else:
             result = self._execute(task, blobs)
+            self._hold_model(task, blobs)
         reply = conn.upload(msg, result, chunk_bytes)
         self.tasks_done += 1
         what = f"round {task.round} {task.kind}"
@@ -429,6 +430,19 @@ class DeploymentClient:
             self._say(f"{what} done in {result.seconds:.2f} s{note}")
         else:
             self._say(f"{what}: the server did not accept the result: {reply.reason}")
+
+    def _hold_model(self, task: Task, blobs: Blobs) -> None:
+        """Keep the model this task decoded to as a float32 blob: a server that sends deltas
+        (``transport.download_delta``) names it as the next task's ``BASE``, and the cache then
+        has it. A dense float32 model already is that blob."""
+        model = blobs.get(task.blobs.get(MODEL, ""))
+        if model is None or (model.codec.name == "float32" and model.mask is model.base is None):
+            return
+        try:
+            vec = self._decoded.vector(model, blobs)
+        except ValueError:
+            return  # the task itself failed on it and said why
+        self.cache.hold(Blob.held(model.spec, vec))
 
     def _execute(self, task: Task, blobs: Blobs) -> Result:
         """Run the task from this client's state before the task's round; keep the state it

@@ -21,6 +21,8 @@ FIT = "fit"
 EVALUATE = "evaluate"
 MODEL = "model"
 """The blob role of the global model a task trains or evaluates."""
+BASE = "base"
+"""The blob role of the model a client already holds, when the task sends the model as a delta."""
 MASK = "mask"
 """The blob role of a pruning mask (a 0/1 vector over the model, ``bitmask``-encoded): blobs and
 uploads that name it carry only the values where it is 1."""
@@ -73,9 +75,14 @@ class Blob:
     """A flat float vector as it travels down (a model, a control variate): encoded once,
     addressed and cached by the SHA-256 of its payload.
 
-    ``mask`` names (by digest) the ``MASK`` blob this one is sparse under: the payload holds only
-    the values where the mask is 1, and decoding puts zeros elsewhere. The digest covers the mask's
-    digest too, so the same values under two masks are two blobs.
+    Two references make a blob smaller; both are digests of other blobs the task names, and both
+    are covered by this blob's digest (``blob_digest``):
+
+    - ``mask``: the ``MASK`` blob this one is sparse under. The payload holds only the values
+      where the mask is 1; decoding puts zeros elsewhere.
+    - ``base``: the ``BASE`` blob this one is a delta against (the model a client already holds, as
+      a float32 blob whose digest is the hash of its values). Decoding adds the base, restricted
+      to the mask when there is one.
     """
 
     spec: ParamSpec
@@ -83,43 +90,78 @@ class Blob:
     payload: bytes
     digest: str
     mask: str | None = None
+    base: str | None = None
 
     @classmethod
     def encode(
-        cls, spec: ParamSpec, codec: Codec, vec: np.ndarray, mask: Blob | None = None
+        cls,
+        spec: ParamSpec,
+        codec: Codec,
+        vec: np.ndarray,
+        mask: Blob | None = None,
+        base: Blob | None = None,
     ) -> Blob:
-        if mask is None:
-            payload = codec.encode(vec)
-            return cls(spec=spec, codec=codec, payload=payload, digest=content_hash(payload))
-        payload = codec.encode(np.asarray(vec, np.float32)[mask_support(mask.decode())])
-        digest = masked_digest(payload, mask.digest)
-        return cls(spec=spec, codec=codec, payload=payload, digest=digest, mask=mask.digest)
+        """``vec`` encoded with ``codec``: under ``mask``, and as ``vec - base`` over ``base``."""
+        vec = np.asarray(vec, np.float32)
+        if base is not None:
+            vec = vec - base.decode()
+        if mask is not None:
+            vec = vec[mask_support(mask.decode())]
+        payload = codec.encode(vec)
+        mask_digest = None if mask is None else mask.digest
+        base_digest = None if base is None else base.digest
+        return cls(
+            spec=spec,
+            codec=codec,
+            payload=payload,
+            digest=blob_digest(payload, mask_digest, base_digest),
+            mask=mask_digest,
+            base=base_digest,
+        )
 
     @classmethod
     def mask_of(cls, spec: ParamSpec, support: np.ndarray) -> Blob:
         """The ``MASK`` blob of a boolean (or 0/1) ``support`` over the model."""
         return cls.encode(spec, get_codec("bitmask"), np.asarray(support, np.float32))
 
+    @classmethod
+    def held(cls, spec: ParamSpec, vec: np.ndarray) -> Blob:
+        """``vec`` exactly, as a float32 blob: what a client holds after decoding a model, and the
+        ``BASE`` of the next delta it is sent. Its digest is the hash of the values."""
+        return cls.encode(spec, get_codec("float32"), vec)
+
     def decode(self, blobs: Blobs | None = None) -> np.ndarray:
-        """The full-size vector; a blob sparse under a mask needs that mask among ``blobs``."""
+        """The full-size vector; ``blobs`` must hold the mask and the base this blob names."""
         if self.mask is None:
-            return self.codec.decode(self.payload, self.spec.size)
-        mask = (blobs or {}).get(self.mask)
-        if mask is None:
-            raise ValueError(
-                f"this blob is sparse under the mask {self.mask[:12]}, which was not provided"
-            )
-        support = mask_support(mask.decode())
-        return scatter(self.codec.decode(self.payload, int(support.sum())), support)
+            out = self.codec.decode(self.payload, self.spec.size)
+            support = None
+        else:
+            support = mask_support(_named(self.mask, "sparse under the mask", blobs).decode())
+            out = scatter(self.codec.decode(self.payload, int(support.sum())), support)
+        if self.base is not None:
+            base = _named(self.base, "a delta against the model", blobs).decode()
+            out += base if support is None else base * support
+        return out
+
+
+def _named(digest: str, what: str, blobs: Blobs | None) -> Blob:
+    blob = (blobs or {}).get(digest)
+    if blob is None:
+        raise ValueError(f"this blob is {what} {digest[:12]}, which was not provided")
+    return blob
 
 
 Blobs = Mapping[str, Blob]
 """Blobs by content hash: what ``Engine.run`` receives beside the tasks."""
 
 
-def masked_digest(payload: bytes, mask_digest: str) -> str:
-    """The content hash of a payload sparse under the mask ``mask_digest``."""
-    return content_hash(mask_digest.encode("ascii") + b"|" + payload)
+def blob_digest(payload: bytes, mask: str | None = None, base: str | None = None) -> str:
+    """The content hash of a blob: SHA-256 of the payload, and of the digests of the mask and base
+    it refers to when it has them (the same bytes under another mask or base are another blob)."""
+    if mask is None and base is None:
+        return content_hash(payload)
+    prefix = f"mask:{mask or ''}|base:{base or ''}|".encode("ascii")
+    return content_hash(prefix + payload)
 
 
 def mask_support(mask: np.ndarray) -> np.ndarray:

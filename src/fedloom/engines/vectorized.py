@@ -53,7 +53,7 @@ from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
 from fedloom.core.codec import get_codec
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import FIT, MODEL, Blobs, Result, Task, resolve
+from fedloom.core.task import BASE, FIT, MODEL, Blobs, Result, Task, resolve
 from fedloom.engines._vmap_model import (
     CohortModel,
     NotVectorizable,
@@ -239,7 +239,7 @@ class VectorizedEngine:
             training,
             gradient,
             hooks_key,
-            tuple(sorted((r, d) for r, d in task.blobs.items() if r != MODEL)),
+            tuple(sorted(task.blobs.items())),  # one model (and mask, base) a group
             transforms,
             task.upload.codec,
         )
@@ -319,7 +319,7 @@ class VectorizedEngine:
         extra = {
             role: self._decoded.tensor(blobs[digest], blobs)
             for role, digest in group.blobs
-            if digest in blobs
+            if digest in blobs and role not in (MODEL, BASE)
         }
         capacity = max(1, int(self.max_memory_mb * 2**20 // per_client))
         by_steps = sorted(jobs, key=lambda j: -j.steps)  # similar step counts share a chunk

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ import numpy as np
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import MASK, Blob, Result, Task, blob_table, scatter
+from fedloom.core.task import BASE, MASK, MODEL, Blob, Result, Task, blob_table, scatter
 from fedloom.core.validation import check_count, decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import UpdateRejected
@@ -98,12 +99,18 @@ class Coordinator:
     upload_codec: Codec | None = None
     error_feedback: bool = False
     pruning: PruningSchedule | None = None
+    download_delta: bool = False
+    held_models: int = 8
     opt_state: OptState = field(init=False)
     strategy_state: StrategyState = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list, init=False)
     # The pruning mask each client last received: a client keeps blobs in its content-hash cache,
     # so a mask is counted once per client in the bytes of an engine that does not measure them.
     _mask_sent: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+    # With download_delta: the model each client holds (by the digest of its float32 blob), and the
+    # latest ``held_models`` of those models, which the next deltas are taken against.
+    _held: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+    _bases: OrderedDict[str, Blob] = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
@@ -254,7 +261,7 @@ class Coordinator:
     def _exchange(
         self, r: int, exchange: Exchange, tally: _Tally, ctx: RoundContext, first: bool
     ) -> None:
-        tasks, blobs = _with_mask(exchange.tasks, blob_table(*exchange.blobs), ctx.mask)
+        tasks, blobs = self._prepare(exchange.tasks, blob_table(*exchange.blobs), ctx)
         if first:
             for listener in self.listeners:
                 listener.on_round_start(r, len(tasks))
@@ -304,13 +311,61 @@ class Coordinator:
             vec = scatter(vec, ctx.support)
         return vec
 
+    def _prepare(
+        self, tasks: list[Task], blobs: dict[str, Blob], ctx: RoundContext
+    ) -> tuple[list[Task], dict[str, Blob]]:
+        """The tasks as they go out: naming the pruning mask, and, with ``download_delta``, the
+        model as a delta against the one each client holds."""
+        tasks, blobs = _with_mask(tasks, blobs, ctx.mask)
+        if not self.download_delta:
+            return tasks, blobs
+        out: list[Task] = []
+        # by base digest: (the blob sent, the model it decodes to)
+        deltas: dict[str | None, tuple[Blob, Blob]] = {}
+        # every base is looked up before any client's new model is held (which may evict one)
+        bases = [self._bases.get(self._held.get(task.client_id, "")) for task in tasks]
+        for task, base in zip(tasks, bases, strict=True):
+            if task.blobs.get(MODEL) != ctx.model.digest:
+                out.append(task)
+                continue
+            key = None if base is None else base.digest
+            if key not in deltas:
+                sent = ctx.model if base is None else self._delta(ctx, base)
+                table = (
+                    {**blobs, sent.digest: sent}
+                    if base is None
+                    else {**blobs, sent.digest: sent, base.digest: base}
+                )
+                deltas[key] = (sent, Blob.held(self.spec, sent.decode(table)))
+            sent, held = deltas[key]
+            self._hold(task.client_id, held)
+            if base is None:
+                out.append(task)
+                continue
+            blobs[sent.digest], blobs[base.digest] = sent, base
+            roles = {**task.blobs, MODEL: sent.digest, BASE: base.digest}
+            out.append(replace(task, blobs=roles))
+        return out, blobs
+
+    def _delta(self, ctx: RoundContext, base: Blob) -> Blob:
+        return Blob.encode(self.spec, self.codec, ctx.params, ctx.mask, base)
+
+    def _hold(self, client_id: int, held: Blob) -> None:
+        """Remember that ``client_id`` now holds ``held`` (the model it decodes this task's to)."""
+        self._held[client_id] = held.digest
+        self._bases[held.digest] = held
+        self._bases.move_to_end(held.digest)
+        while len(self._bases) > self.held_models:
+            self._bases.popitem(last=False)
+
     def _sent(self, tasks: Sequence[Task], blobs: dict[str, Blob]) -> int:
         """The bytes an in-process engine's tasks move down: every blob of every task, except a
-        pruning mask the client already holds."""
+        pruning mask the client already holds and the model a delta is taken against (the
+        client's own)."""
         total = 0
         for task in tasks:
             for role, digest in task.blobs.items():
-                if digest not in blobs:
+                if digest not in blobs or role == BASE:
                     continue
                 if role == MASK:
                     if self._mask_sent.get(task.client_id) == digest:
@@ -336,8 +391,8 @@ class Coordinator:
     def _federated_evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         rng = np.random.default_rng([self.seed, r, 1])
         ctx = self._context(r, rng, sorted(self.population.has_test_data))
-        tasks, blobs = _with_mask(
-            self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx.mask
+        tasks, blobs = self._prepare(
+            self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx
         )
         per_metric: dict[str, list[float]] = {}
         for result in self.engine.run(tasks, blobs):

@@ -177,6 +177,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             upload_codec=get_codec(cfg.transport.upload_codec),
             error_feedback=cfg.transport.error_feedback,
             pruning=pruning_schedule(cfg.pruning),
+            download_delta=cfg.transport.download_delta,
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,

@@ -3,7 +3,6 @@ chunked download of a task's blobs into a content-hash cache and chunked upload.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -13,7 +12,7 @@ import grpc
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.task import MODEL, Blob, Result, masked_digest
+from fedloom.core.task import MODEL, Blob, Result, blob_digest
 from fedloom.transport.certs import Bundle
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
@@ -74,6 +73,13 @@ class BlobCache:
         self.blobs[blob.digest] = blob
         self.downloads += 1
         self.bytes_down += len(blob.payload)
+
+    def hold(self, blob: Blob) -> None:
+        """Keep ``blob`` (made here, not downloaded) with the latest task's blobs: the model this
+        client decoded, which the server's next delta is taken against (``BASE``)."""
+        self.blobs[blob.digest] = blob
+        if self._recent:
+            self._recent[-1] = self._recent[-1] | {blob.digest}
 
     def used(self, digests: Iterable[str]) -> None:
         """A task used ``digests``; let go of every blob none of the latest tasks used."""
@@ -212,16 +218,14 @@ class Connection:
             raise ValueError(f"{ref.role!r} blob download stopped at {received} of {size} bytes")
         payload = bytes(buf)
         del buf
-        mask = ref.mask or None
-        digest = (
-            hashlib.sha256(payload).hexdigest() if mask is None else masked_digest(payload, mask)
-        )
+        mask, base = ref.mask or None, ref.base or None
+        digest = blob_digest(payload, mask, base)
         if digest != ref.digest:
             raise ValueError(
                 f"the downloaded {ref.role!r} blob hashes to {digest[:12]}, the task names "
                 f"{ref.digest[:12]}"
             )
-        return Blob(spec=spec, codec=codec, payload=payload, digest=digest, mask=mask)
+        return Blob(spec=spec, codec=codec, payload=payload, digest=digest, mask=mask, base=base)
 
     def upload(self, task: pb.TaskProto, result: Result, chunk_bytes: int) -> pb.UploadReply:
         """Send ``result`` as a header and payload chunks; the reply says if it was accepted."""

@@ -75,6 +75,7 @@ def task_to_proto(
                 codec=blob.codec.name,
                 spec=spec_to_proto(blob.spec),
                 mask=blob.mask or "",
+                base=blob.base or "",
             )
             for role, blob in blobs.items()
         ],

@@ -91,20 +91,22 @@ class TensorShape(_message.Message):
     def __init__(self, dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BlobRef(_message.Message):
-    __slots__ = ("role", "digest", "num_bytes", "codec", "spec", "mask")
+    __slots__ = ("role", "digest", "num_bytes", "codec", "spec", "mask", "base")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     NUM_BYTES_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     role: str
     digest: str
     num_bytes: int
     codec: str
     spec: ParamSpecProto
     mask: str
-    def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., mask: _Optional[str] = ...) -> None: ...
+    base: str
+    def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., mask: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
 
 class UploadSpec(_message.Message):
     __slots__ = ("codec", "size", "mask")
