@@ -54,7 +54,7 @@ def test_bad_specs_say_what_is_wrong_and_what_to_do(spec: str, message: str) -> 
         ("topk:0.1|randomk:0.1", r"at most one sparsifier .*, got topk:0.1 and randomk:0.1"),
         ("int8|float16", r"at most one value codec .*, got int8 and float16 in 'int8\|float16'"),
         ("zstd|zstd:5", "at most one lossless stage"),
-        ("zip", r"unknown codec 'zip' in 'zip'; choose from \['bfloat16', 'float16', "),
+        ("zip", r"unknown codec 'zip' in 'zip'; choose from \['bfloat16', 'bitmask', 'float16', "),
         ("topk:0.1|gzip", "unknown codec 'gzip'"),
         ("topk:0.1||int8", r"empty stage in codec spec 'topk:0.1\|\|int8'"),
         ("float32:2", "float32 takes no argument"),
