@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _sim import run_history  # noqa: E402
 
-# name -> (upload chain, error feedback[, download chain[, pruning target sparsity]])
+# name -> (upload chain, error feedback[, download chain[, pruning target sparsity[, deltas down]]])
 CHAINS: dict[str, tuple[Any, ...]] = {
     "float32": ([], False),
     "float16": (["float16"], False),
@@ -47,6 +47,18 @@ CHAINS: dict[str, tuple[Any, ...]] = {
     "randomk 10%": ([{"randomk": 0.1}], False),
     "int8 both ways": (["int8"], False, ["int8"]),
     "topk 1% + int8 + zstd + EF; int8 down": ([{"topk": 0.01}, "int8", "zstd"], True, ["int8"]),
+    "topk 1% + int8 + zstd + EF; topk 10% + int8 deltas down": (
+        [{"topk": 0.01}, "int8", "zstd"],
+        True,
+        [{"topk": 0.1}, "int8"],
+        None,
+        True,
+    ),
+    "topk 1% + int8 + zstd + EF; topk 10% + int8 down": (
+        [{"topk": 0.01}, "int8", "zstd"],
+        True,
+        [{"topk": 0.1}, "int8"],
+    ),
     "pruned 50%": ([], False, [], 0.5),
     "pruned 75%": ([], False, [], 0.75),
     "pruned 90%": ([], False, [], 0.9),
@@ -62,10 +74,12 @@ def run(
     feedback: bool,
     download: list[Any] | None = None,
     sparsity: float | None = None,
+    deltas: bool = False,
 ) -> list[dict[str, Any]]:
     overrides = [*common, f"transport.upload={json.dumps(chain)}"]
     overrides.append(f"transport.error_feedback={str(feedback).lower()}")
     overrides.append(f"transport.download={json.dumps(download or [])}")
+    overrides.append(f"transport.download_delta={str(deltas).lower()}")
     if sparsity is not None:
         overrides += [
             "pruning.enabled=true",
