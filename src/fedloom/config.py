@@ -202,6 +202,16 @@ class ServerConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class TrackingConfig(_Section):
+    """Where round records go besides the results folder's own files."""
+
+    tensorboard: bool = Field(
+        False,
+        description="write TensorBoard event files into the results folder: scalars per round, "
+        "histograms of per-client metrics",
+    )
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -214,6 +224,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

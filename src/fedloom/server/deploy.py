@@ -52,6 +52,7 @@ from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
 from fedloom.tracking.summary import summarize
+from fedloom.tracking.trackers import open_trackers
 from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
@@ -157,7 +158,10 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
     model = build_global_model(cfg, opts.model, opts.eval_data)
     strategy = build_strategy(cfg, opts.strategy)
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
-    with contextlib.closing(StateStore(opts.state)) as store:
+    with (
+        contextlib.closing(StateStore(opts.state)) as store,
+        open_trackers(cfg.tracking, opts.out) as trackers,
+    ):
         info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
         hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
         engine = _CountedEngine(
@@ -178,6 +182,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,
+            listeners=trackers,
         )
         recorder = RunRecorder(opts.out)
         if info.last_round:

@@ -1,0 +1,41 @@
+"""The trackers a config's ``tracking:`` section chooses, opened for one run's results folder.
+
+A tracker is a round listener (``on_round_start``, ``on_result``, ``on_round_end``, as the
+coordinator's ``RoundListener``) with a ``close``. Each one is imported only when chosen, so a run
+without trackers never loads their packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedloom.config import TrackingConfig
+from fedloom.core.task import Result
+
+__all__ = ["Tracker", "open_trackers"]
+
+
+class Tracker(Protocol):
+    def on_round_start(self, round_num: int, num_clients: int) -> None: ...
+
+    def on_result(self, result: Result) -> None: ...
+
+    def on_round_end(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def open_trackers(tracking: TrackingConfig, out_dir: Path) -> Iterator[list[Tracker]]:
+    """The trackers ``tracking`` turns on, writing into ``out_dir``; each is closed (its files
+    flushed) when the block ends, however it ends."""
+    with contextlib.ExitStack() as stack:
+        trackers: list[Tracker] = []
+        if tracking.tensorboard:
+            from fedloom.tracking.tensorboard import TensorBoardTracker
+
+            trackers.append(stack.enter_context(contextlib.closing(TensorBoardTracker(out_dir))))
+        yield trackers
