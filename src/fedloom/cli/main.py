@@ -61,6 +61,34 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedloom.tracking.report import format_cell, write_report
+
+    out = Path(args.out)
+    columns, rows = write_report([Path(p) for p in args.runs], out)
+    short = {
+        "bytes_up": "up",
+        "bytes_down": "down",
+        "bytes_total": "up+down",
+        "wall_seconds": "time",
+    }
+    table = Table(title="fedloom report", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in columns:
+        table.add_column(short.get(c, c), justify="left" if c == "run" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(format_cell(c, row[c]) for c in columns))
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: no need to squeeze into 80 columns
+        console = Console(width=200)
+    console.print(table)
+    print(f"wrote {out / 'report.csv'}, {out / 'report.png'} and {out / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedloom", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedloom {__version__}")
@@ -78,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--plot", help="also write a stacked bar chart PNG here")
     part.add_argument("--rows", type=int, default=20, help="clients to list in full")
     part.set_defaults(func=cmd_partition)
+    report = sub.add_parser("report", help="compare runs: table, overlay plots, one HTML file")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="results folders to compare")
+    report.add_argument("--out", default="report", help="where to write them (default: report)")
+    report.set_defaults(func=cmd_report)
     register_deploy(sub)  # certs, server, client
     return parser
 
