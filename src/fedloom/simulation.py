@@ -251,14 +251,21 @@ def run_recorded(
     return summary
 
 
-def run(cfg: Config, out_dir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+def run(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    listeners: Sequence[RoundListener] = (),
+) -> dict[str, Any]:
     """Run the simulation ``cfg`` and write summary.json, metrics.jsonl, model.safetensors and
-    curves.png to ``out_dir``. Returns the summary."""
+    curves.png to ``out_dir``. Returns the summary. ``listeners`` also observe every round (a
+    dashboard's live feed)."""
     started = time.perf_counter()
     out = Path(out_dir)
     sim = Simulation(cfg)
     return run_recorded(
-        sim.coordinator(),
+        sim.coordinator(listeners),
         cfg.rounds,
         out,
         quiet=quiet,

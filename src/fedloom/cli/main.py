@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedloom import __version__
+from fedloom.cli.dashboard import add_dashboard_args
+from fedloom.cli.dashboard import register as register_dashboard
 from fedloom.cli.deploy import register as register_deploy
 from fedloom.errors import FedloomError
 
@@ -40,7 +42,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedloom.simulation import default_out_dir, run
 
     cfg = _load(args)
-    run(cfg, Path(args.out) if args.out else default_out_dir(), quiet=args.quiet)
+    out = Path(args.out) if args.out else default_out_dir()
+    if args.dashboard is None:
+        run(cfg, out, quiet=args.quiet)
+        return 0
+    from fedloom.cli.dashboard import live_dashboard
+
+    config = cfg.model_dump(mode="json")
+    with live_dashboard(args, out, config, rounds=cfg.rounds, mode="simulation") as feed:
+        run(cfg, out, quiet=args.quiet, listeners=[feed])
     return 0
 
 
@@ -99,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    add_dashboard_args(run)
     run.set_defaults(func=cmd_run)
 
     part = sub.add_parser("partition", help="show the label distribution per client")
@@ -111,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report", help="where to write them (default: report)")
     report.set_defaults(func=cmd_report)
     register_deploy(sub)  # certs, server, client
+    register_dashboard(sub)
     return parser
 
 

@@ -50,6 +50,7 @@ from fedloom.server.state import StateStore
 from fedloom.server.user_code import build_global_model, build_strategy
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
+from fedloom.tracking.live import LiveFeed
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
 from fedloom.tracking.summary import summarize
 from fedloom.tracking.trackers import open_trackers
@@ -76,6 +77,7 @@ class ServerOptions:
     model: str | None = None
     strategy: str | None = None
     eval_data: Path | None = None
+    live: LiveFeed | None = None  # a dashboard's live feed (``--dashboard``)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -184,6 +186,9 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             federated_eval=cfg.eval.federated,
             listeners=trackers,
         )
+        if opts.live is not None:
+            opts.live.clients = hub.client_table  # a read-only snapshot per dashboard update
+            coordinator.listeners = [*coordinator.listeners, opts.live]
         recorder = RunRecorder(opts.out)
         if info.last_round:
             # ``needs``: a fresh checkpoint names every array this run keeps, so a checkpoint
