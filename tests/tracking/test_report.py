@@ -48,6 +48,7 @@ def test_the_table_holds_each_runs_final_metrics_bytes_and_time(
         assert int(row["bytes_down"]) == sum(r["bytes_down"] for r in records)
         assert int(row["bytes_total"]) == int(row["bytes_up"]) + int(row["bytes_down"])
         assert float(row["wall_seconds"]) == summary["wall_seconds"]
+        assert not (folder / "live.json").exists()  # only a run with --dashboard writes it
     # hand-computed: 4 clients x 3 rounds upload the 64-8-10 MLP (610 parameters), 4 bytes each
     # as float32 and 2 as float16; the downlink is float32 in both runs
     params = 64 * 8 + 8 + 8 * 10 + 10
