@@ -263,6 +263,7 @@ def simulate(
         summary_of=summary_of,
         started=started,
         tracking=cfg.tracking,
+        run_config=recorded,
     )
 
 

@@ -210,6 +210,22 @@ class TrackingConfig(_Section):
         description="write TensorBoard event files into the results folder: scalars per round, "
         "histograms of per-client metrics",
     )
+    wandb: bool = Field(
+        False,
+        description="log each round to Weights & Biases in offline mode, into the results folder "
+        "(needs the wandb package; upload later with `wandb sync`)",
+    )
+    mlflow: bool = Field(
+        False,
+        description="log each round to MLflow, in a local file store in the results folder "
+        "(needs the mlflow-skinny package)",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI instead of <results folder>/mlruns"
+    )
+    project: str = Field(
+        "fedloom", min_length=1, description="W&B project and MLflow experiment name"
+    )
 
 
 class Config(_Section):

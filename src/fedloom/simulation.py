@@ -213,6 +213,7 @@ def run_recorded(
     summary_of: SummaryOf,
     started: float,
     tracking: TrackingConfig | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` rounds of ``coordinator`` with progress in the terminal, and write the
     results folder ``out``: ``metrics.jsonl`` (round by round, as the run goes),
@@ -222,13 +223,14 @@ def run_recorded(
     from here on the coordinator's engine is closed even when a round raises (a Ray engine must
     shut down the cluster it started). ``summary_of(history, wall_seconds)`` builds the summary;
     ``started`` is the ``time.perf_counter()`` the wall time counts from (the wiring counts too).
-    ``tracking`` chooses trackers (TensorBoard) that also receive every round.
+    ``tracking`` chooses trackers (TensorBoard, W&B, MLflow) that also receive every round;
+    ``run_config`` is the config they record.
     """
     try:
         recorder = RunRecorder(out)
         with (
             RoundProgress(rounds, quiet=quiet) as progress,
-            open_trackers(tracking or TrackingConfig(), out) as trackers,
+            open_trackers(tracking or TrackingConfig(), out, run_config) as trackers,
         ):
             coordinator.listeners = [
                 *coordinator.listeners,
@@ -272,4 +274,5 @@ def run(
         summary_of=lambda history, wall: sim.summary(history, wall, out),
         started=started,
         tracking=cfg.tracking,
+        run_config=cfg.model_dump(mode="json"),
     )

@@ -63,10 +63,11 @@ def test_binding_another_address_without_a_token_is_refused_before_the_run(
     assert not out.exists()
 
 
-def test_the_cli_and_a_run_without_dashboard_import_no_web_server() -> None:
+def test_the_cli_and_a_run_without_dashboard_or_trackers_import_none_of_them() -> None:
     code = (
         "import sys, fedloom.cli.main, fedloom.simulation; "
-        "print(sorted(m for m in ('starlette', 'uvicorn', 'fedloom.dashboard') if m in sys.modules))"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'fedloom.dashboard', 'tensorboard', "
+        "'wandb', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True

@@ -162,7 +162,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
     with (
         contextlib.closing(StateStore(opts.state)) as store,
-        open_trackers(cfg.tracking, opts.out) as trackers,
+        open_trackers(cfg.tracking, opts.out, cfg.model_dump(mode="json")) as trackers,
     ):
         info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
         hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)

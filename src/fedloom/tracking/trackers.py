@@ -8,7 +8,7 @@ without trackers never loads their packages.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,13 +29,29 @@ class Tracker(Protocol):
 
 
 @contextlib.contextmanager
-def open_trackers(tracking: TrackingConfig, out_dir: Path) -> Iterator[list[Tracker]]:
+def open_trackers(
+    tracking: TrackingConfig, out_dir: Path, config: Mapping[str, Any] | None = None
+) -> Iterator[list[Tracker]]:
     """The trackers ``tracking`` turns on, writing into ``out_dir``; each is closed (its files
-    flushed) when the block ends, however it ends."""
+    flushed) when the block ends, however it ends. ``config`` is the run's config as JSON-ready
+    values, for the trackers that record it (W&B config, MLflow params)."""
+    config = config or {}
     with contextlib.ExitStack() as stack:
         trackers: list[Tracker] = []
         if tracking.tensorboard:
             from fedloom.tracking.tensorboard import TensorBoardTracker
 
             trackers.append(stack.enter_context(contextlib.closing(TensorBoardTracker(out_dir))))
+        if tracking.wandb:
+            from fedloom.tracking.wandb_tracker import WandbTracker
+
+            wandb = WandbTracker(out_dir, project=tracking.project, config=config)
+            trackers.append(stack.enter_context(contextlib.closing(wandb)))
+        if tracking.mlflow:
+            from fedloom.tracking.mlflow_tracker import MlflowTracker
+
+            mlflow = MlflowTracker(
+                out_dir, project=tracking.project, config=config, uri=tracking.mlflow_uri
+            )
+            trackers.append(stack.enter_context(contextlib.closing(mlflow)))
         yield trackers
