@@ -105,3 +105,58 @@ def test_a_live_run_shows_its_round_counter_metrics_and_curves(tmp_path: Path) -
             raise
     assert code == 0, log.read_text()
     assert len(read_metrics(out)) == ROUNDS
+
+
+def test_the_deployment_client_table_and_the_privacy_budget_render(tmp_path: Path) -> None:
+    """A results folder as a deployment with DP leaves it: records with epsilon, and the live
+    state with the server's client table (``fedloom dashboard RUN_DIR`` reads both)."""
+    from fedloom.dashboard import start_dashboard
+
+    records = [
+        {"round": r, "accuracy": 0.5 + r / 10, "loss": 1.0 / r, "epsilon": 0.5 * r, "delta": 1e-5}
+        for r in (1, 2, 3)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    clients = [
+        {"client_id": 0, "name": "site-a", "connected": True, "ready": True,
+         "last_seen": time.time(), "rounds_joined": 3, "results": 3, "failures": 0,
+         "dropped": 0, "rejected": 0, "last_rejection": None},
+        {"client_id": 1, "name": "site-b", "connected": False, "ready": False,
+         "last_seen": time.time() - 120, "rounds_joined": 2, "results": 0, "failures": 1,
+         "dropped": 0, "rejected": 1, "last_rejection": "update has 3 non-finite values"},
+    ]  # fmt: skip
+    live = {"status": "running", "mode": "deployment", "rounds": 10, "round_in_progress": 4,
+            "last_round": 3, "cohort": [], "last_cohort": [], "clients": clients,
+            "config": {"rounds": 10}, "updated": time.time()}  # fmt: skip
+    (tmp_path / "live.json").write_text(json.dumps(live))
+    server = start_dashboard(tmp_path, port=0)
+    try:
+        with Browser(width=1200, height=900) as browser:
+            browser.open(server.url)
+            browser.wait_for("document.body.dataset.updates", 30)
+            page = json.loads(
+                browser.evaluate(
+                    """JSON.stringify({
+                    counter: document.getElementById("round-counter").textContent,
+                    title: document.getElementById("clients-title").textContent,
+                    rows: [...document.querySelectorAll("#client-table tbody tr")].map(
+                        (tr) => [...tr.children].map((td) => td.textContent)),
+                    privacyHidden: document.getElementById("privacy").hidden,
+                    privacy: document.getElementById("privacy-text").textContent,
+                    epsilonPoints: document.getElementById("chart-epsilon").dataset.points,
+                })"""
+                )
+            )
+    finally:
+        server.stop()
+    assert page["counter"] == "round 3 / 10"
+    assert page["title"] == "Clients (1 connected of 2 seen)"
+    assert [row[:3] + row[4:] for row in page["rows"]] == [
+        ["0", "site-a", "yes", "3", "3", "0", "0", "0", ""],
+        ["1", "site-b", "no", "2", "0", "1", "0", "1", "update has 3 non-finite values"],
+    ]
+    assert page["rows"][0][3].endswith(" s ago") and page["rows"][1][3].startswith("2.")
+    assert page["rows"][1][3].endswith(" min ago")
+    assert not page["privacyHidden"]
+    assert page["privacy"] == "ε = 1.5000 at δ = 1.0e-5 after round 3"
+    assert page["epsilonPoints"] == "3"
