@@ -13,7 +13,7 @@ import pytest
 from tests.deploy import helpers as h
 
 pytestmark = pytest.mark.deploy
-ROUNDS = 3
+ROUNDS = 2
 
 
 def _state(port: int) -> dict[str, Any]:
