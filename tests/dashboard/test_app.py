@@ -158,3 +158,10 @@ def test_a_port_in_use_is_a_clear_error(served: tuple[DashboardServer, Path]) ->
         ConfigError, match=rf"could not listen on 127.0.0.1:{server.port}: Address already in use"
     ):
         start_dashboard(folder, port=server.port)
+
+
+def test_the_cli_names_the_dashboards_default_port() -> None:
+    from fedloom.cli import dashboard as cli
+    from fedloom.dashboard import DEFAULT_PORT
+
+    assert cli.DEFAULT_PORT == DEFAULT_PORT  # kept apart so `fedloom --help` loads no web server
