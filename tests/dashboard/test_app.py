@@ -98,6 +98,14 @@ def test_events_stream_the_state_again_when_a_round_is_added(
                     return value
 
         assert [r["round"] for r in next_state()["records"]] == [1]
+        feed = LiveFeed(folder, rounds=2, mode="simulation", config={}, min_interval=0)
+        feed.on_round_start(2, 3)
+        # the live state changed (once or twice), the records did not: they are not sent again
+        update = next_state()
+        while update["live"]["round_in_progress"] is None:
+            assert update["records"] is None
+            update = next_state()
+        assert (update["records"], update["live"]["round_in_progress"]) == (None, 2)
         _write(folder, {"round": 1, "loss": 2.0}, {"round": 2, "loss": 1.5})
         assert [r["loss"] for r in next_state()["records"]] == [2.0, 1.5]
 

@@ -8,7 +8,9 @@ Routes, all ``GET`` (anything else is refused with 405: the page cannot change t
   it last wrote) and ``run`` (the folder's name);
 - ``/api/events``: server-sent events, one ``data:`` message with the state whenever it changes
   (checked every ``poll_s`` seconds), and a comment line every 15 s to keep proxies from closing
-  the stream.
+  the stream. A message whose round records did not change since the previous one carries
+  ``records: null`` (the page keeps the ones it has): in a deployment the client table changes
+  with every heartbeat, and the records of a long run should not be resent each time.
 
 With a ``token``, every route except the static files (the package's own JavaScript and CSS)
 needs it, as ``?token=...`` or an ``Authorization: Bearer ...`` header; the page passes on the
@@ -103,10 +105,14 @@ class RunSource:
             json.dumps({k: v for k, v in (live or {}).items() if k != "updated"}, sort_keys=True),
         )
 
-    def state(self) -> dict[str, Any]:
+    def records_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever ``metrics.jsonl`` does."""
+        return _stamp(self.out_dir / METRICS_FILE)
+
+    def state(self, with_records: bool = True) -> dict[str, Any]:
         return {
             "run": self.out_dir.resolve().name,
-            "records": self.records(),
+            "records": self.records() if with_records else None,
             "summary": self.summary(),
             "live": self.live_state(),
         }
@@ -152,12 +158,16 @@ def create_app(source: RunSource, *, token: str | None = None, poll_s: float = 0
     async def events(request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
             seen: tuple[Any, ...] | None = None
+            sent_records: tuple[int, int] | bool | None = False  # False: none sent yet
             quiet = 0.0
             while not await request.is_disconnected():
                 version = source.version()
                 if version != seen:
                     seen, quiet = version, 0.0
-                    yield f"data: {json.dumps(source.state(), allow_nan=False)}\n\n"
+                    stamp = source.records_stamp()
+                    state = source.state(with_records=stamp != sent_records)
+                    sent_records = stamp
+                    yield f"data: {json.dumps(state, allow_nan=False)}\n\n"
                 elif quiet >= _KEEPALIVE_S:
                     quiet = 0.0
                     yield ": keep-alive\n\n"

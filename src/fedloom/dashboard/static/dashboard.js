@@ -406,7 +406,9 @@ function renderClients(state) {
 
 let lastState = null;
 
-function render(state) {
+function render(update) {
+  // an update without records (null) keeps the records of the one before
+  const state = update.records === null && lastState ? { ...update, records: lastState.records } : update;
   lastState = state;
   const records = (state.records || []).slice().sort((a, b) => a.round - b.round);
   renderHeader(state, records);
