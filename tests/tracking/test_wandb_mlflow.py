@@ -116,3 +116,22 @@ def test_mlflow_file_store_logs_every_scalar_and_the_config(tmp_path: Path) -> N
     for key, values in SCALARS.items():
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert history == [(1, values[0]), (2, values[1])], key
+
+
+def test_a_failed_run_is_marked_failed_in_mlflow(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny")
+    from mlflow.tracking import MlflowClient
+
+    with (
+        pytest.raises(RuntimeError, match="round 2 crashed"),
+        open_trackers(TrackingConfig(mlflow=True), tmp_path, CONFIG) as trackers,
+    ):
+        trackers[0].on_round_end(RECORDS[0])
+        raise RuntimeError("round 2 crashed")
+
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    experiment = client.get_experiment_by_name("fedloom")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0.5]

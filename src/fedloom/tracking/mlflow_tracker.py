@@ -77,5 +77,5 @@ class MlflowTracker:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, ok: bool = True) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")

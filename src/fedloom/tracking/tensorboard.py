@@ -81,5 +81,5 @@ class TensorBoardTracker:
         self._per_client = {}
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         self.writer.close()

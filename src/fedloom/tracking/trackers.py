@@ -25,7 +25,9 @@ class Tracker(Protocol):
 
     def on_round_end(self, record: dict[str, Any]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, ok: bool = True) -> None:
+        """Flush and finish; ``ok`` is False when the run failed or was interrupted."""
+        ...
 
 
 @contextlib.contextmanager
@@ -33,25 +35,34 @@ def open_trackers(
     tracking: TrackingConfig, out_dir: Path, config: Mapping[str, Any] | None = None
 ) -> Iterator[list[Tracker]]:
     """The trackers ``tracking`` turns on, writing into ``out_dir``; each is closed (its files
-    flushed) when the block ends, however it ends. ``config`` is the run's config as JSON-ready
+    flushed, a failed run marked as failed) when the block ends, however it ends. ``config`` is the run's config as JSON-ready
     values, for the trackers that record it (W&B config, MLflow params)."""
     config = config or {}
     with contextlib.ExitStack() as stack:
         trackers: list[Tracker] = []
+
+        def opened(tracker: Tracker) -> None:
+            def close(exc_type: type[BaseException] | None, *exc: object) -> bool:
+                tracker.close(ok=exc_type is None)
+                return False
+
+            stack.push(close)
+            trackers.append(tracker)
+
         if tracking.tensorboard:
             from fedloom.tracking.tensorboard import TensorBoardTracker
 
-            trackers.append(stack.enter_context(contextlib.closing(TensorBoardTracker(out_dir))))
+            opened(TensorBoardTracker(out_dir))
         if tracking.wandb:
             from fedloom.tracking.wandb_tracker import WandbTracker
 
-            wandb = WandbTracker(out_dir, project=tracking.project, config=config)
-            trackers.append(stack.enter_context(contextlib.closing(wandb)))
+            opened(WandbTracker(out_dir, project=tracking.project, config=config))
         if tracking.mlflow:
             from fedloom.tracking.mlflow_tracker import MlflowTracker
 
-            mlflow = MlflowTracker(
-                out_dir, project=tracking.project, config=config, uri=tracking.mlflow_uri
+            opened(
+                MlflowTracker(
+                    out_dir, project=tracking.project, config=config, uri=tracking.mlflow_uri
+                )
             )
-            trackers.append(stack.enter_context(contextlib.closing(mlflow)))
         yield trackers

@@ -54,5 +54,5 @@ class WandbTracker:
     def on_round_end(self, record: dict[str, Any]) -> None:
         self.run.log(dict(record_scalars(record)), step=int(record["round"]))
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, ok: bool = True) -> None:
+        self.run.finish(exit_code=0 if ok else 1)
