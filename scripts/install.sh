@@ -21,6 +21,12 @@ if [ "${1:-}" = "--test" ]; then
       (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) ||
       echo "note: could not install dataset-fashion-mnist; its tests will be skipped" >&2
   fi
+  if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    # The dashboard's browser test (-m browser) skips without it; installing it is best effort.
+    (apt-get install -y -q chromium >/dev/null 2>&1 ||
+      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) ||
+      echo "note: could not install chromium; the dashboard's browser test will be skipped" >&2
+  fi
 else
   "${PIP[@]}" install -e .
 fi

@@ -93,6 +93,7 @@ def _without_timing(out: Path) -> list[dict[str, Any]]:
     rows = read_metrics(out)
     for row in rows:
         row.pop("seconds")
+        row.pop("phase_seconds")
     return rows
 
 

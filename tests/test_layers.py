@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"config", "plugins"},
     {"core"},
     {"transforms", "metrics", "models", "optim", "aggregators", "data", "tracking"},
-    {"transport"},
+    {"transport", "dashboard"},
     {"client"},
     {"engines"},
     {"strategies"},

@@ -70,7 +70,16 @@ _NOT_FOR_SIMULATE = {
 # Config keys that simulate takes as its own arguments.
 _ARGUMENTS = {"rounds": "rounds=", "seed": "seed=", "strategy.name": "strategy="}
 # Config sections recorded in summary.json (the others are refused above).
-_RECORDED_SECTIONS = ("seed", "rounds", "strategy", "client", "engine", "eval", "transport")
+_RECORDED_SECTIONS = (
+    "seed",
+    "rounds",
+    "strategy",
+    "client",
+    "engine",
+    "eval",
+    "transport",
+    "tracking",
+)
 _PROBE_ROWS = 2  # examples pushed through the model to check it before the run
 
 
@@ -247,7 +256,14 @@ def simulate(
         )
 
     return run_recorded(
-        coordinator, cfg.rounds, out, quiet=quiet, summary_of=summary_of, started=started
+        coordinator,
+        cfg.rounds,
+        out,
+        quiet=quiet,
+        summary_of=summary_of,
+        started=started,
+        tracking=cfg.tracking,
+        run_config=recorded,
     )
 
 

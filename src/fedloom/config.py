@@ -237,6 +237,32 @@ class PruningConfig(_Section):
         return self
 
 
+class TrackingConfig(_Section):
+    """Where round records go besides the results folder's own files."""
+
+    tensorboard: bool = Field(
+        False,
+        description="write TensorBoard event files into the results folder: scalars per round, "
+        "histograms of per-client metrics",
+    )
+    wandb: bool = Field(
+        False,
+        description="log each round to Weights & Biases in offline mode, into the results folder "
+        "(needs the wandb package; upload later with `wandb sync`)",
+    )
+    mlflow: bool = Field(
+        False,
+        description="log each round to MLflow, in a local file store in the results folder "
+        "(needs the mlflow-skinny package)",
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI instead of <results folder>/mlruns"
+    )
+    project: str = Field(
+        "fedloom", min_length=1, description="W&B project and MLflow experiment name"
+    )
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -259,6 +285,8 @@ class Config(_Section):
                 f"({self.rounds}): the model would never be pruned"
             )
         return self
+
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -27,7 +27,7 @@ from fedloom.client.torch_client import (
     get_params,
     set_params,
 )
-from fedloom.config import Config, EngineConfig
+from fedloom.config import Config, EngineConfig, TrackingConfig
 from fedloom.core.codec import get_codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.data import Dataset
@@ -41,6 +41,7 @@ from fedloom.strategies import Strategy
 from fedloom.strategies.factory import make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 from fedloom.tracking.summary import ProgressListener, RecorderListener, summarize
+from fedloom.tracking.trackers import open_trackers
 
 __all__ = [
     "Simulation",
@@ -214,6 +215,8 @@ def run_recorded(
     quiet: bool,
     summary_of: SummaryOf,
     started: float,
+    tracking: TrackingConfig | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``rounds`` rounds of ``coordinator`` with progress in the terminal, and write the
     results folder ``out``: ``metrics.jsonl`` (round by round, as the run goes),
@@ -223,14 +226,20 @@ def run_recorded(
     from here on the coordinator's engine is closed even when a round raises (a Ray engine must
     shut down the cluster it started). ``summary_of(history, wall_seconds)`` builds the summary;
     ``started`` is the ``time.perf_counter()`` the wall time counts from (the wiring counts too).
+    ``tracking`` chooses trackers (TensorBoard, W&B, MLflow) that also receive every round;
+    ``run_config`` is the config they record.
     """
     try:
         recorder = RunRecorder(out)
-        with RoundProgress(rounds, quiet=quiet) as progress:
+        with (
+            RoundProgress(rounds, quiet=quiet) as progress,
+            open_trackers(tracking or TrackingConfig(), out, run_config) as trackers,
+        ):
             coordinator.listeners = [
                 *coordinator.listeners,
                 ProgressListener(progress),
                 RecorderListener(recorder),
+                *trackers,
             ]
             history = coordinator.run(rounds)
     finally:
@@ -247,17 +256,26 @@ def run_recorded(
     return summary
 
 
-def run(cfg: Config, out_dir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+def run(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    quiet: bool = False,
+    listeners: Sequence[RoundListener] = (),
+) -> dict[str, Any]:
     """Run the simulation ``cfg`` and write summary.json, metrics.jsonl, model.safetensors and
-    curves.png to ``out_dir``. Returns the summary."""
+    curves.png to ``out_dir``. Returns the summary. ``listeners`` also observe every round (a
+    dashboard's live feed)."""
     started = time.perf_counter()
     out = Path(out_dir)
     sim = Simulation(cfg)
     return run_recorded(
-        sim.coordinator(),
+        sim.coordinator(listeners),
         cfg.rounds,
         out,
         quiet=quiet,
         summary_of=lambda history, wall: sim.summary(history, wall, out),
         started=started,
+        tracking=cfg.tracking,
+        run_config=cfg.model_dump(mode="json"),
     )

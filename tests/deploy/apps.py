@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from fedloom.client.base import ClientContext, EvalResult, FitResult
 from fedloom.client.torch_client import TorchClient
 from fedloom.config import Config
@@ -76,3 +78,20 @@ class FailingClient:
 
 def failing_client() -> FailingClient:
     return FailingClient()
+
+
+class PoisonedClient:
+    """Uploads an update of NaNs every round: the server rejects it ("non-finite values")."""
+
+    num_examples = 10
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        poisoned = {k: np.full_like(v, np.nan) for k, v in params.items()}
+        return FitResult(update=poisoned, num_examples=self.num_examples)
+
+    def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
+        return EvalResult(loss=0.0, num_examples=self.num_examples)
+
+
+def poisoned_client() -> PoisonedClient:
+    return PoisonedClient()

@@ -20,6 +20,7 @@ def _strip_timing(path: Path) -> list[dict[str, object]]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     for row in rows:
         row.pop("seconds")
+        row.pop("phase_seconds")
     return rows
 
 

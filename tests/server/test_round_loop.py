@@ -1,5 +1,6 @@
 """The round loop: selection, skipped clients, failing and bad clients, streaming aggregation."""
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,7 @@ from fedloom.core.validation import decode_update
 from fedloom.engines import SequentialEngine
 from fedloom.engines.base import MeasuresTransfer, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
-from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.coordinator import PHASES, Coordinator, Population
 from fedloom.strategies import FedAvg
 
 SPEC = ParamSpec(names=("w",), shapes=((2,),), dtypes=("<f4",))
@@ -280,3 +281,42 @@ def test_server_transforms_run_on_the_aggregate_before_the_server_optimizer() ->
     coord.run_round(1)
 
     np.testing.assert_allclose(coord.params, [0.6, 0.8], rtol=1e-6)
+
+
+class SlowClient(DeltaClient):
+    """Takes ``seconds`` of wall time to fit."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(np.array([1.0, 1.0], np.float32))
+        self.seconds = seconds
+
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        time.sleep(self.seconds)
+        return super().fit(params, config)
+
+
+def test_phase_seconds_split_the_round_by_what_the_coordinator_waits_on() -> None:
+    def slow_eval(params: Params) -> dict[str, Any]:
+        time.sleep(0.06)
+        return {"loss": 0.0}
+
+    coord = Coordinator(
+        strategy=FedAvg(),
+        engine=SequentialEngine(lambda cid: SlowClient(0.04)),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({0: 1, 1: 1}),
+        central_eval=slow_eval,
+    )
+    record = coord.run_round(1)
+    phases = record["phase_seconds"]
+    assert tuple(phases) == PHASES
+    assert all(v >= 0 for v in phases.values())
+    assert phases["client_work"] >= 0.08  # two clients one after the other, 0.04 s each
+    assert phases["evaluation"] >= 0.06
+    # the client sleeps are not charged to any other phase
+    others = sum(v for k, v in phases.items() if k not in ("client_work", "evaluation"))
+    assert others < 0.04
+    assert sum(phases.values()) <= record["seconds"]
+    # a round without evaluation spends nothing on it
+    assert coord.run_round(2, evaluate=False)["phase_seconds"]["evaluation"] == 0.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
+from fedloom.cli.dashboard import add_dashboard_args
 from fedloom.errors import DeploymentError
 
 
@@ -47,7 +49,14 @@ def cmd_server(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         eval_data=Path(args.eval_data) if args.eval_data else None,
     )
-    summary = serve(cfg, opts)
+    if args.dashboard is None:
+        summary = serve(cfg, opts)
+    else:
+        from fedloom.cli.dashboard import live_dashboard
+
+        config = cfg.model_dump(mode="json")
+        with live_dashboard(args, opts.out, config, rounds=cfg.rounds, mode="deployment") as feed:
+            summary = serve(cfg, dataclasses.replace(opts, live=feed))
     if not args.quiet:
         render_summary_table(summary, title="fedloom server summary")
     return 0
@@ -156,6 +165,7 @@ def register(sub: Any) -> None:
         "(default: the config's strategy section)",
     )
     server.add_argument("-q", "--quiet", action="store_true", help="no progress lines or table")
+    add_dashboard_args(server)
     server.set_defaults(func=cmd_server)
 
     client = sub.add_parser("client", help="take part in a deployment with local data")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedloom import __version__
+from fedloom.cli.dashboard import add_dashboard_args
+from fedloom.cli.dashboard import register as register_dashboard
 from fedloom.cli.deploy import register as register_deploy
 from fedloom.errors import FedloomError
 
@@ -40,7 +42,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedloom.simulation import default_out_dir, run
 
     cfg = _load(args)
-    run(cfg, Path(args.out) if args.out else default_out_dir(), quiet=args.quiet)
+    out = Path(args.out) if args.out else default_out_dir()
+    if args.dashboard is None:
+        run(cfg, out, quiet=args.quiet)
+        return 0
+    from fedloom.cli.dashboard import live_dashboard
+
+    config = cfg.model_dump(mode="json")
+    with live_dashboard(args, out, config, rounds=cfg.rounds, mode="simulation") as feed:
+        run(cfg, out, quiet=args.quiet, listeners=[feed])
     return 0
 
 
@@ -61,6 +71,34 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedloom.tracking.report import format_cell, write_report
+
+    out = Path(args.out)
+    columns, rows = write_report([Path(p) for p in args.runs], out)
+    short = {
+        "bytes_up": "up",
+        "bytes_down": "down",
+        "bytes_total": "up+down",
+        "wall_seconds": "time",
+    }
+    table = Table(title="fedloom report", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in columns:
+        table.add_column(short.get(c, c), justify="left" if c == "run" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(format_cell(c, row[c]) for c in columns))
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: no need to squeeze into 80 columns
+        console = Console(width=200)
+    console.print(table)
+    print(f"wrote {out / 'report.csv'}, {out / 'report.png'} and {out / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedloom", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fedloom {__version__}")
@@ -71,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    add_dashboard_args(run)
     run.set_defaults(func=cmd_run)
 
     part = sub.add_parser("partition", help="show the label distribution per client")
@@ -78,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--plot", help="also write a stacked bar chart PNG here")
     part.add_argument("--rows", type=int, default=20, help="clients to list in full")
     part.set_defaults(func=cmd_partition)
+    report = sub.add_parser("report", help="compare runs: table, overlay plots, one HTML file")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="results folders to compare")
+    report.add_argument("--out", default="report", help="where to write them (default: report)")
+    report.set_defaults(func=cmd_report)
     register_deploy(sub)  # certs, server, client
+    register_dashboard(sub)
     return parser
 
 

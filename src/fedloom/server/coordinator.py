@@ -8,6 +8,14 @@ The strategy plans the round as a generator of exchanges (``Strategy.fit_round``
 runs each exchange through the engine, validates every upload against what its task asked for,
 and streams the valid ones back to the strategy. Everything the server keeps between rounds (the
 model, the server optimiser's state, the strategy's state) is in ``checkpoint()``.
+
+Each round's record carries ``phase_seconds``, the wall time of the round split by what the
+coordinator was doing (``PHASES``): planning the exchanges (``selection``), encoding the blobs
+sent down (``download``), waiting on the engine (``client_work``), decoding and validating uploads
+(``upload``), streaming them into the aggregate and stepping the server optimiser
+(``aggregation``), and evaluating (``evaluation``). What the engine does on the other side (a
+client decoding its blobs, training, encoding its upload, and in a deployment the network) is all
+``client_work``: the coordinator only sees when results arrive.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -30,12 +39,15 @@ from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
-from fedloom.strategies.base import Exchange, RoundContext, Strategy, StrategyState
+from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
 from fedloom.transforms import apply_to_rows, build_pipeline
 
 log = logging.getLogger("fedloom")
 
 CentralEvaluator = Callable[[Params], dict[str, Any]]
+
+PHASES = ("selection", "download", "client_work", "upload", "aggregation", "evaluation")
+"""The keys of a round record's ``phase_seconds``, in the order a round runs them."""
 
 
 class RoundListener(Protocol):
@@ -79,6 +91,16 @@ class _Tally:
     train_weight: int = 0
     payload_up: int = 0  # bytes of the uploads received
     dense_up: int = 0  # what they would take as float32
+    phase_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time the ``with`` block takes to phase ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] += time.perf_counter() - start
 
 
 @dataclass
@@ -169,15 +191,16 @@ class Coordinator:
         """Run round ``r`` without recording it: the model and server state change only when
         the round succeeds (``status: ok``); a failed attempt can be retried as the same round."""
         start = time.perf_counter()
-        ctx = self._context(r, np.random.default_rng([self.seed, r]))
-        plan = self.strategy.fit_round(ctx)
         tally = _Tally()
+        with tally.phase("download"):  # the context encodes the model (under its pruning mask)
+            ctx = self._context(r, np.random.default_rng([self.seed, r]))
+        plan = self.strategy.fit_round(ctx)
         aggregate: np.ndarray | None = None
         try:
-            exchange = next(plan)
+            exchange = self._plan_step(plan, ctx, tally, first=True)
             while True:
                 self._exchange(r, exchange, tally, ctx, first=tally.selected == 0)
-                exchange = plan.send(None)
+                exchange = self._plan_step(plan, ctx, tally, first=False)
         except StopIteration as done:
             aggregate = done.value
 
@@ -191,16 +214,19 @@ class Coordinator:
             "bytes_up": tally.bytes_up,
         }
         if aggregate is not None:
-            # the server pipeline's state lives in the strategy state, like a client's in its own
-            aggregate = apply_to_rows(
-                self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
-            )[0].astype(np.float32, copy=False)
-            pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
-            params, opt_state = self.strategy.server_optimizer.step(
-                self.params, pseudo_grad, self.opt_state
-            )
-            if ctx.support is not None:
-                params = params * ctx.support  # pruned weights stay zero, whatever the optimiser
+            with tally.phase("aggregation"):
+                # the server pipeline's state lives in the strategy state, like a client's
+                aggregate = apply_to_rows(
+                    self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
+                )[0].astype(np.float32, copy=False)
+                pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
+                params, opt_state = self.strategy.server_optimizer.step(
+                    self.params, pseudo_grad, self.opt_state
+                )
+                if ctx.support is not None:
+                    params = (
+                        params * ctx.support
+                    )  # pruned weights stay zero, whatever the optimiser
             self.params = params.astype(np.float32, copy=False)
             self.opt_state = opt_state
             self.strategy_state = ctx.state
@@ -217,14 +243,36 @@ class Coordinator:
             # float32 bytes over the bytes sent: how much the upload codec saved this round
             record["compression_ratio_up"] = tally.dense_up / tally.payload_up
         if evaluate:
-            metrics, eval_bytes = self.evaluate(r)
+            with tally.phase("evaluation"):
+                metrics, eval_bytes = self.evaluate(r)
             record.update(metrics)
             record["bytes_down"] += eval_bytes
+        record["phase_seconds"] = dict(tally.phase_seconds)
         record["seconds"] = time.perf_counter() - start
         return record
 
+    @staticmethod
+    def _plan_step(plan: RoundPlan, ctx: RoundContext, tally: _Tally, first: bool) -> Exchange:
+        """The plan's next exchange. Planning is ``selection`` time, except the blobs the strategy
+        encodes (``download``) and the step that ends the plan by finishing the aggregate
+        (``aggregation``); that step raises ``StopIteration`` with the aggregate."""
+        start, encoded = time.perf_counter(), ctx.encode_seconds
+        phase = "selection"
+        try:
+            return next(plan) if first else plan.send(None)
+        except StopIteration:
+            phase = "aggregation"
+            raise
+        finally:
+            blobs = ctx.encode_seconds - encoded
+            tally.phase_seconds["download"] += blobs
+            tally.phase_seconds[phase] += time.perf_counter() - start - blobs
+
     def _context(
-        self, r: int, rng: np.random.Generator, eligible: Sequence[int] | None = None
+        self,
+        r: int,
+        rng: np.random.Generator,
+        eligible: Sequence[int] | None = None,
     ) -> RoundContext:
         """The context of a fit round (the strategy state is a copy the round may change) or, with
         ``eligible``, of federated evaluation (which only reads it)."""
@@ -261,7 +309,8 @@ class Coordinator:
     def _exchange(
         self, r: int, exchange: Exchange, tally: _Tally, ctx: RoundContext, first: bool
     ) -> None:
-        tasks, blobs = self._prepare(exchange.tasks, blob_table(*exchange.blobs), ctx)
+        with tally.phase("download"):  # deltas against what each client holds are encoded here
+            tasks, blobs = self._prepare(exchange.tasks, blob_table(*exchange.blobs), ctx)
         if first:
             for listener in self.listeners:
                 listener.on_round_start(r, len(tasks))
@@ -271,7 +320,12 @@ class Coordinator:
             # stage must reach exactly the clients that took part in the stages before it.
             self.engine.allow_over_selection(first)
         bytes_up = 0
-        for result in self.engine.run(tasks, blobs):
+        results = iter(self.engine.run(tasks, blobs))
+        while True:
+            with tally.phase("client_work"):
+                result = next(results, None)
+            if result is None:
+                break
             for listener in self.listeners:
                 listener.on_result(result)
             cid = result.task.client_id
@@ -284,12 +338,14 @@ class Coordinator:
                 tally.payload_up += len(result.payload)
                 tally.dense_up += 4 * _dense_values(result.task.upload.size, ctx)
             try:
-                vec = self._validate(result, ctx)
+                with tally.phase("upload"):
+                    vec = self._validate(result, ctx)
             except UpdateRejected as exc:
                 tally.rejected += 1
                 log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
                 continue
-            exchange.on_result(result, vec)
+            with tally.phase("aggregation"):
+                exchange.on_result(result, vec)
             tally.returned += 1
             loss = result.metrics.get("train_loss")
             if loss is not None and np.isfinite(loss):

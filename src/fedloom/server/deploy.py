@@ -51,8 +51,10 @@ from fedloom.server.state import StateStore
 from fedloom.server.user_code import build_global_model, build_strategy
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
+from fedloom.tracking.live import LiveFeed
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
 from fedloom.tracking.summary import summarize
+from fedloom.tracking.trackers import open_trackers
 from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
@@ -76,6 +78,7 @@ class ServerOptions:
     model: str | None = None
     strategy: str | None = None
     eval_data: Path | None = None
+    live: LiveFeed | None = None  # a dashboard's live feed (``--dashboard``)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -158,7 +161,10 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
     model = build_global_model(cfg, opts.model, opts.eval_data)
     strategy = build_strategy(cfg, opts.strategy)
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
-    with contextlib.closing(StateStore(opts.state)) as store:
+    with (
+        contextlib.closing(StateStore(opts.state)) as store,
+        open_trackers(cfg.tracking, opts.out, cfg.model_dump(mode="json")) as trackers,
+    ):
         info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
         hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
         engine = _CountedEngine(
@@ -181,7 +187,11 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,
+            listeners=trackers,
         )
+        if opts.live is not None:
+            opts.live.clients = hub.client_table  # a read-only snapshot per dashboard update
+            coordinator.listeners = [*coordinator.listeners, opts.live]
         recorder = RunRecorder(opts.out)
         if info.last_round:
             # ``needs``: a fresh checkpoint names every array this run keeps, so a checkpoint

@@ -17,6 +17,7 @@ override only what differs.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,10 +57,15 @@ class RoundContext:
     """The pruning mask of a pruned model (``model`` is sparse under it), else None."""
     support: np.ndarray | None = None
     """``mask`` as booleans over the model."""
+    encode_seconds: float = 0.0  # spent in ``blob``: the coordinator counts it as download time
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
-        return Blob.encode(self.spec, self.codec, vec)
+        start = time.perf_counter()
+        try:
+            return Blob.encode(self.spec, self.codec, vec)
+        finally:
+            self.encode_seconds += time.perf_counter() - start
 
     def upload(self, parts: int = 1) -> Upload:
         """An upload of ``parts`` model-sized vectors in the round's upload codec (only their

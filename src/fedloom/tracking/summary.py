@@ -31,6 +31,7 @@ _BOOKKEEPING = frozenset(
         "bytes_down",
         "compression_ratio_up",
         "seconds",
+        "phase_seconds",
         "status",
         # deployment bookkeeping (fedloom server)
         "dropped",

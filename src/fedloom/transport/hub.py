@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
 
@@ -39,6 +40,20 @@ class Session:
     num_examples: int = 0
     num_test_examples: int = 0
     inbox: deque[PendingTask] = field(default_factory=deque)
+
+
+@dataclass
+class ClientTally:
+    """What the hub has seen of one client over the run, for ``Hub.client_table``."""
+
+    name: str
+    last_seen: float = 0.0  # time.monotonic() of its last call, kept after it disconnects
+    rounds: set[int] = field(default_factory=set)  # rounds it was handed a task in
+    results: int = 0  # results accepted into a round
+    failures: int = 0  # results that reported an error
+    dropped: int = 0  # tasks lost to a disconnect or the deadline
+    rejected: int = 0
+    last_rejection: str | None = None
 
 
 @dataclass
@@ -108,6 +123,7 @@ class Hub:
         self._by_name: dict[str, str] = {}
         self._open: list[Batch] = []
         self._told_finished: set[str] = set()
+        self._tallies: dict[int, ClientTally] = {}
         self._bytes_down = 0
         self._bytes_up = 0
         self.finished = False
@@ -130,6 +146,7 @@ class Hub:
             )
             self._sessions[session.session_id] = session
             self._by_name[name] = session.session_id
+            self._tally(client_id, name)
         log.info("client %s (id %d) joined from %s", name, client_id, peer)
         return session
 
@@ -171,6 +188,7 @@ class Hub:
 
     def _close(self, session_id: str, why: str) -> None:
         s = self._sessions.pop(session_id)
+        self._tally(s.client_id, s.name).last_seen = s.last_seen
         if self._by_name.get(s.name) == session_id:
             del self._by_name[s.name]
         for p in s.inbox:
@@ -229,6 +247,7 @@ class Hub:
                         ),
                     )
                 else:
+                    self._tally(session.client_id, session.name).rounds.add(task.round)
                     session.inbox.append(pending)
                     batch.blobs.update({b.digest: b for b in pending.blobs.values()})
             self._open.append(batch)
@@ -296,6 +315,56 @@ class Hub:
     ) -> None:
         pending.done = True
         pending.batch.completions.put(Completion(pending.task, result, rejected, dropped))
+        tally = self._tallies.get(pending.task.client_id)
+        if tally is None:  # a task for a client that never joined
+            return
+        if rejected is not None:
+            tally.rejected += 1
+            tally.last_rejection = rejected
+        elif dropped:
+            tally.dropped += 1
+        elif not result.ok:
+            tally.failures += 1
+        else:
+            tally.results += 1
+
+    def _tally(self, client_id: int, name: str) -> ClientTally:
+        tally = self._tallies.get(client_id)
+        if tally is None:
+            tally = self._tallies[client_id] = ClientTally(name, last_seen=time.monotonic())
+        tally.name = name
+        return tally
+
+    def client_table(self) -> list[dict[str, Any]]:
+        """A read-only snapshot of every client seen this run, by client id: connected (a live
+        session) and ready, its address, when it was last seen (Unix time), the rounds it was
+        handed a task in, its results, failures, dropped tasks, and rejected updates with the
+        reason of the latest. For a dashboard; copies only, nothing here changes the hub."""
+        now_mono, now = time.monotonic(), time.time()
+        with self._lock:
+            sessions = {s.client_id: s for s in self._sessions.values()}
+            rows = []
+            for cid, t in sorted(self._tallies.items()):
+                s = sessions.get(cid)
+                seen = s.last_seen if s is not None else t.last_seen
+                rows.append(
+                    {
+                        "client_id": cid,
+                        "name": t.name,
+                        "connected": s is not None,
+                        "ready": bool(s and s.ready),
+                        "peer": s.peer if s is not None else None,
+                        "num_examples": s.num_examples if s is not None else None,
+                        "last_seen": now - (now_mono - seen),
+                        "rounds_joined": len(t.rounds),
+                        "results": t.results,
+                        "failures": t.failures,
+                        "dropped": t.dropped,
+                        "rejected": t.rejected,
+                        "last_rejection": t.last_rejection,
+                    }
+                )
+            return rows
 
     # -- traffic ----------------------------------------------------------------------------
     def count_down(self, n: int) -> None:
