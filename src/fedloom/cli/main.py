@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedloom import __version__
 from fedloom.cli.deploy import register as register_deploy
+from fedloom.cli.privacy import register as register_privacy
 from fedloom.errors import FedloomError
 
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--rows", type=int, default=20, help="clients to list in full")
     part.set_defaults(func=cmd_partition)
     register_deploy(sub)  # certs, server, client
+    register_privacy(sub)
     return parser
 
 
