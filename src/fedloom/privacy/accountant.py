@@ -21,8 +21,10 @@ has no PLD of sampling without replacement).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,6 +106,19 @@ class GaussianRounds:
         return rdp.RdpAccountant(neighboring_relation=relation)
 
 
+@contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """dp-accounting logs a warning for every RDP order it drops as unstable (small orders at
+    large sampling rates); the orders kept still bound epsilon, so the warnings are noise here."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def epsilon(mechanism: GaussianRounds, rounds: int, delta: float) -> float:
     """The epsilon of ``rounds`` rounds of ``mechanism`` at ``delta`` (0 for no rounds, infinite
     for no noise)."""
@@ -114,8 +129,9 @@ def epsilon(mechanism: GaussianRounds, rounds: int, delta: float) -> float:
     if mechanism.noise_multiplier == 0:
         return math.inf
     accountant = mechanism.new_accountant()
-    accountant.compose(mechanism.round_event(), rounds)
-    return float(accountant.get_epsilon(delta))
+    with _quiet_absl():
+        accountant.compose(mechanism.round_event(), rounds)
+        return float(accountant.get_epsilon(delta))
 
 
 def epsilon_curve(
@@ -148,12 +164,13 @@ def calibrate_noise_multiplier(
     def event(z: float) -> dpa.DpEvent:
         return dpa.SelfComposedDpEvent(mechanism(z).round_event(), rounds)
 
-    z = dpa.calibrate_dp_mechanism(
-        mechanism(1.0).new_accountant,
-        event,
-        target_epsilon,
-        delta,
-        dpa.LowerEndpointAndGuess(1e-3, 1.0),
-        tol=1e-4,
-    )
+    with _quiet_absl():
+        z = dpa.calibrate_dp_mechanism(
+            mechanism(1.0).new_accountant,
+            event,
+            target_epsilon,
+            delta,
+            dpa.LowerEndpointAndGuess(1e-3, 1.0),
+            tol=1e-4,
+        )
     return float(z)

@@ -139,8 +139,23 @@ class Coordinator:
 
     def run(self, rounds: int, start_round: int = 1) -> list[dict[str, Any]]:
         for r in range(start_round, rounds + 1):
-            self.run_round(r, evaluate=r % self.eval_every == 0 or r == rounds)
+            reason = self.stop_reason()
+            if reason is not None:
+                log.warning("stopping before round %d: %s", r, reason)
+                break
+            evaluate = r % self.eval_every == 0 or r == rounds
+            record = self.attempt_round(r, evaluate=evaluate)
+            if not evaluate and self.stop_reason() is not None:
+                # the run ends here, so this is the final model: evaluate it
+                metrics, sent = self.evaluate(r)
+                record.update(metrics)
+                record["bytes_down"] += sent
+            self.commit(record)
         return self.history
+
+    def stop_reason(self) -> str | None:
+        """Why no further round may run (the strategy's privacy budget is spent), or None."""
+        return self.strategy.stop_reason(self.strategy_state, len(self.population.eligible))
 
     def run_round(self, r: int, evaluate: bool = True) -> dict[str, Any]:
         """Run round ``r`` and record it in ``history`` (and tell the listeners)."""
@@ -190,6 +205,7 @@ class Coordinator:
             self.params = params.astype(np.float32, copy=False)
             self.opt_state = opt_state
             self.strategy_state = ctx.state
+            record.update(ctx.metrics)
             record["status"] = "ok"
         else:
             record["status"] = "failed"
