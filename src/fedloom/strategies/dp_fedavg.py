@@ -8,7 +8,9 @@ McMahan, Ramaswamy, "Differentially Private Learning with Adaptive Clipping", Ne
 Each round, every sampled client's update ``delta_k`` is clipped to L2 norm ``C``; the server sums
 the clipped updates, adds Gaussian noise ``N(0, (z C)^2)`` to every coordinate and divides by the
 **expected** number of clients ``m`` (``q N`` for Poisson sampling, the cohort size for fixed-size
-sampling), so that the released average does not depend on how many clients actually took part:
+sampling), so that the released average does not depend on how many clients actually took part
+(a Poisson round releases its noised sum however few updates came back, even none, so
+``min_fit_clients`` applies to fixed-size sampling only):
 
     delta = (sum_k clip_C(delta_k) + N(0, (z C)^2 I)) / m
 
@@ -164,7 +166,7 @@ class DPFedAvg(FedAvg):
             total.add(vec, 1.0)
 
         yield Exchange(tasks, [ctx.model], on_result)
-        if total.count < self.min_fit_clients:
+        if self.sampling != "poisson" and total.count < self.min_fit_clients:
             self.finish(total)  # logs why the round fails
             return None
         count_std = 0.0
@@ -172,7 +174,8 @@ class DPFedAvg(FedAvg):
         if self.adaptive:
             count_std = self.clipped_count_stddev or default_count_stddev(expected)
             z_sum = split_noise(self.noise_multiplier, count_std)
-        clipped_sum = total.finish().astype(np.float64)
+        # Poisson rounds release even an empty sum: the analysis counts every round
+        clipped_sum = total.finish().astype(np.float64) if total.count else np.zeros(ctx.spec.size)
         noise = gaussian_noise(ctx.spec.size + 1, 1.0, ctx.round, self.noise_seed)
         clipped_sum += z_sum * clip_norm * noise[:-1]
         aggregate = (clipped_sum / max(expected, 1e-12)).astype(np.float32)
