@@ -261,7 +261,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _privacy_sampling(self) -> Config:
         p = self.privacy
-        if p.mechanism != "none" and p.accountant == "pld" and self.strategy.sampling == "fixed":
+        central = p.mechanism in ("central", "client")  # local DP is not amplified by sampling
+        if central and p.accountant == "pld" and self.strategy.sampling == "fixed":
             raise ValueError(
                 "privacy.accountant=pld has no analysis of fixed-size sampling (dp-accounting "
                 "has none); set strategy.sampling=poisson or privacy.accountant=rdp"

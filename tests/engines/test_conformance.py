@@ -25,6 +25,8 @@ from fedloom.engines import SequentialEngine
 from fedloom.models import build_model
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
+from fedloom.strategies.dp_fedavg import DPFedAvg
+from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from tests.engines.conformance import (
     CASES,
     CASES_BY_NAME,
@@ -166,6 +168,13 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     ),
     # Two rounds at 3/4 participation: clients in both rounds start round 2 from their own c_i.
     "scaffold": lambda: Scaffold(fraction_fit=0.75, client_config={"lr": 0.1}),
+    # Local DP: every client noises its clipped update from its own (seed, round, client) stream
+    "ldp-poisson": lambda: LocalDPFedAvg(
+        noise_multiplier=0.5, clip_norm=0.5, fraction_fit=0.75, sampling="poisson"
+    ),
+    "dp-client": lambda: DPFedAvg(
+        mechanism="client", noise_multiplier=0.5, clip_norm=0.5, fraction_fit=0.75, noise_seed=1
+    ),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import dp_accounting as dpa
 import pytest
 
 from fedloom.cli.main import main
@@ -34,6 +35,17 @@ def test_fixed_size_sampling_is_replace_one_with_twice_the_sensitivity() -> None
     everyone = GaussianRounds(4.0, 10, 10, "fixed")
     plain = GaussianRounds(4.0, 1, 1, "none")
     assert epsilon(everyone, 5, 1e-5) == pytest.approx(epsilon(plain, 5, 1e-5))
+
+
+def test_no_sampling_is_the_gaussian_mechanism_at_half_the_multiplier_on_both_accountants() -> None:
+    # local DP: z = 4 on an update any other may replace (sensitivity 2C) is z' = 2
+    rdp = epsilon(GaussianRounds(4.0, 1, 1, "none"), 5, 1e-5)
+    pld = epsilon(GaussianRounds(4.0, 1, 1, "none", accountant="pld"), 5, 1e-5)
+    accountant = dpa.rdp.RdpAccountant()
+    accountant.compose(dpa.GaussianDpEvent(2.0), 5)
+    assert rdp == accountant.get_epsilon(1e-5)
+    assert pld < rdp  # PLD is tighter
+    assert pld == pytest.approx(4.983, abs=1e-3)
 
 
 def test_epsilon_edges_and_curve() -> None:

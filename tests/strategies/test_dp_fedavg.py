@@ -17,11 +17,13 @@ from fedloom.config import load_config
 from fedloom.core.params import Params, ParamSpec
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
+from fedloom.privacy import GaussianRounds, epsilon
 from fedloom.privacy.noise import gaussian_noise
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.simulation import Simulation
 from fedloom.strategies.dp_fedavg import CLIP_NORM, ROUNDS, DPFedAvg
 from fedloom.strategies.factory import make_strategy
+from fedloom.strategies.ldp_fedavg import PARTICIPATION, LocalDPFedAvg
 
 
 class DeltaClient:
@@ -224,3 +226,46 @@ def test_bad_privacy_settings_name_the_key(caplog: pytest.LogCaptureFixture) -> 
         make_strategy(_config())
     assert "strategy.fraction_fit=1 with strategy.sampling=fixed" in caplog.text
     assert "sampling amplifies nothing" in caplog.text
+
+
+def test_client_clipping_releases_what_central_clipping_releases() -> None:
+    deltas = [[3.0, 4.0], [0.3, 0.0], [0.0, -2.0]]
+    central = _coordinator(DPFedAvg(noise_multiplier=0.7, noise_seed=4), deltas)
+    client = _coordinator(DPFedAvg(mechanism="client", noise_multiplier=0.7, noise_seed=4), deltas)
+    central.run(2)
+    history = client.run(2)
+    np.testing.assert_allclose(client.params, central.params, rtol=1e-6)
+    assert [h["epsilon"] for h in history] == [h["epsilon"] for h in central.history]
+    assert "unclipped_fraction" not in history[0]  # the server does not see the norms
+
+
+def _ldp_noise(seed: int, round_num: int, client_id: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, round_num, client_id, 0x6E6F697365])
+    return rng.standard_normal(size, dtype=np.float32)
+
+
+def test_local_dp_clients_noise_their_clipped_updates_and_are_accounted_one_by_one() -> None:
+    # 4 clients, 2 a round: each client's epsilon composes only the rounds it took part in
+    strategy = LocalDPFedAvg(noise_multiplier=2.0, clip_norm=1.0, fraction_fit=0.5)
+    deltas = [[3.0, 4.0], [0.3, 0.0], [0.0, -2.0], [0.1, 0.1]]
+    coord = _coordinator(strategy, deltas, seed=2)
+    before = coord.params.copy()
+    record = coord.run_round(1)
+    chosen = sorted(t for t in coord.strategy_state[PARTICIPATION][:, 0].tolist())
+    clipped = {0: [0.6, 0.8], 1: [0.3, 0.0], 2: [0.0, -1.0], 3: [0.1, 0.1]}
+    expected = sum(np.array(clipped[c]) + 2.0 * _ldp_noise(2, 1, c, 2) for c in chosen) / 2
+    np.testing.assert_allclose(coord.params - before, expected, rtol=1e-5, atol=1e-6)
+    assert (
+        record["epsilon"]
+        == strategy.client_epsilon(1)
+        == epsilon(GaussianRounds(2.0, 1, 1, "none"), 1, 1e-5)
+    )
+
+    for r in range(2, 7):
+        coord.run_round(r, evaluate=False)
+    table = coord.strategy_state[PARTICIPATION]
+    assert table[:, 1].sum() == 12  # 2 clients x 6 rounds
+    assert coord.history[-1]["epsilon"] == strategy.client_epsilon(int(table[:, 1].max()))
+    strategy.max_epsilon = strategy.client_epsilon(int(table[:, 1].max()))
+    reason = coord.stop_reason()
+    assert reason is not None and "over privacy.max_epsilon" in reason

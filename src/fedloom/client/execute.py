@@ -116,6 +116,14 @@ def codec_rng(task: Task) -> np.random.Generator:
     return np.random.default_rng([seed, task.round, task.client_id, 0x636F646563])
 
 
+def transform_rng(task: Task) -> np.random.Generator:
+    """The stream a noising transform (local DP) draws from for one task: seeded by (seed,
+    round, client) and apart from local training's and the codec's, so a client's noise does not
+    depend on the engine or on which clients run beside it."""
+    seed = int(task.config.get("seed", 0))
+    return np.random.default_rng([seed, task.round, task.client_id, 0x6E6F697365])
+
+
 def encode_uploads(
     codec: Codec, rows: np.ndarray, tasks: Sequence[Task], states: Sequence[State]
 ) -> list[bytes]:
@@ -209,7 +217,13 @@ def execute_task(
             if out.upload is None:
                 raise ValueError(f"the {task.kind} task expects an upload and none was made")
             specs = task.config.get("transforms") or []
-            vec = apply_to_rows(specs, out.upload[None, :], [context.state], {"round": task.round})
+            vec = apply_to_rows(
+                specs,
+                out.upload[None, :],
+                [context.state],
+                {"round": task.round},
+                [transform_rng(task)],
+            )
             codec = get_codec(task.upload.codec)
             payload = encode_uploads(codec, vec, [task], [context.state])[0]
         return Result(

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from fedloom.client.base import Client
-from fedloom.client.execute import DecodedBlobs, encode_uploads, error_result
+from fedloom.client.execute import DecodedBlobs, encode_uploads, error_result, transform_rng
 from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
 from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
@@ -337,7 +337,8 @@ class VectorizedEngine:
                 tasks = [j.task for j in chunk]
                 specs = tasks[0].config.get("transforms") or []  # one pipeline a group
                 ctx = {"round": tasks[0].round}
-                uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx)
+                rngs = [transform_rng(t) for t in tasks]
+                uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx, rngs)
                 _check_sizes(uploads, chunk)
                 payloads = encode_uploads(codec, uploads, tasks, outcome.states)
             except Exception as exc:

@@ -10,8 +10,11 @@ The neighbouring relation follows the sampling, because the analyses do:
   replace-one relation (Wang, Balle, Kasiviswanathan 2019, "Subsampled Rényi Differential Privacy
   and Analytical Moments Accountant"). Replacing one user's update by another moves the clipped sum
   by up to ``2C``, so the Gaussian event the accountant sees has noise multiplier ``z / 2``;
-- no sampling at all (local DP, where every client knows it took part): the replace-one
-  relation of the plain Gaussian mechanism, again ``z / 2``.
+- no sampling at all (local DP, where every client knows it took part): the plain Gaussian
+  mechanism on one client's update, which any other update may replace, so sensitivity ``2C`` and
+  again multiplier ``z / 2``. It is accounted as a Gaussian event of multiplier ``z / 2`` under
+  add/remove, where both accountants read the multiplier as std over sensitivity (under
+  replace-one ``dp-accounting``'s PLD doubles the sensitivity itself and its RDP does not).
 
 Accountants: RDP (Mironov 2017, "Rényi Differential Privacy"), the default, and PLD (Doroshenko,
 Ghazi, Kamath, Kumar, Manurangsi 2022, "Connect the Dots: Tighter Discrete Approximations of
@@ -95,11 +98,10 @@ class GaussianRounds:
         return gaussian
 
     def new_accountant(self) -> dpa.PrivacyAccountant:
-        poisson = self.sampling == "poisson"
         relation = (
-            dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
-            if poisson
-            else dpa.NeighboringRelation.REPLACE_ONE
+            dpa.NeighboringRelation.REPLACE_ONE
+            if self.sampling == "fixed"
+            else dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
         )
         if self.accountant == "pld":
             return pld.PLDAccountant(neighboring_relation=relation)

@@ -25,7 +25,7 @@ from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import Blob, Result, blob_table
 from fedloom.core.validation import check_count, decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
-from fedloom.errors import UpdateRejected
+from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
 from fedloom.strategies.base import Exchange, RoundContext, Strategy, StrategyState
@@ -104,8 +104,12 @@ class Coordinator:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
         self.strategy_state = self.strategy.init_state(self.params)
-        if self.server_transforms:
-            build_pipeline(self.server_transforms)  # a bad pipeline fails here, not in round 1
+        if self.server_transforms and build_pipeline(self.server_transforms).draws:
+            # a bad pipeline fails here, not in round 1
+            raise ConfigError(
+                "server transforms cannot draw noise; noise on the aggregate is "
+                "privacy.mechanism=central's job"
+            )
         if self.population.skipped:
             log.warning(
                 "%d clients have no training data and are skipped: %s",

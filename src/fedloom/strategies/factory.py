@@ -19,6 +19,7 @@ from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from fedloom.strategies.scaffold import Scaffold
 
 __all__ = ["STRATEGY_NAMES", "client_config", "make_strategy"]
@@ -68,7 +69,7 @@ def make_strategy(cfg: Config) -> Strategy:
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name == "scaffold":
         return Scaffold(**common)
-    if s.name == "fedavg" and cfg.privacy.mechanism in ("central", "client"):
+    if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":
         return FedAvg(**common)
@@ -77,10 +78,11 @@ def make_strategy(cfg: Config) -> Strategy:
 
 
 def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
-    """DP-FedAvg from the config's ``privacy`` section; says when sampling amplifies nothing and
+    """DP-FedAvg (central or client clipping) or local-DP FedAvg from the config's ``privacy`` section; says when sampling amplifies nothing and
     refuses a budget that the first round already exceeds."""
     p, s = cfg.privacy, cfg.strategy
-    strategy = DPFedAvg(
+    kind = LocalDPFedAvg if p.mechanism == "local" else DPFedAvg
+    strategy = kind(
         mechanism="central" if p.mechanism == "central" else "client",
         clip_norm=p.clip_norm,
         noise_multiplier=p.noise_multiplier,
@@ -94,7 +96,7 @@ def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
         noise_seed=p.noise_seed,
         **common,
     )
-    if s.fraction_fit == 1 and s.sampling == "fixed":
+    if s.fraction_fit == 1 and s.sampling == "fixed" and p.mechanism != "local":
         log.warning(
             "privacy: strategy.fraction_fit=1 with strategy.sampling=fixed takes every client "
             "every round, so sampling amplifies nothing; epsilon is accounted for that (q = 1). "
@@ -106,7 +108,11 @@ def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
     if strategy.adaptive:  # the count must be able to share the noise with the sum
         split_noise(p.noise_multiplier, p.clipped_count_stddev or default_count_stddev(sample))
     if p.max_epsilon is not None:
-        first = strategy.epsilon_after(1, population, sample)
+        first = (
+            strategy.client_epsilon(1)
+            if isinstance(strategy, LocalDPFedAvg)
+            else strategy.epsilon_after(1, population, sample)
+        )
         if first > p.max_epsilon:
             raise ConfigError(
                 f"privacy.max_epsilon={p.max_epsilon:g} is exceeded by the first round already "
