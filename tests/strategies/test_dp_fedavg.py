@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from fedloom.client.base import EvalResult, FitResult
+from fedloom.client.execute import execute_task
 from fedloom.config import load_config
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import blob_table
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
 from fedloom.privacy import GaussianRounds, epsilon
@@ -269,3 +271,17 @@ def test_local_dp_clients_noise_their_clipped_updates_and_are_accounted_one_by_o
     strategy.max_epsilon = strategy.client_epsilon(int(table[:, 1].max()))
     reason = coord.stop_reason()
     assert reason is not None and "over privacy.max_epsilon" in reason
+
+
+def test_a_deployment_clients_secret_keeps_its_local_noise_from_the_server() -> None:
+    # the server knows (seed, round, client): without the client's secret it could recompute
+    # and subtract the noise
+    coord = _coordinator(LocalDPFedAvg(noise_multiplier=1.0), [[0.2, 0.1]])
+    ctx = coord._context(1, np.random.default_rng(0))
+    task = LocalDPFedAvg(noise_multiplier=1.0).configure_fit(ctx)[0]
+    blobs = blob_table(ctx.model)
+    client = DeltaClient([0.2, 0.1])
+    plain = [execute_task(client, task, blobs).payload for _ in range(2)]
+    secret = [execute_task(client, task, blobs, noise_secret=s).payload for s in (1, 2)]
+    assert plain[0] == plain[1]  # reproducible in simulation, on every engine
+    assert secret[0] != plain[0] and secret[0] != secret[1]

@@ -116,12 +116,16 @@ def codec_rng(task: Task) -> np.random.Generator:
     return np.random.default_rng([seed, task.round, task.client_id, 0x636F646563])
 
 
-def transform_rng(task: Task) -> np.random.Generator:
+def transform_rng(task: Task, secret: int | None = None) -> np.random.Generator:
     """The stream a noising transform (local DP) draws from for one task: seeded by (seed,
     round, client) and apart from local training's and the codec's, so a client's noise does not
-    depend on the engine or on which clients run beside it."""
+    depend on the engine or on which clients run beside it.
+
+    ``secret`` (a deployment client's own random bits) is mixed in when given: the server chose
+    the seed, and noise it can recompute would protect nothing against it."""
     seed = int(task.config.get("seed", 0))
-    return np.random.default_rng([seed, task.round, task.client_id, 0x6E6F697365])
+    entropy = [seed, task.round, task.client_id, 0x6E6F697365]
+    return np.random.default_rng(entropy if secret is None else [*entropy, secret])
 
 
 def encode_uploads(
@@ -189,11 +193,13 @@ def execute_task(
     blobs: Blobs,
     state: State | None = None,
     decoded: DecodedBlobs | None = None,
+    noise_secret: int | None = None,
 ) -> Result:
     """Run one task on one client. A client that raises yields an error Result, never a crash.
 
     ``state`` is the client's state before the task; the Result carries it after the task. The
     client gets its own writable copy of the params, so nothing it does to them reaches another.
+    ``noise_secret``: see ``transform_rng``.
     """
     start = time.perf_counter()
     decoded = decoded or DecodedBlobs()
@@ -222,7 +228,7 @@ def execute_task(
                 out.upload[None, :],
                 [context.state],
                 {"round": task.round},
-                [transform_rng(task)],
+                [transform_rng(task, noise_secret)],
             )
             codec = get_codec(task.upload.codec)
             payload = encode_uploads(codec, vec, [task], [context.state])[0]
