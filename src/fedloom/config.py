@@ -207,6 +207,14 @@ class ServerConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class DPSGDConfig(_Section):
+    """Record-level DP-SGD inside every client's local training (Abadi et al. 2016)."""
+
+    enabled: bool = False
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example clip norm")
+    noise_multiplier: float = Field(1.0, ge=0, description="noise std over max_grad_norm")
+
+
 class PrivacyConfig(_Section):
     """Differential privacy of the clients' updates (README, "Differential privacy")."""
 
@@ -227,6 +235,7 @@ class PrivacyConfig(_Section):
         description="null: server noise from the OS CSPRNG; an int: a reproducible stream "
         "(experiments only: whoever knows it can remove the noise)",
     )
+    dp_sgd: DPSGDConfig = Field(default_factory=DPSGDConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> PrivacyConfig:
@@ -266,6 +275,11 @@ class Config(_Section):
             raise ValueError(
                 "privacy.accountant=pld has no analysis of fixed-size sampling (dp-accounting "
                 "has none); set strategy.sampling=poisson or privacy.accountant=rdp"
+            )
+        if p.dp_sgd.enabled and self.strategy.name == "fedsgd":
+            raise ValueError(
+                "privacy.dp_sgd clips per-example gradients in local training; strategy.name="
+                "fedsgd takes one full-batch gradient: use fedavg, fedprox or scaffold"
             )
         if p.mechanism != "none" and self.strategy.name != "fedavg":
             raise ValueError(

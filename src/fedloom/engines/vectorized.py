@@ -220,7 +220,7 @@ class VectorizedEngine:
         ):
             return None  # an invalid config: the sequential path returns TorchClient's own error
         gradient = config.get("mode", "train") == "gradient"
-        if gradient and type(hooks) is not LocalHooks:
+        if gradient and (type(hooks) is not LocalHooks or training.dp_sgd):
             return None  # TorchClient refuses this; the sequential path reports it
         probe = (
             architecture_key(client.model),

@@ -5,6 +5,7 @@ from fedloom.privacy.accountant import (
     GaussianRounds,
     Sampling,
     calibrate_noise_multiplier,
+    dp_sgd_epsilon,
     epsilon,
     epsilon_curve,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "GaussianRounds",
     "Sampling",
     "calibrate_noise_multiplier",
+    "dp_sgd_epsilon",
     "epsilon",
     "epsilon_curve",
 ]

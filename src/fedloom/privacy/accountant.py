@@ -44,6 +44,7 @@ __all__ = [
     "GaussianRounds",
     "Sampling",
     "calibrate_noise_multiplier",
+    "dp_sgd_epsilon",
     "epsilon",
     "epsilon_curve",
 ]
@@ -176,3 +177,18 @@ def calibrate_noise_multiplier(
             tol=1e-4,
         )
     return float(z)
+
+
+def dp_sgd_epsilon(
+    noise_multiplier: float,
+    batch_size: int,
+    num_examples: int,
+    steps: int,
+    delta: float,
+    accountant: AccountantName = "rdp",
+) -> float:
+    """Record-level epsilon of ``steps`` DP-SGD steps on one client's ``num_examples`` examples
+    (Abadi et al. 2016): the sampled Gaussian mechanism at rate ``batch_size / num_examples``,
+    analysed as Poisson sampling under add/remove-one, as Opacus's accountant analyses it."""
+    mechanism = GaussianRounds(noise_multiplier, num_examples, batch_size, "poisson", accountant)
+    return epsilon(mechanism, steps, delta)

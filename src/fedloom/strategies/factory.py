@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fedloom.config import ClientConfig, Config
+from fedloom.config import ClientConfig, Config, DPSGDConfig
 from fedloom.errors import ConfigError
 from fedloom.optim import make_server_optimizer
 from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
@@ -29,10 +29,17 @@ log = logging.getLogger("fedloom")
 STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
 
 
-def client_config(client: ClientConfig) -> dict[str, Any]:
+def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
     """The local-training settings every fit task carries, so a client trains as the run's
     config says even when it was built with other defaults (a deployment client)."""
+    extra: dict[str, Any] = {}
+    if dp_sgd is not None and dp_sgd.enabled:
+        extra["dp_sgd"] = {
+            "max_grad_norm": dp_sgd.max_grad_norm,
+            "noise_multiplier": dp_sgd.noise_multiplier,
+        }
     return {
+        **extra,
         "epochs": client.epochs,
         "batch_size": client.batch_size,
         "lr": client.lr,
@@ -54,7 +61,7 @@ def make_strategy(cfg: Config) -> Strategy:
         fraction_fit=s.fraction_fit,
         min_fit_clients=s.min_fit_clients,
         fraction_evaluate=s.fraction_evaluate,
-        client_config=client_config(cfg.client),
+        client_config=client_config(cfg.client, cfg.privacy.dp_sgd),
         server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
         sampling=s.sampling,
     )
