@@ -1,9 +1,10 @@
 """Central DP-FedAvg over gRPC with Poisson sampling survives a server crash: the accountant and
 the adaptive clip norm continue from the checkpoint, so epsilon after the resume, and the model,
-are the uninterrupted simulation's.
+are the uninterrupted simulation's; and the budget stops the resumed run before round 5.
 
-Seed 7 samples clients {1,2,3}, {0,1}, {2}, {0,1,2,3}, {0,2,3} in rounds 1..5 (q = 0.6); client
-2 is slow in round 3, where it trains alone, so the kill lands inside round 3.
+Seed 7 samples clients {1,2,3}, {0,1}, {2}, {0,1,2,3} in rounds 1..4 (q = 0.6); client 2 is slow
+in round 3, where it trains alone, so the kill lands inside round 3. Epsilon is 8.22 after round
+4 and would be 9.20 after round 5, over the budget of 8.7.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def test_dp_server_killed_in_round_3_resumes_with_the_uninterrupted_epsilon(
             "clipped_count_stddev": 1.0,
             "noise_multiplier": 1.0,
             "noise_seed": 3,
+            "max_epsilon": 8.7,
         },
         engine={"name": "sequential"},
+        eval={"every": 3},  # round 4 is evaluated only because the budget makes it the last
         server={"min_clients": CLIENTS},
     )
     port = h.free_port()
@@ -82,18 +85,20 @@ def test_dp_server_killed_in_round_3_resumes_with_the_uninterrupted_epsilon(
         (2, 2),
         (3, 1),
         (4, 4),
-        (5, 3),
     ]
+    assert "stopping before round 5: round 5 would bring epsilon to 9.2047" in second
+    assert "accuracy" in records[3] and "accuracy" not in records[1]
 
     # Assert: epsilon, clip norm and model are the uninterrupted simulation's
     coordinator = Simulation(load_config(config)).coordinator()
     history = coordinator.run(NUM_ROUNDS)
     assert [r["epsilon"] for r in records] == [r["epsilon"] for r in history]
+    assert len(history) == 4 and records[3]["accuracy"] == pytest.approx(history[3]["accuracy"])
     assert records[-1]["epsilon"] > records[0]["epsilon"] > 0
     for got_record, sim_record in zip(records, history, strict=True):
         assert got_record["clip_norm"] == pytest.approx(sim_record["clip_norm"], rel=1e-9)
-    checkpoint = load_file(str(state / "checkpoints" / f"round-{NUM_ROUNDS:04d}.safetensors"))
-    assert float(checkpoint[f"strategy.{ROUNDS}"]) == NUM_ROUNDS
+    checkpoint = load_file(str(state / "checkpoints" / f"round-{NUM_ROUNDS - 1:04d}.safetensors"))
+    assert float(checkpoint[f"strategy.{ROUNDS}"]) == NUM_ROUNDS - 1
     assert float(checkpoint[f"strategy.{CLIP_NORM}"]) == pytest.approx(
         float(coordinator.strategy_state[CLIP_NORM]), rel=1e-6
     )

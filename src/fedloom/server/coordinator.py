@@ -149,13 +149,18 @@ class Coordinator:
                 break
             evaluate = r % self.eval_every == 0 or r == rounds
             record = self.attempt_round(r, evaluate=evaluate)
-            if not evaluate and self.stop_reason() is not None:
-                # the run ends here, so this is the final model: evaluate it
-                metrics, sent = self.evaluate(r)
-                record.update(metrics)
-                record["bytes_down"] += sent
+            if not evaluate:
+                self.evaluate_if_final(r, record)
             self.commit(record)
         return self.history
+
+    def evaluate_if_final(self, r: int, record: dict[str, Any]) -> None:
+        """Evaluate into ``record`` when no round may follow round ``r`` (a spent budget): its
+        model is the run's final one."""
+        if record.get("status") == "ok" and self.stop_reason() is not None:
+            metrics, sent = self.evaluate(r)
+            record.update(metrics)
+            record["bytes_down"] += sent
 
     def stop_reason(self) -> str | None:
         """Why no further round may run (the strategy's privacy budget is spent), or None."""

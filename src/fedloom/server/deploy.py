@@ -318,6 +318,8 @@ def _run_rounds(
                 connected=len(coordinator.population.num_examples),
             )
             if record["status"] == "ok":
+                if not evaluate:
+                    coordinator.evaluate_if_final(r, record)
                 break
             store.record_attempt(record, attempt)
             retried += 1
