@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"transforms", "metrics", "models", "optim", "aggregators", "data", "tracking"},
     {"transport", "dashboard"},
     {"client"},
+    {"privacy"},
     {"engines"},
     {"strategies"},
     {"server"},

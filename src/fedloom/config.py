@@ -60,6 +60,11 @@ class StrategyConfig(_Section):
     server_optimizer: Literal["sgd", "adam"] = "sgd"
     aggregation: Literal["mean", "sum"] = "mean"
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
+    sampling: Literal["fixed", "poisson"] = Field(
+        "fixed",
+        description="fixed: ceil(fraction_fit * N) clients without replacement; poisson: each "
+        "client independently with probability fraction_fit (what DP amplification assumes)",
+    )
 
 
 class ClientConfig(_Section):
@@ -263,6 +268,52 @@ class TrackingConfig(_Section):
     )
 
 
+class DPSGDConfig(_Section):
+    """Record-level DP-SGD inside every client's local training (Abadi et al. 2016)."""
+
+    enabled: bool = False
+    max_grad_norm: float = Field(1.0, gt=0, description="per-example clip norm")
+    noise_multiplier: float = Field(1.0, ge=0, description="noise std over max_grad_norm")
+
+
+class PrivacyConfig(_Section):
+    """Differential privacy of the clients' updates (README, "Differential privacy")."""
+
+    mechanism: Literal["none", "central", "client", "local"] = "none"
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    clip_norm: float = Field(1.0, gt=0, description="C, or the initial C for adaptive clipping")
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive: the quantile C tracks")
+    clip_lr: float = Field(0.2, gt=0, description="adaptive: eta of C * exp(-eta * (b - gamma))")
+    clipped_count_stddev: float | None = Field(
+        None, gt=0, description="adaptive: noise std of the unclipped count; null: m / 20"
+    )
+    noise_multiplier: float = Field(1.0, ge=0, description="z: noise std is z * C")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    max_epsilon: float | None = Field(None, gt=0, description="stop before exceeding this")
+    noise_seed: int | None = Field(
+        None,
+        description="null: server noise from the OS CSPRNG; an int: a reproducible stream "
+        "(experiments only: whoever knows it can remove the noise)",
+    )
+    dp_sgd: DPSGDConfig = Field(default_factory=DPSGDConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacyConfig:
+        if self.max_epsilon is not None and self.noise_multiplier == 0:
+            raise ValueError(
+                "privacy.noise_multiplier=0 adds no noise, so epsilon is infinite and "
+                f"privacy.max_epsilon={self.max_epsilon:g} cannot be met; set a noise multiplier "
+                "(fedloom privacy calibrates one) or drop max_epsilon"
+            )
+        if self.clipping == "adaptive" and self.mechanism in ("client", "local"):
+            raise ValueError(
+                f"privacy.clipping=adaptive needs the server to see each update's norm; with "
+                f"privacy.mechanism={self.mechanism} clients clip, so use clipping=fixed"
+            )
+        return self
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -287,6 +338,28 @@ class Config(_Section):
         return self
 
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _privacy_sampling(self) -> Config:
+        p = self.privacy
+        central = p.mechanism in ("central", "client")  # local DP is not amplified by sampling
+        if central and p.accountant == "pld" and self.strategy.sampling == "fixed":
+            raise ValueError(
+                "privacy.accountant=pld has no analysis of fixed-size sampling (dp-accounting "
+                "has none); set strategy.sampling=poisson or privacy.accountant=rdp"
+            )
+        if p.dp_sgd.enabled and self.strategy.name == "fedsgd":
+            raise ValueError(
+                "privacy.dp_sgd clips per-example gradients in local training; strategy.name="
+                "fedsgd takes one full-batch gradient: use fedavg, fedprox or scaffold"
+            )
+        if p.mechanism != "none" and self.strategy.name != "fedavg":
+            raise ValueError(
+                f"privacy.mechanism={p.mechanism} is DP-FedAvg: it needs strategy.name=fedavg, "
+                f"got {self.strategy.name!r}"
+            )
+        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -345,6 +418,10 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             lines.append(f"{field}: unknown key (value {err['input']!r}); check the spelling")
+            continue
+        if err["type"] == "value_error" and err["loc"] in ((), ("privacy",)):
+            # a check across keys: its message names them
+            lines.append(msg.removeprefix("Value error, "))
             continue
         if err["type"] == "literal_error":
             msg = "allowed: " + msg.removeprefix("Input should be ")

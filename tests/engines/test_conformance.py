@@ -26,6 +26,7 @@ from fedloom.models import build_model
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.pruning import PruningSchedule, prunable
 from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
+from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from tests.engines.conformance import (
     CASES,
     CASES_BY_NAME,
@@ -167,6 +168,16 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     ),
     # Two rounds at 3/4 participation: clients in both rounds start round 2 from their own c_i.
     "scaffold": lambda: Scaffold(fraction_fit=0.75, client_config={"lr": 0.1}),
+    # DP-SGD: per-example clipping and each client's own noise stream, plain and with a loss hook
+    "dp-sgd-fedprox": lambda: FedProx(
+        proximal_mu=0.5,
+        fraction_fit=0.75,
+        client_config={"dp_sgd": {"max_grad_norm": 0.3, "noise_multiplier": 0.8}, "epochs": 2},
+    ),
+    # Local DP: every client noises its clipped update from its own (seed, round, client) stream
+    "ldp-poisson": lambda: LocalDPFedAvg(
+        noise_multiplier=0.5, clip_norm=0.5, fraction_fit=0.75, sampling="poisson"
+    ),
 }
 
 

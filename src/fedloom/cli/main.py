@@ -12,6 +12,7 @@ from fedloom import __version__
 from fedloom.cli.dashboard import add_dashboard_args
 from fedloom.cli.dashboard import register as register_dashboard
 from fedloom.cli.deploy import register as register_deploy
+from fedloom.cli.privacy import register as register_privacy
 from fedloom.errors import FedloomError
 
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     register_deploy(sub)  # certs, server, client
     register_dashboard(sub)
+    register_privacy(sub)
     return parser
 
 

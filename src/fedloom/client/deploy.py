@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -183,6 +184,8 @@ class DeploymentClient:
         self._load_state()
         # Decoded once per task's set of blobs (a fit and the evaluation after it share the model).
         self._decoded = DecodedBlobs()
+        # Local-DP noise must be unknown to the server, which chose the run's seed.
+        self._noise_secret = secrets.randbits(128)
         self._decoded_for: frozenset[str] = frozenset()
         self.backoff = Backoff()
         self.tasks_done = 0
@@ -453,7 +456,9 @@ class DeploymentClient:
             self._decoded.clear()
             self._decoded_for = digests
         before = self.states.get(task.client_id, task.round)
-        result = execute_task(self.client, task, blobs, before, self._decoded)
+        result = execute_task(
+            self.client, task, blobs, before, self._decoded, noise_secret=self._noise_secret
+        )
         # Only a task that changed the state writes a version: an evaluation after the round's
         # fit starts from the state before the round, and storing that back under the same round
         # would undo what the fit left.

@@ -147,6 +147,18 @@ def codec_rng(task: Task) -> np.random.Generator:
     return np.random.default_rng([seed, task.round, task.client_id, 0x636F646563])
 
 
+def transform_rng(task: Task, secret: int | None = None) -> np.random.Generator:
+    """The stream a noising transform (local DP) draws from for one task: seeded by (seed,
+    round, client) and apart from local training's and the codec's, so a client's noise does not
+    depend on the engine or on which clients run beside it.
+
+    ``secret`` (a deployment client's own random bits) is mixed in when given: the server chose
+    the seed, and noise it can recompute would protect nothing against it."""
+    seed = int(task.config.get("seed", 0))
+    entropy = [seed, task.round, task.client_id, 0x6E6F697365]
+    return np.random.default_rng(entropy if secret is None else [*entropy, secret])
+
+
 def encode_uploads(
     codec: Codec,
     rows: np.ndarray,
@@ -233,11 +245,13 @@ def execute_task(
     blobs: Blobs,
     state: State | None = None,
     decoded: DecodedBlobs | None = None,
+    noise_secret: int | None = None,
 ) -> Result:
     """Run one task on one client. A client that raises yields an error Result, never a crash.
 
     ``state`` is the client's state before the task; the Result carries it after the task. The
     client gets its own writable copy of the params, so nothing it does to them reaches another.
+    ``noise_secret``: see ``transform_rng``.
     """
     start = time.perf_counter()
     decoded = decoded or DecodedBlobs()
@@ -261,7 +275,13 @@ def execute_task(
             if out.upload is None:
                 raise ValueError(f"the {task.kind} task expects an upload and none was made")
             specs = task.config.get("transforms") or []
-            vec = apply_to_rows(specs, out.upload[None, :], [context.state], {"round": task.round})
+            vec = apply_to_rows(
+                specs,
+                out.upload[None, :],
+                [context.state],
+                {"round": task.round},
+                [transform_rng(task, noise_secret)],
+            )
             codec = get_codec(task.upload.codec)
             support = upload_support(task, blobs, decoded)
             payload = encode_uploads(codec, vec, [task], [context.state], support)[0]

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedloom.config import ClientConfig
 from fedloom.core.params import ParamSpec
@@ -50,6 +51,13 @@ class LocalTraining:
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    dp_sgd_max_grad_norm: float = 0.0
+    """DP-SGD's per-example clip norm; 0 trains without DP-SGD."""
+    dp_sgd_noise_multiplier: float = 0.0
+
+    @property
+    def dp_sgd(self) -> bool:
+        return self.dp_sgd_max_grad_norm > 0
 
     @classmethod
     def from_config(cls, client: ClientConfig) -> LocalTraining:
@@ -65,7 +73,12 @@ class LocalTraining:
 
     def updated(self, config: Mapping[str, Any]) -> LocalTraining:
         keys = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay")
-        return replace(self, **{k: config[k] for k in keys if k in config})
+        changed = {k: config[k] for k in keys if k in config}
+        dp_sgd = config.get("dp_sgd")
+        if dp_sgd:
+            changed["dp_sgd_max_grad_norm"] = float(dp_sgd["max_grad_norm"])
+            changed["dp_sgd_noise_multiplier"] = float(dp_sgd["noise_multiplier"])
+        return replace(self, **changed)
 
 
 def client_seed(seed: int, round_num: int, client_id: int) -> int:
@@ -77,6 +90,66 @@ def client_seed(seed: int, round_num: int, client_id: int) -> int:
 def local_steps(n: int, training: LocalTraining) -> int:
     """Optimiser steps of one client with ``n`` examples: ``epochs * ceil(n / batch_size)``."""
     return training.epochs * -(-n // training.batch_size)
+
+
+# -- DP-SGD ------------------------------------------------------------------------------------
+#
+# Abadi, Chu, Goodfellow, McMahan, Mironov, Talwar, Zhang. "Deep Learning with Differential
+# Privacy." CCS 2016, Algorithm 1: each example's gradient is clipped to L2 norm C (over all the
+# model's tensors together), the clipped gradients are summed, Gaussian noise N(0, (sigma C)^2) is
+# added to every coordinate, and the sum is divided by the batch size. Written for one client's
+# minibatch; the vectorized engine runs the same functions under ``vmap`` over its cohort (the
+# per-example ``vmap`` then runs inside the per-client one).
+
+DP_SGD_NORM_EPS = 1e-6
+"""Added to each per-example norm before dividing, as Opacus does."""
+
+
+def per_example_grads(
+    module: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    consts: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, Tensors]:
+    """Per-example losses ``(b,)`` and gradients ``{name: (b, *shape)}`` of ``module`` at
+    ``params`` (its trainable tensors, with ``consts`` or else the module's own tensors for the
+    rest), each example run as a batch of one through ``loss_fn``."""
+    fixed = dict(consts or {})
+
+    def one(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(module, (dict(p), fixed), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    grads, losses = vmap(grad_and_value(one), in_dims=(None, 0, 0))(dict(params), x, y)
+    return losses, grads
+
+
+def clip_and_noise(
+    grads: Tensors,
+    weights: torch.Tensor,
+    max_grad_norm: float,
+    noise: Mapping[str, torch.Tensor],
+    noise_multiplier: float,
+) -> Tensors:
+    """DP-SGD's gradient: ``(sum_i w_i clip(g_i) + sigma C xi) * w`` with ``w_i`` the examples'
+    weights (``1 / batch size``, 0 for padding), ``w`` their largest, and ``xi`` the standard-normal
+    ``noise``, one draw per tensor."""
+    flat = [g.reshape(g.shape[0], -1) for g in grads.values()]
+    norms = torch.sqrt(sum(f.pow(2).sum(1) for f in flat))  # type: ignore[arg-type]
+    factors = (max_grad_norm / (norms + DP_SGD_NORM_EPS)).clamp(max=1.0) * weights
+    scale = weights.max() * (noise_multiplier * max_grad_norm)
+    return {
+        name: torch.tensordot(factors, g, dims=1) + scale * noise[name] for name, g in grads.items()
+    }
+
+
+def noise_generator(seed: int) -> torch.Generator:
+    """DP-SGD's noise stream of one client in one round (``seed`` from ``client_seed``), apart
+    from the minibatch order's."""
+    state = np.random.SeedSequence([seed, 0x6470736764]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int((int(state[0]) << 31) ^ int(state[1])))
 
 
 # -- optimiser steps ---------------------------------------------------------------------------

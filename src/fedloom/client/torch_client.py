@@ -24,11 +24,14 @@ from fedloom.client.local import (
     LocalTraining,
     Tensors,
     client_seed,
+    clip_and_noise,
     flat_part,
     hooks_for,
     local_steps,
     make_local_optimizer,
     named_views,
+    noise_generator,
+    per_example_grads,
     state_arrays,
     state_views,
 )
@@ -150,6 +153,8 @@ class TorchClient:
         training = self.training.updated(config)
         hooks = hooks_for(config, training)
         if config.get("mode", "train") == "gradient":
+            if training.dp_sgd:
+                raise ValueError("gradient mode (FedSGD) takes no DP-SGD; use local training")
             if type(hooks) is not LocalHooks:
                 raise ValueError(f"gradient mode (FedSGD) takes no local hooks, got {hooks.name!r}")
             loss, grads = self._full_gradient(training.batch_size)
@@ -229,13 +234,28 @@ class TorchClient:
         total, seen, step = 0.0, 0, 0
         optimizer: LocalOptimizer | None = None
         trained: list[str] = []
+        noise = noise_generator(seed) if training.dp_sgd else None
+        if training.dp_sgd:
+            _refuse_batch_norm(model)
         for _ in range(training.epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, training.batch_size):
                 idx = order[start : start + training.batch_size]
-                data_loss = self.loss_fn(model(x[idx]), y[idx])
-                loss = data_loss + hooks.loss(named, shared, own) if hooks.has_loss else data_loss
-                grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+                if noise is not None:
+                    data_loss, grads = self._dp_sgd_step(training, named, x[idx], y[idx], noise)
+                    if hooks.has_loss:
+                        extra = torch.autograd.grad(
+                            hooks.loss(named, shared, own), list(named.values()), allow_unused=True
+                        )
+                        grads = tuple(
+                            g if e is None else g + e for g, e in zip(grads, extra, strict=True)
+                        )
+                else:
+                    data_loss = self.loss_fn(model(x[idx]), y[idx])
+                    loss = (
+                        data_loss + hooks.loss(named, shared, own) if hooks.has_loss else data_loss
+                    )
+                    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
                 if optimizer is None:
                     # Like torch.optim, parameters the loss does not reach are left alone.
                     trained = [k for k, g in zip(named, grads, strict=True) if g is not None]
@@ -256,6 +276,28 @@ class TorchClient:
                 total += float(data_loss.detach()) * len(idx)
                 seen += len(idx)
         return total / max(seen, 1)
+
+    def _dp_sgd_step(
+        self,
+        training: LocalTraining,
+        named: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Generator,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The minibatch's mean loss and its DP-SGD gradient (``fedloom.client.local``)."""
+        params = {k: p.detach() for k, p in named.items()}
+        losses, per_example = per_example_grads(self.model, params, self.loss_fn, x, y)
+        draws = {k: torch.randn(p.shape, generator=noise) for k, p in params.items()}
+        weights = torch.full((len(x),), 1.0 / len(x))
+        grads = clip_and_noise(
+            per_example,
+            weights,
+            training.dp_sgd_max_grad_norm,
+            draws,
+            training.dp_sgd_noise_multiplier,
+        )
+        return losses.mean(), tuple(grads[k] for k in named)
 
     def _full_gradient(self, batch_size: int) -> tuple[float, Params]:
         """Gradient of the mean local loss, accumulated over minibatches so memory stays bounded."""
@@ -278,6 +320,15 @@ class TorchClient:
             g = p.grad if p is not None else None
             grads[name] = (g.numpy() if g is not None else np.zeros(value.shape, np.float32)).copy()
         return total, grads
+
+
+def _refuse_batch_norm(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            raise ValueError(
+                f"DP-SGD needs per-example gradients, and batch norm layer {name!r} mixes the "
+                "examples of a batch; use GroupNorm or LayerNorm"
+            )
 
 
 def dataset_client(

@@ -34,3 +34,14 @@ def sample_clients(
         return sorted(eligible)
     chosen = rng.choice(np.asarray(eligible), size=k, replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def poisson_sample(eligible: Sequence[int], rate: float, rng: np.random.Generator) -> list[int]:
+    """Each eligible client independently with probability ``rate`` (Poisson sampling), in
+    ascending id order. The cohort's size is random and may be zero: this is the sampling the
+    privacy amplification of DP-FedAvg's add/remove analysis assumes.
+    """
+    if not 0 < rate <= 1:
+        raise ConfigError(f"strategy.fraction_fit must be in (0, 1], got {rate}")
+    ids = np.asarray(sorted(eligible), dtype=np.int64)
+    return [int(c) for c in ids[rng.random(len(ids)) < rate]]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedloom.client.local import LocalTraining, Tensors, clip_and_noise, per_example_grads
 from fedloom.client.torch_client import LossFn, default_loss
 from fedloom.core.params import ParamSpec
 
@@ -240,6 +241,45 @@ class CohortModel:
         total = per_client if extra is None else per_client + extra(leaves)
         grads = torch.autograd.grad(total.sum(), list(leaves.values()))
         return per_client.detach(), list(grads)
+
+    def dp_sgd_grads(
+        self,
+        params: Sequence[torch.Tensor],
+        consts: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor,
+        noise: Mapping[str, torch.Tensor],
+        training: LocalTraining,
+        extra: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``loss_and_grads`` for DP-SGD: each client's clipped and noised gradient
+        (``fedloom.client.local.clip_and_noise``), from per-example gradients taken by a ``vmap``
+        over the examples inside the ``vmap`` over the clients. ``noise`` holds each client's
+        standard-normal draws, ``(k, *shape)`` per tensor."""
+        leaves = {name: p.detach() for (name, *_), p in zip(self._layout, params, strict=True)}
+        module, loss_fn = self.module, self.eager_loss
+
+        def client(
+            p: Tensors, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor, nb: Tensors
+        ) -> tuple[torch.Tensor, Tensors]:
+            losses, per_example = per_example_grads(module, p, loss_fn, xb, yb, consts)
+            grads = clip_and_noise(
+                per_example,
+                wb,
+                training.dp_sgd_max_grad_norm,
+                nb,
+                training.dp_sgd_noise_multiplier,
+            )
+            return (losses * wb).sum(), grads
+
+        per_client, grads = vmap(client)(leaves, x, y, weights, dict(noise))
+        out = [grads[name] for name in leaves]
+        if extra is not None:  # a loss hook's term is not clipped: it reads no data
+            hooked = {name: p.detach().requires_grad_() for name, p in leaves.items()}
+            terms = torch.autograd.grad(extra(hooked).sum(), list(hooked.values()))
+            out = [g + t for g, t in zip(out, terms, strict=True)]
+        return per_client.detach(), out
 
     def probe(self, global_vec: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> int:
         """Check the vectorised loss and gradients against eager autograd on one real minibatch,

@@ -33,6 +33,7 @@ from fedloom.client.local import (
     local_steps,
     make_local_optimizer,
     named_views,
+    noise_generator,
     state_arrays,
     state_views,
 )
@@ -75,6 +76,8 @@ def bytes_per_client(
     minibatch, pre-gathered once per chunk, with its int64 index and float weight.
     """
     rows = 5 + LocalOptimizer.state_rows(training) + (1 if gradient else 0)
+    if training.dp_sgd:
+        rows += training.batch_size + 1  # per-example gradients, and the noise
     if hooks is not None:
         # client state in and out, and the extra upload parts
         rows += 2 * len(hooks.state) + 2 * (hooks.upload_parts - 1)
@@ -194,11 +197,22 @@ def train_chunk(
         optimizer = None if gradient else make_local_optimizer(training, params)
         hook_loss = vmap(hooks.loss, in_dims=(0, None, 0)) if hooks.has_loss else None
         hook_grad = vmap(hooks.grad, in_dims=(0, 0, None, 0)) if hooks.has_grad else None
+        # DP-SGD: each client's noise stream, drawn in the order TorchClient draws it
+        noise = [noise_generator(seeds[i]) for i in order] if training.dp_sgd else None
         for t, k in enumerate(plan.active):
             rows = [p[:k] for p in params]
             own_k = {g: {n: v[:k] for n, v in ts.items()} for g, ts in own.items()}
             extra = None if hook_loss is None else _bind(hook_loss, shared, own_k)
-            loss, grads = model.loss_and_grads(rows, consts, x[t, :k], y[t, :k], w[t, :k], extra)
+            if noise is not None:
+                draws = [[torch.randn(p.shape[1:], generator=g) for p in rows] for g in noise[:k]]
+                stacked = {n: torch.stack([d[j] for d in draws]) for j, n in enumerate(names)}
+                loss, grads = model.dp_sgd_grads(
+                    rows, consts, x[t, :k], y[t, :k], w[t, :k], stacked, training, extra
+                )
+            else:
+                loss, grads = model.loss_and_grads(
+                    rows, consts, x[t, :k], y[t, :k], w[t, :k], extra
+                )
             losses[t, :k] = loss
             with torch.no_grad():
                 if optimizer is None:

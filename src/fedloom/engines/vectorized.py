@@ -46,6 +46,7 @@ from fedloom.client.execute import (
     dense_upload_size,
     encode_uploads,
     error_result,
+    transform_rng,
     upload_support,
 )
 from fedloom.client.local import LocalHooks, LocalTraining, client_seed, hooks_for
@@ -226,7 +227,7 @@ class VectorizedEngine:
         ):
             return None  # an invalid config: the sequential path returns TorchClient's own error
         gradient = config.get("mode", "train") == "gradient"
-        if gradient and type(hooks) is not LocalHooks:
+        if gradient and (type(hooks) is not LocalHooks or training.dp_sgd):
             return None  # TorchClient refuses this; the sequential path reports it
         probe = (
             architecture_key(client.model),
@@ -343,7 +344,8 @@ class VectorizedEngine:
                 tasks = [j.task for j in chunk]
                 specs = tasks[0].config.get("transforms") or []  # one pipeline a group
                 ctx = {"round": tasks[0].round}
-                uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx)
+                rngs = [transform_rng(t) for t in tasks]
+                uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx, rngs)
                 support = upload_support(tasks[0], blobs, self._decoded)  # one mask a group
                 _check_sizes(uploads, chunk, probed.model.spec.size, support)
                 payloads = encode_uploads(codec, uploads, tasks, outcome.states, support)

@@ -35,7 +35,7 @@ from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import BASE, MASK, MODEL, Blob, Result, Task, blob_table, scatter
 from fedloom.core.validation import check_count, decode_update, finite_metrics
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
-from fedloom.errors import UpdateRejected
+from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
@@ -138,8 +138,12 @@ class Coordinator:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
         self.strategy_state = self.strategy.init_state(self.params)
-        if self.server_transforms:
-            build_pipeline(self.server_transforms)  # a bad pipeline fails here, not in round 1
+        if self.server_transforms and build_pipeline(self.server_transforms).draws:
+            # a bad pipeline fails here, not in round 1
+            raise ConfigError(
+                "server transforms cannot draw noise; noise on the aggregate is "
+                "privacy.mechanism=central's job"
+            )
         if self.population.skipped:
             log.warning(
                 "%d clients have no training data and are skipped: %s",
@@ -173,8 +177,28 @@ class Coordinator:
 
     def run(self, rounds: int, start_round: int = 1) -> list[dict[str, Any]]:
         for r in range(start_round, rounds + 1):
-            self.run_round(r, evaluate=r % self.eval_every == 0 or r == rounds)
+            reason = self.stop_reason()
+            if reason is not None:
+                log.warning("stopping before round %d: %s", r, reason)
+                break
+            evaluate = r % self.eval_every == 0 or r == rounds
+            record = self.attempt_round(r, evaluate=evaluate)
+            if not evaluate:
+                self.evaluate_if_final(r, record)
+            self.commit(record)
         return self.history
+
+    def evaluate_if_final(self, r: int, record: dict[str, Any]) -> None:
+        """Evaluate into ``record`` when no round may follow round ``r`` (a spent budget): its
+        model is the run's final one."""
+        if record.get("status") == "ok" and self.stop_reason() is not None:
+            metrics, sent = self.evaluate(r)
+            record.update(metrics)
+            record["bytes_down"] += sent
+
+    def stop_reason(self) -> str | None:
+        """Why no further round may run (the strategy's privacy budget is spent), or None."""
+        return self.strategy.stop_reason(self.strategy_state, len(self.population.eligible))
 
     def run_round(self, r: int, evaluate: bool = True) -> dict[str, Any]:
         """Run round ``r`` and record it in ``history`` (and tell the listeners)."""
@@ -230,6 +254,7 @@ class Coordinator:
             self.params = params.astype(np.float32, copy=False)
             self.opt_state = opt_state
             self.strategy_state = ctx.state
+            record.update(ctx.metrics)
             record["status"] = "ok"
         else:
             record["status"] = "failed"

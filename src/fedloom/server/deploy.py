@@ -61,7 +61,7 @@ from fedloom.transport.server import FederationService, ServiceSettings, start_s
 
 # Config sections that define a run: a --state folder only resumes a run with the same ones.
 IDENTITY_SECTIONS = ("seed", "dataset", "partition", "model", "strategy", "client", "transport")
-_LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "rmse")
+_LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "rmse", "epsilon", "clip_norm")
 
 
 @dataclass(frozen=True)
@@ -310,6 +310,10 @@ def _run_rounds(
     need = max(s.min_clients, coordinator.strategy.min_fit_clients)
     retried = 0
     for r in range(first, cfg.rounds + 1):
+        budget = coordinator.stop_reason()
+        if budget is not None:  # a spent privacy budget: the last model within it is final
+            _say(f"stopping before round {r}: {budget}", opts.quiet)
+            break
         evaluate = r % cfg.eval.every == 0 or r == cfg.rounds
         for attempt in range(s.round_retries + 1):
             _wait_for_clients(hub, coordinator.population, need, s.join_timeout_s, r, opts.quiet)
@@ -327,6 +331,8 @@ def _run_rounds(
                 connected=len(coordinator.population.num_examples),
             )
             if record["status"] == "ok":
+                if not evaluate:
+                    coordinator.evaluate_if_final(r, record)
                 break
             store.record_attempt(record, attempt)
             retried += 1

@@ -28,7 +28,7 @@ import numpy as np
 from fedloom.aggregators import Aggregator, EmptyAggregate, WeightedMean
 from fedloom.core.codec import Codec
 from fedloom.core.params import ParamSpec
-from fedloom.core.selection import sample_clients
+from fedloom.core.selection import poisson_sample, sample_clients
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Result, Task, Upload
 from fedloom.optim import ServerOptimizer, ServerSGD
 
@@ -58,6 +58,9 @@ class RoundContext:
     support: np.ndarray | None = None
     """``mask`` as booleans over the model."""
     encode_seconds: float = 0.0  # spent in ``blob``: the coordinator counts it as download time
+    metrics: dict[str, float] = field(default_factory=dict)
+    """What the strategy reports about the round (``epsilon``, ``clip_norm``): added to the
+    round's record when the round succeeds."""
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
@@ -104,6 +107,8 @@ class Strategy(ABC):
     fraction_evaluate: float = 1.0
     client_config: Mapping[str, Any] = field(default_factory=dict)
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
+    sampling: str = "fixed"
+    """``fixed``: ``sample_clients``; ``poisson``: each client with probability ``fraction_fit``."""
 
     name = "strategy"
     mode = "train"
@@ -121,7 +126,10 @@ class Strategy(ABC):
 
     def configure_fit(self, ctx: RoundContext) -> list[Task]:
         """Select this round's clients and give each its fit task on the global model."""
-        chosen = sample_clients(ctx.eligible, self.fraction_fit, self.min_fit_clients, ctx.rng)
+        if self.sampling == "poisson":
+            chosen = poisson_sample(ctx.eligible, self.fraction_fit, ctx.rng)
+        else:
+            chosen = sample_clients(ctx.eligible, self.fraction_fit, self.min_fit_clients, ctx.rng)
         config = self.fit_config(ctx)
         blobs = {MODEL: ctx.model.digest}
         return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
@@ -151,6 +159,12 @@ class Strategy(ABC):
         except EmptyAggregate as exc:
             log.error("nothing to aggregate (%s); the global model is unchanged", exc)
             return None
+
+    def stop_reason(self, state: StrategyState, num_clients: int) -> str | None:
+        """Why the run must stop before its next round (a spent privacy budget), or None.
+        ``state`` is the strategy state after the last round, ``num_clients`` the eligible
+        clients the next round selects from."""
+        return None
 
     def configure_evaluate(self, ctx: RoundContext) -> list[Task]:
         """Select clients for federated evaluation on their local test splits."""

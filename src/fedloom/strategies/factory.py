@@ -7,26 +7,39 @@ of Config: a strategy is constructed from plain values and can be used without o
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fedloom.config import ClientConfig, Config
+from fedloom.config import ClientConfig, Config, DPSGDConfig
 from fedloom.errors import ConfigError
 from fedloom.optim import make_server_optimizer
+from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
 from fedloom.strategies.base import Strategy
+from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from fedloom.strategies.scaffold import Scaffold
 
 __all__ = ["STRATEGY_NAMES", "client_config", "make_strategy"]
 
+log = logging.getLogger("fedloom")
+
 STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
 
 
-def client_config(client: ClientConfig) -> dict[str, Any]:
+def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
     """The local-training settings every fit task carries, so a client trains as the run's
     config says even when it was built with other defaults (a deployment client)."""
+    extra: dict[str, Any] = {}
+    if dp_sgd is not None and dp_sgd.enabled:
+        extra["dp_sgd"] = {
+            "max_grad_norm": dp_sgd.max_grad_norm,
+            "noise_multiplier": dp_sgd.noise_multiplier,
+        }
     return {
+        **extra,
         "epochs": client.epochs,
         "batch_size": client.batch_size,
         "lr": client.lr,
@@ -48,8 +61,9 @@ def make_strategy(cfg: Config) -> Strategy:
         fraction_fit=s.fraction_fit,
         min_fit_clients=s.min_fit_clients,
         fraction_evaluate=s.fraction_evaluate,
-        client_config=client_config(cfg.client),
+        client_config=client_config(cfg.client, cfg.privacy.dp_sgd),
         server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
+        sampling=s.sampling,
     )
     if s.name == "fedsgd":
         return FedSGD(aggregation=s.aggregation, **common)
@@ -62,7 +76,55 @@ def make_strategy(cfg: Config) -> Strategy:
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name == "scaffold":
         return Scaffold(**common)
+    if s.name == "fedavg" and cfg.privacy.mechanism != "none":
+        return dp_fedavg(cfg, common)
     if s.name == "fedavg":
         return FedAvg(**common)
     # Config validates the name; this guards a name added there but not here.
     raise ConfigError(f"strategy.name={s.name!r}: allowed {', '.join(map(repr, STRATEGY_NAMES))}")
+
+
+def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
+    """DP-FedAvg (central or client clipping) or local-DP FedAvg from the config's ``privacy`` section; says when sampling amplifies nothing and
+    refuses a budget that the first round already exceeds."""
+    p, s = cfg.privacy, cfg.strategy
+    kind = LocalDPFedAvg if p.mechanism == "local" else DPFedAvg
+    strategy = kind(
+        mechanism="central" if p.mechanism == "central" else "client",
+        clip_norm=p.clip_norm,
+        noise_multiplier=p.noise_multiplier,
+        delta=p.delta,
+        adaptive=p.clipping == "adaptive",
+        target_quantile=p.target_quantile,
+        clip_lr=p.clip_lr,
+        clipped_count_stddev=p.clipped_count_stddev,
+        accountant=p.accountant,
+        max_epsilon=p.max_epsilon,
+        noise_seed=p.noise_seed,
+        **common,
+    )
+    if s.fraction_fit == 1 and s.sampling == "fixed" and p.mechanism != "local":
+        log.warning(
+            "privacy: strategy.fraction_fit=1 with strategy.sampling=fixed takes every client "
+            "every round, so sampling amplifies nothing; epsilon is accounted for that (q = 1). "
+            "Lower strategy.fraction_fit (and set strategy.sampling=poisson) for amplification"
+        )
+    if p.noise_multiplier == 0:
+        log.warning("privacy.noise_multiplier=0: updates are clipped but epsilon is infinite")
+    population, sample = strategy.cohort(cfg.partition.num_clients)
+    if strategy.adaptive:  # the count must be able to share the noise with the sum
+        split_noise(p.noise_multiplier, p.clipped_count_stddev or default_count_stddev(sample))
+    if p.max_epsilon is not None:
+        first = (
+            strategy.client_epsilon(1)
+            if isinstance(strategy, LocalDPFedAvg)
+            else strategy.epsilon_after(1, population, sample)
+        )
+        if first > p.max_epsilon:
+            raise ConfigError(
+                f"privacy.max_epsilon={p.max_epsilon:g} is exceeded by the first round already "
+                f"(epsilon {first:.4f} at delta {p.delta:g} with noise multiplier "
+                f"{p.noise_multiplier:g}); raise privacy.noise_multiplier (fedloom privacy "
+                "calibrates it) or privacy.max_epsilon"
+            )
+    return strategy

@@ -29,7 +29,18 @@ from rich.table import Table
 __all__ = ["RoundProgress", "format_bytes", "render_summary_table"]
 
 # Metrics shown in a round's summary line, in this order, when the round reports them.
-_ROUND_LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "auc", "r2", "rmse", "mae")
+_ROUND_LINE_METRICS = (
+    "train_loss",
+    "loss",
+    "accuracy",
+    "f1_macro",
+    "auc",
+    "r2",
+    "rmse",
+    "mae",
+    "epsilon",
+    "clip_norm",
+)
 
 # Summary keys rendered as run facts below the metrics, with the aliases accepted for each.
 _ROUNDS_KEYS = ("rounds", "num_rounds")

@@ -2,6 +2,7 @@
 ``apply(vec, state, ctx) -> (vec, state)``, combined with ``chain``."""
 
 from fedloom.transforms.base import (
+    NORMAL,
     STATE_PREFIX,
     TRANSFORMS,
     Transform,
@@ -12,8 +13,10 @@ from fedloom.transforms.base import (
     register_transform,
 )
 from fedloom.transforms.clip import clip_by_l2_norm
+from fedloom.transforms.noise import gaussian_noise
 
 __all__ = [
+    "NORMAL",
     "STATE_PREFIX",
     "TRANSFORMS",
     "Transform",
@@ -22,5 +25,6 @@ __all__ = [
     "build_pipeline",
     "chain",
     "clip_by_l2_norm",
+    "gaussian_noise",
     "register_transform",
 ]

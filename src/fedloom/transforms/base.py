@@ -36,10 +36,21 @@ Apply = Callable[
 
 
 class Transform(NamedTuple):
-    """``init`` and ``apply`` of one update transform (see the module docstring)."""
+    """``init`` and ``apply`` of one update transform (see the module docstring).
+
+    ``draws``: how many standard-normal vectors of the update's size ``apply`` consumes. They
+    arrive as ``state[NORMAL]`` (shape ``(draws, size)``), drawn by the caller from the row's own
+    generator (``apply_to_rows``'s ``rngs``), because a random call inside ``vmap`` could not give
+    each client the numbers it draws eagerly.
+    """
 
     init: Init
     apply: Apply
+    draws: int = 0
+
+
+NORMAL = "normal"
+"""The state key under which a transform with ``draws`` receives its standard-normal draws."""
 
 
 def chain(*transforms: Transform) -> Transform:
@@ -55,14 +66,18 @@ def chain(*transforms: Transform) -> Transform:
         vec: torch.Tensor, state: TransformState, ctx: Mapping[str, Any]
     ) -> tuple[torch.Tensor, TransformState]:
         new: TransformState = {}
+        drawn = 0
         for i, t in enumerate(transforms):
             prefix = f"{i}/"
             own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if t.draws:
+                own[NORMAL] = state[NORMAL][drawn : drawn + t.draws]
+                drawn += t.draws
             vec, own = t.apply(vec, own, ctx)
-            new.update({prefix + k: v for k, v in own.items()})
+            new.update({prefix + k: v for k, v in own.items() if k != NORMAL})
         return vec, new
 
-    return Transform(init, apply)
+    return Transform(init, apply, sum(t.draws for t in transforms))
 
 
 TransformFactory = Callable[..., Transform]
@@ -98,17 +113,25 @@ def apply_to_rows(
     rows: np.ndarray,
     states: Sequence[dict[str, np.ndarray]],
     ctx: Mapping[str, Any],
+    rngs: Sequence[np.random.Generator] | None = None,
 ) -> np.ndarray:
     """Run the pipeline ``specs`` names over ``rows`` (one client's update each, or the
     server's aggregate) at once with ``vmap``.
 
     Row ``i``'s transform state is read from ``states[i]`` (initialised on first use) and written
-    back to it, under ``STATE_PREFIX``. One client is a one-row call, so a client, a vectorized
-    cohort and the server run the same code.
+    back to it, under ``STATE_PREFIX``; a pipeline that draws noise draws row ``i``'s from
+    ``rngs[i]``. One client is a one-row call, so a client, a vectorized cohort and the server run
+    the same code.
     """
     if not specs:
         return rows
     pipeline = build_pipeline(specs)
+    if pipeline.draws and (rngs is None or len(rngs) != len(rows)):
+        names = [spec.get("name") for spec in specs]
+        raise ConfigError(
+            f"the transforms {names} draw random noise and need one generator per row here; "
+            "noise on the server's aggregate is privacy.mechanism=central's job"
+        )
     own = []
     for state in states:
         mine = {
@@ -118,6 +141,17 @@ def apply_to_rows(
         }
         own.append(mine or pipeline.init(rows.shape[1]))
     stacked = {k: torch.stack([o[k] for o in own]) for k in own[0]}
+    if pipeline.draws:
+        assert rngs is not None
+        size = rows.shape[1]
+        stacked[NORMAL] = torch.from_numpy(
+            np.stack(
+                [
+                    rng.standard_normal(pipeline.draws * size, dtype=np.float32).reshape(-1, size)
+                    for rng in rngs
+                ]
+            )
+        )
 
     def one(vec: torch.Tensor, state: TransformState) -> tuple[torch.Tensor, TransformState]:
         return pipeline.apply(vec, state, ctx)
