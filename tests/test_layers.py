@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"strategies"},
     {"server"},
     {"simulation"},
+    {"baselines"},
     {"api"},
     {"cli"},
 ]

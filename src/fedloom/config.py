@@ -21,7 +21,10 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv"] = "digits"
+    name: Literal[
+        "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
+        "pima", "credit_default", "credit_data",
+    ] = "digits"  # fmt: skip
     test_fraction: float = Field(0.2, gt=0, lt=1)
     data_dir: str | None = None
     path: str | None = Field(None, description="CSV file, for name=csv")

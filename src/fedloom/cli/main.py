@@ -40,7 +40,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedloom.simulation import default_out_dir, run
 
     cfg = _load(args)
-    run(cfg, Path(args.out) if args.out else default_out_dir(), quiet=args.quiet)
+    out = Path(args.out) if args.out else default_out_dir()
+    if args.baselines:
+        from fedloom.baselines import parse_baselines, run_with_baselines
+
+        run_with_baselines(cfg, out, parse_baselines(args.baselines), quiet=args.quiet)
+        return 0
+    run(cfg, out, quiet=args.quiet)
     return 0
 
 
@@ -71,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    run.add_argument(
+        "--baselines",
+        metavar="KINDS",
+        help="also train local-only and/or centralised baselines with the same budget "
+        "(local,central); summary.json gets them under 'baselines'",
+    )
     run.set_defaults(func=cmd_run)
 
     part = sub.add_parser("partition", help="show the label distribution per client")

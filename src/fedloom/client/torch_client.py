@@ -35,7 +35,13 @@ from fedloom.client.local import (
 from fedloom.core.params import Params, ParamSpec
 from fedloom.data import Dataset
 from fedloom.data.federated import LocalArrays
-from fedloom.metrics import classification_metrics, regression_metrics
+from fedloom.metrics import (
+    best_f1_threshold,
+    classification_metrics,
+    positive_scores,
+    regression_metrics,
+    threshold_metrics,
+)
 
 TaskType = Literal["classification", "regression"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -75,8 +81,15 @@ def evaluate_model(
     target_scale: tuple[float, float] | None = None,
     loss_fn: LossFn | None = None,
     batch_size: int = 2048,
+    threshold_from: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Loss and task metrics of ``model`` on (x, y): accuracy/P/R/F1(/AUC) or RMSE/MAE/R2."""
+    """Loss and task metrics of ``model`` on (x, y): accuracy/P/R/F1(/AUC, PR-AUC) or
+    RMSE/MAE/R2.
+
+    ``threshold_from``: for a binary task, the (x, y) on which to choose the decision threshold
+    with the best F1 (the training data, never the test data); the metrics then add
+    ``threshold`` and the ``precision``/``recall``/``f1_at_threshold`` of class 1 on (x, y).
+    """
     loss_fn = loss_fn or default_loss(task)
     was_training = model.training
     model.eval()
@@ -94,6 +107,22 @@ def evaluate_model(
         metrics.update(regression_metrics(y, scores.reshape(-1), target_scale=target_scale))
     else:
         metrics.update(classification_metrics(y, scores, num_classes))
+        if threshold_from is not None and num_classes <= 2 and len(x):
+            x_fit, y_fit = threshold_from
+            with torch.no_grad():
+                model.eval()
+                fit_scores = np.concatenate(
+                    [
+                        model(torch.from_numpy(x_fit[i : i + batch_size])).numpy()
+                        for i in range(0, len(x_fit), batch_size)
+                    ]
+                )
+                model.train(was_training)
+            threshold = best_f1_threshold(y_fit, positive_scores(fit_scores, num_classes))
+            if np.isfinite(threshold):
+                metrics.update(
+                    threshold_metrics(y, positive_scores(scores, num_classes), threshold)
+                )
     return metrics
 
 

