@@ -162,6 +162,7 @@ class Simulation:
             num_classes=self.num_outputs,
             target_scale=ds.target_scale,
             threshold_from=(ds.x_train, ds.y_train) if self.num_outputs == 2 else None,
+            extra_metrics=ds.extra_metrics,
         )
 
     def population(self) -> Population:

@@ -82,6 +82,7 @@ def evaluate_model(
     loss_fn: LossFn | None = None,
     batch_size: int = 2048,
     threshold_from: tuple[np.ndarray, np.ndarray] | None = None,
+    extra_metrics: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Loss and task metrics of ``model`` on (x, y): accuracy/P/R/F1(/AUC, PR-AUC) or
     RMSE/MAE/R2.
@@ -89,6 +90,7 @@ def evaluate_model(
     ``threshold_from``: for a binary task, the (x, y) on which to choose the decision threshold
     with the best F1 (the training data, never the test data); the metrics then add
     ``threshold`` and the ``precision``/``recall``/``f1_at_threshold`` of class 1 on (x, y).
+    ``extra_metrics``: ``"perplexity"`` adds ``exp(loss)`` (the loss being the mean cross-entropy).
     """
     loss_fn = loss_fn or default_loss(task)
     was_training = model.training
@@ -103,6 +105,8 @@ def evaluate_model(
     model.train(was_training)
     scores = np.concatenate(outputs) if outputs else np.zeros((0, max(num_classes, 1)), np.float32)
     metrics: dict[str, Any] = {"loss": total / max(len(x), 1)}
+    if "perplexity" in extra_metrics:
+        metrics["perplexity"] = float(np.exp(metrics["loss"]))
     if task == "regression":
         metrics.update(regression_metrics(y, scores.reshape(-1), target_scale=target_scale))
     else:
@@ -148,8 +152,10 @@ class TorchClient:
         seed: int = 0,
         training: LocalTraining | None = None,
         loss_fn: LossFn | None = None,
+        extra_metrics: tuple[str, ...] = (),
     ) -> None:
         self.model = model
+        self.extra_metrics = extra_metrics
         self.x_train, self.y_train = x_train, y_train
         self.x_test, self.y_test = x_test, y_test
         self.task = task
@@ -228,6 +234,7 @@ class TorchClient:
             num_classes=self.num_classes,
             target_scale=self.target_scale,
             loss_fn=self.loss_fn,
+            extra_metrics=self.extra_metrics,
         )
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return EvalResult(loss=scalars.pop("loss"), num_examples=len(x), metrics=scalars)
@@ -324,4 +331,5 @@ def dataset_client(
         client_id=client_id,
         seed=seed,
         training=training,
+        extra_metrics=dataset.extra_metrics,
     )
