@@ -3,8 +3,11 @@ federated run, with the same budget, in summary.json."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +61,24 @@ def test_cli_writes_baselines_beside_final(tmp_path: Path) -> None:
     assert local["clients"] == 3
     assert {"auc", "pr_auc", "f1_at_threshold", "seconds"} <= set(local) & set(central)
     assert local["auc"] != summary["final"]["auc"] != central["auc"]
+
+
+def test_the_readme_python_example_prints_the_stated_aucs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Applications: local only") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    stated = re.findall(r"`(\w[\w ]+): AUC (0\.\d+), PR-AUC (0\.\d+)`", section)
+    assert len(stated) == 3
+    (tmp_path / "examples").symlink_to(root / "examples")
+    monkeypatch.chdir(tmp_path)  # the example writes runs/pima here
+    out = io.StringIO()
+
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.group(1), "README.md", "exec"), {"__name__": "readme_example"})
+
+    printed = out.getvalue().splitlines()
+    assert printed == [f"{mode}: AUC {auc}, PR-AUC {pr}" for mode, auc, pr in stated]
