@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"strategies"},
     {"server"},
     {"simulation"},
+    {"baselines"},
     {"api"},
     {"cli"},
 ]

@@ -21,12 +21,20 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv"] = "digits"
+    name: Literal[
+        "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
+            "pima", "credit_default", "credit_data", "shakespeare",
+    ] = "digits"  # fmt: skip
     test_fraction: float = Field(0.2, gt=0, lt=1)
     data_dir: str | None = None
     path: str | None = Field(None, description="CSV file, for name=csv")
     target: str = "target"
     group_column: str | None = None
+    seq_len: int = Field(80, ge=1, description="shakespeare: characters per input sequence")
+    stride: int = Field(1, ge=1, description="shakespeare: keep every stride-th target character")
+    max_clients: int | None = Field(
+        None, ge=1, description="shakespeare: a seeded sample of this many (play, role) clients"
+    )
 
 
 class PartitionConfig(_Section):
@@ -39,7 +47,7 @@ class PartitionConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["mlp", "cnn", "linear", "logistic"] = "mlp"
+    name: Literal["mlp", "cnn", "linear", "logistic", "char_lstm"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
 
     @field_validator("hidden")

@@ -141,7 +141,11 @@ class Simulation:
 
     def client(self, cid: int) -> TorchClient:
         """Client ``cid``. They share one model instance: each task loads the global params."""
-        local = local_arrays(self.dataset, self.clients[cid])
+        return self.client_of(cid, self.clients[cid])
+
+    def client_of(self, cid: int, data: ClientData) -> TorchClient:
+        """A client with id ``cid`` holding the rows ``data`` (the baselines pool every client's)."""
+        local = local_arrays(self.dataset, data)
         return dataset_client(
             self.model,
             self.dataset,
@@ -161,6 +165,8 @@ class Simulation:
             task=ds.task,
             num_classes=self.num_outputs,
             target_scale=ds.target_scale,
+            threshold_from=(ds.x_train, ds.y_train) if self.num_outputs == 2 else None,
+            extra_metrics=ds.extra_metrics,
         )
 
     def population(self) -> Population:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes
 
+from fedloom.config import DatasetConfig
 from fedloom.data import DATASET_NAMES, FASHION_MNIST_DIR, load_dataset, write_idx
 from fedloom.errors import ConfigError, DatasetError
 
@@ -96,7 +98,16 @@ def test_names_are_normalised_and_unknown_names_list_the_choices() -> None:
 
     with pytest.raises(DatasetError, match="unknown dataset 'cifar10'; choose one of: digits, "):
         load_dataset("cifar10")
-    assert DATASET_NAMES == ("digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv")
+    assert DATASET_NAMES[:6] == (
+        "digits",
+        "breast_cancer",
+        "diabetes",
+        "fashion_mnist",
+        "mnist",
+        "csv",
+    )
+    # dataset.name accepts exactly the loaders' names
+    assert get_args(DatasetConfig.model_fields["name"].annotation) == DATASET_NAMES
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])

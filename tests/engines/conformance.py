@@ -91,6 +91,8 @@ class Case:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        if self.model == "char_lstm":
+            return (5,)  # sequences of 5 character ids
         return (1, 12, 12) if self.model == "cnn" else (6,)
 
     @property
@@ -119,6 +121,8 @@ CASES = [
     Case("cnn-adam-unequal", "cnn", UNEQUAL, {**ADAM, **E2B5}),
     Case("cnn-gradient", "cnn", UNEQUAL, {"mode": "gradient", "batch_size": 5}),
     Case("linear-regression", "linear", UNEQUAL, {**SGD, **E2B5}, task="regression"),
+    # The recurrent model: eagerly the fused LSTM kernel, vectorised the unrolled recurrence.
+    Case("char-lstm-sgd-unequal", "char_lstm", UNEQUAL, {**SGD, **E2B5}),
 ]
 
 
@@ -143,6 +147,11 @@ def make_world(case: Case) -> World:
     rng = np.random.default_rng(zlib.crc32(case.name.encode()))
     data = []
     for n in case.sizes:
+        if case.model == "char_lstm":  # predict the most frequent of 3 symbols
+            x = rng.integers(0, 3, size=(n, *case.input_shape)).astype(np.uint8)
+            counts = np.stack([(x == k).sum(1) for k in range(3)], axis=1)
+            data.append((x, counts.argmax(1).astype(np.int64)))
+            continue
         x = rng.normal(size=(n, *case.input_shape)).astype(np.float32)
         score = x.reshape(n, -1)[:, :3]
         if case.task == "regression":

@@ -9,7 +9,14 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from fedloom.metrics import binary_auc, classification_metrics, confusion_matrix
+from fedloom.metrics import (
+    average_precision,
+    best_f1_threshold,
+    binary_auc,
+    classification_metrics,
+    confusion_matrix,
+    threshold_metrics,
+)
 
 # Three classes, six examples. Confusion matrix (rows true, columns predicted):
 #   [[1, 1, 0],
@@ -178,3 +185,34 @@ def test_invalid_inputs_raise(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         classification_metrics(np.asarray(y_true), scores, num_classes)
+
+
+# Sorted by score: 0.9 (+), 0.8 (+, -), 0.4 (+, -), 0.1 (-). Steps of recall 1/3, 1/3, 1/3 at
+# precisions 1/1, 2/3 (the tie at 0.8 counts both), 3/5: AP = (1 + 2/3 + 3/5) / 3 = 34/45.
+def test_average_precision_hand_value_with_ties() -> None:
+    assert average_precision(AUC_LABELS, AUC_SCORES) == pytest.approx(34 / 45)
+    m = classification_metrics(AUC_LABELS, AUC_SCORES - 0.5, num_classes=1)
+    assert m["pr_auc"] == pytest.approx(34 / 45)
+
+
+def test_average_precision_matches_scikit_learn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    score = np.round(rng.normal(size=200) + y, 1)  # rounded: many ties
+    assert average_precision(y, score) == pytest.approx(average_precision_score(y, score))
+    assert np.isnan(average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_best_f1_threshold_and_the_metrics_at_it() -> None:
+    # Thresholds 0.9, 0.8, 0.4, 0.1 give F1 = 2tp / (tp + fp + 3): 2/4, 4/6, 6/8, 6/9.
+    assert best_f1_threshold(AUC_LABELS, AUC_SCORES) == 0.4
+    m = threshold_metrics(AUC_LABELS, AUC_SCORES, 0.4)
+    assert m == {
+        "threshold": 0.4,
+        "precision_at_threshold": pytest.approx(3 / 5),
+        "recall_at_threshold": 1.0,
+        "f1_at_threshold": pytest.approx(6 / 8),
+    }
+    assert np.isnan(best_f1_threshold([0, 0], [0.3, 0.1]))

@@ -13,7 +13,7 @@ from fedloom.cli.dashboard import add_dashboard_args
 from fedloom.cli.dashboard import register as register_dashboard
 from fedloom.cli.deploy import register as register_deploy
 from fedloom.cli.privacy import register as register_privacy
-from fedloom.errors import FedloomError
+from fedloom.errors import ConfigError, FedloomError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     out = Path(args.out) if args.out else default_out_dir()
+    if args.baselines:
+        if args.dashboard is not None:
+            raise ConfigError(
+                "--dashboard watches one run and --baselines runs three; drop one of them"
+            )
+        from fedloom.baselines import parse_baselines, run_with_baselines
+
+        run_with_baselines(cfg, out, parse_baselines(args.baselines), quiet=args.quiet)
+        return 0
     if args.dashboard is None:
         run(cfg, out, quiet=args.quiet)
         return 0
@@ -111,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="results folder (default: runs/<timestamp>)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
     add_dashboard_args(run)
+    run.add_argument(
+        "--baselines",
+        metavar="KINDS",
+        help="also train local-only and/or centralised baselines with the same budget "
+        "(local,central); summary.json gets them under 'baselines'",
+    )
     run.set_defaults(func=cmd_run)
 
     part = sub.add_parser("partition", help="show the label distribution per client")

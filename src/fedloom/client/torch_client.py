@@ -39,7 +39,13 @@ from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import MASK
 from fedloom.data import Dataset
 from fedloom.data.federated import LocalArrays
-from fedloom.metrics import classification_metrics, regression_metrics
+from fedloom.metrics import (
+    best_f1_threshold,
+    classification_metrics,
+    positive_scores,
+    regression_metrics,
+    threshold_metrics,
+)
 
 TaskType = Literal["classification", "regression"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,8 +85,17 @@ def evaluate_model(
     target_scale: tuple[float, float] | None = None,
     loss_fn: LossFn | None = None,
     batch_size: int = 2048,
+    threshold_from: tuple[np.ndarray, np.ndarray] | None = None,
+    extra_metrics: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Loss and task metrics of ``model`` on (x, y): accuracy/P/R/F1(/AUC) or RMSE/MAE/R2."""
+    """Loss and task metrics of ``model`` on (x, y): accuracy/P/R/F1(/AUC, PR-AUC) or
+    RMSE/MAE/R2.
+
+    ``threshold_from``: for a binary task, the (x, y) on which to choose the decision threshold
+    with the best F1 (the training data, never the test data); the metrics then add
+    ``threshold`` and the ``precision``/``recall``/``f1_at_threshold`` of class 1 on (x, y).
+    ``extra_metrics``: ``"perplexity"`` adds ``exp(loss)`` (the loss being the mean cross-entropy).
+    """
     loss_fn = loss_fn or default_loss(task)
     was_training = model.training
     model.eval()
@@ -94,10 +109,28 @@ def evaluate_model(
     model.train(was_training)
     scores = np.concatenate(outputs) if outputs else np.zeros((0, max(num_classes, 1)), np.float32)
     metrics: dict[str, Any] = {"loss": total / max(len(x), 1)}
+    if "perplexity" in extra_metrics:
+        metrics["perplexity"] = float(np.exp(metrics["loss"]))
     if task == "regression":
         metrics.update(regression_metrics(y, scores.reshape(-1), target_scale=target_scale))
     else:
         metrics.update(classification_metrics(y, scores, num_classes))
+        if threshold_from is not None and num_classes <= 2 and len(x):
+            x_fit, y_fit = threshold_from
+            with torch.no_grad():
+                model.eval()
+                fit_scores = np.concatenate(
+                    [
+                        model(torch.from_numpy(x_fit[i : i + batch_size])).numpy()
+                        for i in range(0, len(x_fit), batch_size)
+                    ]
+                )
+                model.train(was_training)
+            threshold = best_f1_threshold(y_fit, positive_scores(fit_scores, num_classes))
+            if np.isfinite(threshold):
+                metrics.update(
+                    threshold_metrics(y, positive_scores(scores, num_classes), threshold)
+                )
     return metrics
 
 
@@ -123,8 +156,10 @@ class TorchClient:
         seed: int = 0,
         training: LocalTraining | None = None,
         loss_fn: LossFn | None = None,
+        extra_metrics: tuple[str, ...] = (),
     ) -> None:
         self.model = model
+        self.extra_metrics = extra_metrics
         self.x_train, self.y_train = x_train, y_train
         self.x_test, self.y_test = x_test, y_test
         self.task = task
@@ -209,6 +244,7 @@ class TorchClient:
             num_classes=self.num_classes,
             target_scale=self.target_scale,
             loss_fn=self.loss_fn,
+            extra_metrics=self.extra_metrics,
         )
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         return EvalResult(loss=scalars.pop("loss"), num_examples=len(x), metrics=scalars)
@@ -354,4 +390,5 @@ def dataset_client(
         client_id=client_id,
         seed=seed,
         training=training,
+        extra_metrics=dataset.extra_metrics,
     )

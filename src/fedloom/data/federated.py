@@ -112,6 +112,9 @@ def load_clients(cfg: Config) -> tuple[Dataset, list[ClientData]]:
         path=d.path,
         target=d.target,
         group_column=d.group_column,
+        seq_len=d.seq_len,
+        stride=d.stride,
+        max_clients=d.max_clients,
     )
     return dataset, partition_clients(dataset, cfg)
 

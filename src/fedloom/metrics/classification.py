@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["binary_auc", "classification_metrics", "confusion_matrix"]
+__all__ = [
+    "average_precision",
+    "best_f1_threshold",
+    "binary_auc",
+    "classification_metrics",
+    "confusion_matrix",
+    "positive_scores",
+    "threshold_metrics",
+]
 
 
 def _as_labels(y: npt.ArrayLike, num_classes: int, name: str) -> npt.NDArray[np.int64]:
@@ -82,6 +90,71 @@ def binary_auc(y_true: npt.ArrayLike, score: npt.ArrayLike) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
+def _ranked(
+    y_true: npt.ArrayLike, score: npt.ArrayLike
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """Distinct scores from high to low, with the true and false positives when predicting
+    class 1 for every score at or above each, and the number of positives."""
+    labels = _as_labels(y_true, 2, "y_true")
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if s.shape != labels.shape:
+        raise ValueError(f"y_true and score differ in length: {labels.size} vs {s.size}")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], labels[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), y.size - 1] if y.size else np.zeros(0, int)
+    tps = np.cumsum(y)[last_of_tie].astype(np.int64)
+    fps = (last_of_tie + 1 - tps).astype(np.int64)
+    return s[last_of_tie], tps, fps, int(y.sum())
+
+
+def average_precision(y_true: npt.ArrayLike, score: npt.ArrayLike) -> float:
+    """Area under the precision-recall curve as average precision, ``sum_k (R_k - R_{k-1}) P_k``
+    over the distinct scores from high to low (tied scores form one step), as scikit-learn's
+    ``average_precision_score``. NaN when ``y_true`` holds no positive."""
+    _, tps, fps, n_pos = _ranked(y_true, score)
+    if n_pos == 0:
+        return float("nan")
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def best_f1_threshold(y_true: npt.ArrayLike, score: npt.ArrayLike) -> float:
+    """The score threshold ``t`` (predict class 1 when ``score >= t``) with the highest F1 on
+    these examples; among equal F1s the highest threshold. NaN when there is no positive."""
+    thresholds, tps, fps, n_pos = _ranked(y_true, score)
+    if n_pos == 0:
+        return float("nan")
+    f1 = 2 * tps / (tps + fps + n_pos)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def threshold_metrics(
+    y_true: npt.ArrayLike, score: npt.ArrayLike, threshold: float
+) -> dict[str, float]:
+    """Precision, recall and F1 of class 1 when predicting it for ``score >= threshold``."""
+    labels = _as_labels(y_true, 2, "y_true")
+    predicted = np.asarray(score, dtype=np.float64).reshape(-1) >= threshold
+    tp = int(np.sum(predicted & (labels == 1)))
+    n_pred, n_pos = int(predicted.sum()), int(labels.sum())
+    return {
+        "threshold": float(threshold),
+        "precision_at_threshold": tp / n_pred if n_pred else 0.0,
+        "recall_at_threshold": tp / n_pos if n_pos else 0.0,
+        "f1_at_threshold": 2 * tp / (n_pred + n_pos) if n_pred + n_pos else 0.0,
+    }
+
+
+def positive_scores(scores: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.float64]:
+    """The score that ranks examples by P(class 1) of a binary task's model outputs."""
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.shape[0] if s.ndim else 0
+    ranked = _predictions(s, num_classes, n)[1]
+    if ranked is None:
+        raise ValueError(f"a positive-class score needs a binary task, got {num_classes} classes")
+    return ranked
+
+
 def _predictions(
     scores: npt.ArrayLike, num_classes: int, n: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64] | None]:
@@ -133,7 +206,8 @@ def classification_metrics(
     -------
     ``accuracy``, ``precision_macro``, ``recall_macro``, ``f1_macro``, the lists
     ``precision_per_class``, ``recall_per_class``, ``f1_per_class``, ``support_per_class``
-    (counts of true labels), and for binary tasks ``auc`` (NaN when ``y_true`` holds one class).
+    (counts of true labels), and for binary tasks ``auc`` (NaN when ``y_true`` holds one class)
+    and ``pr_auc`` (average precision of class 1; NaN when ``y_true`` holds no positive).
     With no examples every ratio is a zero division and reported as 0.0.
     """
     if num_classes < 1:
@@ -164,4 +238,5 @@ def classification_metrics(
     }
     if positive_score is not None:
         result["auc"] = binary_auc(true, positive_score)
+        result["pr_auc"] = average_precision(true, positive_score)
     return result
