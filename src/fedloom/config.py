@@ -60,6 +60,12 @@ class StrategyConfig(_Section):
     server_optimizer: Literal["sgd", "adam"] = "sgd"
     aggregation: Literal["mean", "sum"] = "mean"
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
+    max_update_norm: float | None = Field(
+        None, gt=0, description="bound on each client update's L2 norm (null: unbounded)"
+    )
+    max_update_norm_action: Literal["clip", "reject"] = Field(
+        "clip", description="an update over max_update_norm is scaled down to it, or refused"
+    )
 
 
 class ClientConfig(_Section):
@@ -199,6 +205,11 @@ class ServerConfig(_Section):
         256, ge=4, description="server threads; each connected client holds one while polling"
     )
     central_eval: bool = Field(True, description="evaluate on the server's held-out split")
+    max_client_examples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the training examples a client may declare (its aggregation weight)",
+    )
     keep_checkpoints: int = Field(2, ge=1)
 
 

@@ -15,15 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import Blob, Result, blob_table
-from fedloom.core.validation import check_count, decode_update, finite_metrics
+from fedloom.core.task import FIT, Blob, Result, blob_table
+from fedloom.core.validation import (
+    bound_norm,
+    check_count,
+    decode_update,
+    describe_dropped,
+    plausible_metrics,
+    update_norm,
+)
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import UpdateRejected
 from fedloom.metrics import fairness_summary
@@ -77,6 +84,12 @@ class _Tally:
     train_weight: int = 0
     payload_up: int = 0  # bytes of the uploads received
     dense_up: int = 0  # what they would take as float32
+    norms: list[tuple[int, float]] = field(default_factory=list)  # (client, update norm) used
+
+    def suspects(self, n: int = 3) -> str:
+        """The clients whose updates were the longest, to name when the new model is broken."""
+        top = sorted(self.norms, key=lambda cn: -cn[1])[:n]
+        return ", ".join(f"client {cid} (norm {norm:.4g})" for cid, norm in top) or "none"
 
 
 @dataclass
@@ -178,17 +191,9 @@ class Coordinator:
             "bytes_down": tally.bytes_down,
             "bytes_up": tally.bytes_up,
         }
-        if aggregate is not None:
-            # the server pipeline's state lives in the strategy state, like a client's in its own
-            aggregate = apply_to_rows(
-                self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
-            )[0].astype(np.float32, copy=False)
-            pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
-            params, opt_state = self.strategy.server_optimizer.step(
-                self.params, pseudo_grad, self.opt_state
-            )
-            self.params = params.astype(np.float32, copy=False)
-            self.opt_state = opt_state
+        params = None if aggregate is None else self._step(r, aggregate, ctx, tally)
+        if params is not None:
+            self.params, self.opt_state = params
             self.strategy_state = ctx.state
             record["status"] = "ok"
         else:
@@ -205,6 +210,33 @@ class Coordinator:
             record["bytes_down"] += eval_bytes
         record["seconds"] = time.perf_counter() - start
         return record
+
+    def _step(
+        self, r: int, aggregate: np.ndarray, ctx: RoundContext, tally: _Tally
+    ) -> tuple[np.ndarray, OptState] | None:
+        """The new model and optimiser state, or None when they are not finite: a model with
+        NaN or inf in it is never applied or checkpointed, and the longest updates are named."""
+        # the server pipeline's state lives in the strategy state, like a client's in its own
+        aggregate = apply_to_rows(
+            self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
+        )[0].astype(np.float32, copy=False)
+        pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
+        with np.errstate(over="ignore", invalid="ignore"):
+            params, opt_state = self.strategy.server_optimizer.step(
+                self.params, pseudo_grad, self.opt_state
+            )
+            params = params.astype(np.float32, copy=False)
+        broken = [n for n, v in {"params": params, **opt_state}.items() if not np.isfinite(v).all()]
+        if broken:
+            log.error(
+                "round %d: the new %s would not be finite (NaN or inf); refused. Suspect updates, "
+                "longest first: %s (bound them with strategy.max_update_norm)",
+                r,
+                " and ".join(broken),
+                tally.suspects(),
+            )
+            return None
+        return params, opt_state
 
     def _context(
         self, r: int, rng: np.random.Generator, eligible: Sequence[int] | None = None
@@ -246,6 +278,9 @@ class Coordinator:
             for listener in self.listeners:
                 listener.on_result(result)
             cid = result.task.client_id
+            if result.rejected is not None:
+                tally.rejected += 1  # the receiver (the gRPC service) logged it with the reason
+                continue
             if not result.ok:
                 tally.failed += 1
                 log.warning("round %d: client %d failed: %s", r, cid, result.error)
@@ -255,15 +290,20 @@ class Coordinator:
                 tally.payload_up += len(result.payload)
                 tally.dense_up += 4 * result.task.upload.size
             try:
-                vec = self._validate(result)
+                result, vec = self._validate(r, result)
             except UpdateRejected as exc:
                 tally.rejected += 1
                 log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
                 continue
+            if vec is not None:
+                tally.norms.append((cid, update_norm(vec)))
             exchange.on_result(result, vec)
             tally.returned += 1
-            loss = result.metrics.get("train_loss")
-            if loss is not None and np.isfinite(loss):
+            metrics, dropped = plausible_metrics(result.metrics)
+            if dropped:
+                log.warning("round %d: client %d: left out %s", r, cid, describe_dropped(dropped))
+            loss = metrics.get("train_loss")
+            if loss is not None:
                 tally.train_loss += loss * result.num_examples
                 tally.train_weight += result.num_examples
         assumed = sum(len(blobs[d].payload) for t in tasks for d in t.blobs.values() if d in blobs)
@@ -271,11 +311,30 @@ class Coordinator:
         tally.bytes_down += transfer.bytes_down
         tally.bytes_up += transfer.bytes_up
 
-    def _validate(self, result: Result) -> np.ndarray | None:
+    def _validate(self, r: int, result: Result) -> tuple[Result, np.ndarray | None]:
+        """The result as it may be used, and its decoded upload; ``UpdateRejected`` if neither.
+
+        A fit result weighs at most the examples its client declared (``Population``), so a
+        client cannot buy the aggregate by claiming more; its update is bounded by
+        ``strategy.max_update_norm``.
+        """
         if result.task.upload is None:
             check_count(result.num_examples)
-            return None
-        return decode_update(result, self.max_update_bytes)
+            return result, None
+        vec = decode_update(result, self.max_update_bytes)
+        declared = self.population.num_examples.get(result.task.client_id)
+        if result.task.kind == FIT and declared is not None and result.num_examples > declared:
+            log.warning(
+                "round %d: client %d claims %d examples, it declared %d; weighted as %d",
+                r,
+                result.task.client_id,
+                result.num_examples,
+                declared,
+                declared,
+            )
+            result = replace(result, num_examples=declared)
+        s = self.strategy
+        return result, bound_norm(vec, s.max_update_norm, s.max_update_norm_action)
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         """Central evaluation on the held-out set, and federated evaluation on clients' splits.
@@ -305,7 +364,14 @@ class Coordinator:
                     result.error,
                 )
                 continue
-            kept, _ = finite_metrics(result.metrics)
+            kept, dropped = plausible_metrics(result.metrics)
+            if dropped:
+                log.warning(
+                    "round %d: evaluation on client %d: left out %s",
+                    r,
+                    result.task.client_id,
+                    describe_dropped(dropped),
+                )
             for k, v in kept.items():
                 per_metric.setdefault(k, []).append(v)
         out: dict[str, Any] = {}

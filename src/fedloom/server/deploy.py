@@ -198,6 +198,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             poll_seconds=s.poll_s,
             chunk_bytes=s.chunk_kb * 1024,
             compression=s.compression,
+            max_client_examples=s.max_client_examples,
         )
         server, port = start_server(
             FederationService(hub, settings),

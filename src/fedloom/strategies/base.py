@@ -91,6 +91,10 @@ class Strategy(ABC):
     fraction_evaluate: float = 1.0
     client_config: Mapping[str, Any] = field(default_factory=dict)
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
+    # Every update's L2 norm is bounded before it reaches the aggregator (None: unbounded):
+    # "clip" scales a longer update down to the bound, "reject" refuses it.
+    max_update_norm: float | None = None
+    max_update_norm_action: str = "clip"
 
     name = "strategy"
     mode = "train"

@@ -50,6 +50,8 @@ def make_strategy(cfg: Config) -> Strategy:
         fraction_evaluate=s.fraction_evaluate,
         client_config=client_config(cfg.client),
         server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
+        max_update_norm=s.max_update_norm,
+        max_update_norm_action=s.max_update_norm_action,
     )
     if s.name == "fedsgd":
         return FedSGD(aggregation=s.aggregation, **common)

@@ -1,8 +1,11 @@
 """The gRPC side of the server: authentication, chunked transfer and upload validation.
 
-Every handler authenticates its caller before it touches the hub: ``Join`` checks the client's
-mTLS certificate (its common name is the client's identity) or its enrolment token, and every
-later call must present its session id, from the same certificate under mTLS.
+Every handler authenticates its caller before it touches the hub or reads a stream: ``Join``
+checks the client's mTLS certificate (its common name is the client's identity) or its enrolment
+token, and every later call must present its session id together with the credential it joined
+with: the same certificate under mTLS, or its name and enrolment token in the call metadata
+(``fedloom-client``, ``fedloom-token``) under token auth, so a leaked session id alone is useless.
+Client-supplied strings are shortened before they are logged.
 
 Uploads are checked against what the task asked for (``Task.upload``: codec and number of values)
 while they stream in: the declared codec must be the task's, the declared length at most what that
@@ -11,7 +14,8 @@ reading stops at the first byte over the declared length. The payload is then va
 ``fedloom.core.validation.decode_update``, the check the coordinator applies again, so a bad
 update is refused with a reason the client sees and never reaches the global model. A task without
 an upload takes metrics only. Non-finite metrics (an AUC on a split with one class) are left out
-with ``finite_metrics``, as the coordinator does in simulation, and the result is kept. The hub
+with ``plausible_metrics`` (so are fractions outside [0, 1] and negative or overflowing
+losses), as the coordinator does in simulation, and the result is kept. The hub
 counts the payload bytes streamed each way.
 
 This module depends on the core and the hub only, never on ``fedloom.server``: the deployment
@@ -30,14 +34,16 @@ from typing import NoReturn
 import grpc
 
 from fedloom.core.task import EVALUATE, FIT, Result
-from fedloom.core.validation import decode_update, finite_metrics
+from fedloom.core.validation import decode_update, describe_dropped, plausible_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
 from fedloom.transport.certs import Bundle, check_token
 from fedloom.transport.hub import Hub, PendingTask, Session
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
 from fedloom.transport.wire import (
+    CLIENT_METADATA,
     PROTOCOL_VERSION,
+    TOKEN_METADATA,
     chunks,
     spec_from_proto,
     spec_mismatch,
@@ -46,7 +52,9 @@ from fedloom.transport.wire import (
 
 log = logging.getLogger("fedloom.server")
 
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
+# How much of a client-supplied string (a name, an error) the log shows.
+SHOWN_CHARS = 80
 # Room for the protobuf framing of a chunk on top of its data.
 FRAME_OVERHEAD = 64 * 1024
 
@@ -63,11 +71,24 @@ class ServiceSettings:
     poll_seconds: float
     chunk_bytes: int
     compression: str  # "gzip" or "none"
+    max_client_examples: int | None = None  # cap on a client's declared training examples
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as a log shows it: quoted, escaped, and cut to ``limit`` characters."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str:
+    values = [v for k, v in context.invocation_metadata() if k == key]
+    return str(values[0]) if values else ""
 
 
 def _peer_common_name(context: grpc.ServicerContext) -> str | None:
@@ -96,23 +117,63 @@ class FederationService(pb_grpc.FederationServicer):
             if name and name != cn:
                 self._refuse(
                     context,
-                    f"the client calls itself {name!r} but its certificate is for {cn!r}",
+                    f"the client calls itself {shown(name)} but its certificate is for {cn!r}",
                 )
             name = cn
-        if not CLIENT_NAME.match(name or ""):
-            self._refuse(context, f"invalid client name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-        if self.settings.auth == "token" or (
-            self.settings.auth == "none" and self.settings.enrolment_key is not None
-        ):
-            key = self.settings.enrolment_key
-            assert key is not None
-            if not request.token:
-                self._refuse(context, f"client {name!r} sent no enrolment token")
-            if not check_token(key, name, request.token):
-                self._refuse(context, f"invalid enrolment token for client {name!r}")
+        self._check_name(name, context)
+        if self._uses_tokens:
+            self._check_token(name, request.token, context)
         return name
 
-    def _session(self, session_id: str, context: grpc.ServicerContext) -> Session:
+    @property
+    def _uses_tokens(self) -> bool:
+        return self.settings.auth == "token" or (
+            self.settings.auth == "none" and self.settings.enrolment_key is not None
+        )
+
+    def _check_name(self, name: str, context: grpc.ServicerContext) -> None:
+        if not CLIENT_NAME.fullmatch(name or ""):
+            self._refuse(
+                context, f"invalid client name {shown(name)}: use 1-64 of A-Z a-z 0-9 . _ -"
+            )
+
+    def _check_token(self, name: str, token: str, context: grpc.ServicerContext) -> None:
+        key = self.settings.enrolment_key
+        assert key is not None
+        if not token:
+            self._refuse(context, f"client {name!r} sent no enrolment token")
+        if not check_token(key, name, token):
+            self._refuse(context, f"invalid enrolment token for client {name!r}")
+
+    def _caller(self, context: grpc.ServicerContext) -> str | None:
+        """The client a call after ``Join`` comes from, authenticated by the credential it
+        carries (its certificate, or its name and token in the call metadata) before anything
+        else is read; None when the server authenticates no one (``--insecure``, no key)."""
+        if self.settings.auth == "mtls":
+            cn = _peer_common_name(context)
+            if cn is None:
+                self._refuse(context, "no client certificate was presented; use mTLS (--certs)")
+            return cn
+        if not self._uses_tokens:
+            return None
+        name = _metadata(context, CLIENT_METADATA)
+        if not name:
+            self._refuse(
+                context,
+                "the call carries no client name and enrolment token (fedloom-client and "
+                "fedloom-token metadata); upgrade the fedloom client",
+            )
+        self._check_name(name, context)
+        self._check_token(name, _metadata(context, TOKEN_METADATA), context)
+        return name
+
+    def _session(
+        self, session_id: str, context: grpc.ServicerContext, caller: str | None = None
+    ) -> Session:
+        """The caller's session. ``caller``: the already authenticated caller (``_caller``), for
+        a stream authenticated before its first message was read."""
+        if caller is None:
+            caller = self._caller(context)
         session = self.hub.session(session_id)
         if session is None:
             _abort(
@@ -120,8 +181,9 @@ class FederationService(pb_grpc.FederationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "unknown session (the server restarted or dropped this client); join again",
             )
-        if self.settings.auth == "mtls" and _peer_common_name(context) != session.name:
-            self._refuse(context, f"session of {session.name!r} used with another certificate")
+        if caller is not None and caller != session.name:
+            what = "certificate" if self.settings.auth == "mtls" else "enrolment token"
+            self._refuse(context, f"session of {session.name!r} used with the {what} of {caller!r}")
         return session
 
     # -- handlers ---------------------------------------------------------------------------
@@ -155,7 +217,18 @@ class FederationService(pb_grpc.FederationServicer):
         session = self._session(request.session_id, context)
         if request.num_examples < 0 or request.num_test_examples < 0:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "example counts must be >= 0")
-        self.hub.ready(session.session_id, request.num_examples, request.num_test_examples)
+        num_examples, cap = request.num_examples, self.settings.max_client_examples
+        if cap is not None and num_examples > cap:
+            log.warning(
+                "client %s declares %d training examples, over server.max_client_examples=%d; "
+                "it is weighted as %d",
+                session.name,
+                num_examples,
+                cap,
+                cap,
+            )
+            num_examples = cap
+        self.hub.ready(session.session_id, num_examples, request.num_test_examples)
         return pb.ReadyReply()
 
     def Heartbeat(
@@ -207,12 +280,13 @@ class FederationService(pb_grpc.FederationServicer):
     def UploadResult(
         self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadReply:
+        caller = self._caller(context)  # before a byte of the stream is read
         stream = iter(request_iterator)
         first = next(stream, None)
         if first is None or not first.HasField("header"):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
         header = first.header
-        session = self._session(header.session_id, context)
+        session = self._session(header.session_id, context, caller)
         pending = self.hub.pending(session.session_id, header.task_id)
         if pending is None:
             return pb.UploadReply(
@@ -222,22 +296,24 @@ class FederationService(pb_grpc.FederationServicer):
             )
         task = pending.task
         if header.error:
-            self.hub.complete(pending, Result(task, error=f"client {session.name}: {header.error}"))
+            error = header.error[:4096]  # a client's own words, kept to a bounded length
+            self.hub.complete(pending, Result(task, error=f"client {session.name}: {error}"))
             return pb.UploadReply(accepted=True, reason="recorded as a client failure")
         if header.num_examples < 0:
             return self._reject(
                 pending, session, f"num_examples must be >= 0, got {header.num_examples}"
             )
-        metrics, dropped = finite_metrics(header.metrics)
+        metrics, dropped = plausible_metrics(header.metrics)
         if dropped:
             log.warning(
-                "round %d: client %s (id %d) reported non-finite %s; left out, the result is kept",
+                "round %d: client %s (id %d) reported implausible metrics, left out (the result "
+                "is kept): %s",
                 task.round,
                 session.name,
                 session.client_id,
-                dropped,
+                shown(describe_dropped(dropped), 400),
             )
-        note = f"non-finite metrics {dropped} were left out" if dropped else ""
+        note = f"metrics left out: {describe_dropped(dropped)}" if dropped else ""
         if task.upload is None:
             if header.payload_bytes:
                 return self._reject(
@@ -266,7 +342,7 @@ class FederationService(pb_grpc.FederationServicer):
             decode_update(result)
         except UpdateRejected as exc:
             # Delivered whole: the coordinator's own decode_update rejects it for the same reason.
-            return self._reject(pending, session, str(exc), result)
+            return self._reject(pending, session, str(exc))
         if not self.hub.complete(pending, result):
             return pb.UploadReply(accepted=False, reason="the round's deadline passed")
         return pb.UploadReply(accepted=True, reason=note)
@@ -339,26 +415,17 @@ class FederationService(pb_grpc.FederationServicer):
             return f"the update's spec holds {got.size} values, the task asks for {upload.size}"
         return None
 
-    def _reject(
-        self, pending: PendingTask, session: Session, reason: str, result: Result | None = None
-    ) -> pb.UploadReply:
+    def _reject(self, pending: PendingTask, session: Session, reason: str) -> pb.UploadReply:
         log.warning(
             "round %d: update of client %s (id %d) rejected: %s",
             pending.task.round,
             session.name,
             session.client_id,
-            reason,
+            reason[:1000],  # it may quote what the client declared
         )
-        # The engine counts it as rejected. The coordinator must not use it either: a result
-        # without its payload fails its own decode_update ("no update"), and a metrics-only
-        # result, which it does not decode, is delivered as a failure.
-        task = pending.task
-        if result is not None:
-            delivered = result
-        elif task.upload is not None:
-            delivered = Result(task, num_examples=0, payload=None)
-        else:
-            delivered = Result(task, error=f"client {session.name}: result rejected: {reason}")
+        # Logged here, once: the engine and the coordinator count it as rejected (``rejected``
+        # set) and never use it.
+        delivered = Result(pending.task, rejected=reason)
         self.hub.complete(pending, delivered, rejected=reason)
         return pb.UploadReply(accepted=False, reason=f"update rejected: {reason}")
 
