@@ -64,7 +64,7 @@ def test_a_fit_result_weighs_at_most_what_its_client_declared() -> None:
 
 def test_a_fit_result_without_weight_is_rejected() -> None:
     task = Task(FIT, 1, 0, upload=Upload("float32", 2))
-    with pytest.raises(UpdateRejected, match="positive num_examples .* got 0"):
+    with pytest.raises(UpdateRejected, match=r"positive num_examples .* got 0"):
         decode_update(Result(task, 0, payload=b"\x00" * 8))
 
 
@@ -72,7 +72,7 @@ def test_update_norms_are_clipped_or_rejected_as_configured() -> None:
     vec = np.array([3.0, 4.0], np.float32)  # norm 5
     np.testing.assert_allclose(bound_norm(vec, 10.0, "reject"), [3.0, 4.0])
     np.testing.assert_allclose(bound_norm(vec, 2.5, "clip"), [1.5, 2.0])
-    with pytest.raises(UpdateRejected, match="norm 5 is over strategy.max_update_norm=2.5"):
+    with pytest.raises(UpdateRejected, match=r"norm 5 is over strategy\.max_update_norm=2\.5"):
         bound_norm(vec, 2.5, "reject")
 
     # in the round loop: [30, 40] is clipped to norm 5 = [3, 4]; mean with [1, 0] is [2, 2]
