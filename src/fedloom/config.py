@@ -66,6 +66,19 @@ class StrategyConfig(_Section):
     max_update_norm_action: Literal["clip", "reject"] = Field(
         "clip", description="an update over max_update_norm is scaled down to it, or refused"
     )
+    aggregator: Literal[
+        "mean", "median", "trimmed_mean", "krum", "multikrum", "norm_bound", "centered_clip"
+    ] = Field("mean", description="how a round's updates are combined (robust rules buffer them)")
+    trimmed_mean_beta: float = Field(
+        0.1, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate"
+    )
+    krum_f: int = Field(1, ge=0, description="krum, multikrum: malicious clients tolerated")
+    multikrum_m: int | None = Field(
+        None, ge=1, description="multikrum: updates averaged (null: clients - krum_f)"
+    )
+    norm_bound: float = Field(1.0, gt=0, description="norm_bound: L2 bound on each update")
+    centered_clip_tau: float = Field(1.0, gt=0, description="centered_clip: clipping radius")
+    centered_clip_iters: int = Field(3, ge=1, description="centered_clip: iterations")
 
 
 class ClientConfig(_Section):

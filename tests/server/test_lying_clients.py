@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedloom.aggregators import CoordinateMedian
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import FIT, Result, Task, Upload
@@ -151,3 +152,17 @@ def test_federated_evaluation_and_train_loss_ignore_implausible_metrics() -> Non
 
     assert record["train_loss"] == 2.0
     assert record["fed_accuracy_mean"] == 0.5
+
+
+def test_a_robust_aggregator_takes_the_streamed_updates_of_the_round() -> None:
+    # median of [1, 1], [2, 0] and the attacker's [-1000, 1000] (which claims all the weight)
+    clients = {
+        0: Liar(np.array([1.0, 1.0], np.float32), n=1),
+        1: Liar(np.array([2.0, 0.0], np.float32), n=1),
+        2: Liar(np.array([-1000.0, 1000.0], np.float32), n=10**6),
+    }
+    coord = _coordinator(clients, {0: 1, 1: 1, 2: 10**6}, aggregator_factory=CoordinateMedian)
+
+    coord.run_round(1)
+
+    np.testing.assert_array_equal(coord.params, [2.0, 2.0])  # 1 + median: [1, 1]

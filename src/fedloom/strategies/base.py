@@ -95,6 +95,9 @@ class Strategy(ABC):
     # "clip" scales a longer update down to the bound, "reject" refuses it.
     max_update_norm: float | None = None
     max_update_norm_action: str = "clip"
+    # The rule that combines a round's updates (None: the example-weighted mean, which streams);
+    # a factory, because every round begins a fresh one.
+    aggregator_factory: Callable[[], Aggregator] | None = None
 
     name = "strategy"
     mode = "train"
@@ -150,6 +153,8 @@ class Strategy(ABC):
         return [Task(EVALUATE, ctx.round, cid, config, {MODEL: ctx.model.digest}) for cid in chosen]
 
     def aggregator(self) -> Aggregator:
+        if self.aggregator_factory is not None:
+            return self.aggregator_factory()
         return WeightedMean(weighted=True)
 
     @abstractmethod

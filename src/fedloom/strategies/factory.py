@@ -7,8 +7,18 @@ of Config: a strategy is constructed from plain values and can be used without o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from fedloom.aggregators import (
+    Aggregator,
+    CenteredClip,
+    CoordinateMedian,
+    Krum,
+    MultiKrum,
+    NormBound,
+    TrimmedMean,
+)
 from fedloom.config import ClientConfig, Config
 from fedloom.errors import ConfigError
 from fedloom.optim import make_server_optimizer
@@ -18,7 +28,7 @@ from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.scaffold import Scaffold
 
-__all__ = ["STRATEGY_NAMES", "client_config", "make_strategy"]
+__all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strategy"]
 
 STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
 
@@ -34,6 +44,21 @@ def client_config(client: ClientConfig) -> dict[str, Any]:
         "momentum": client.momentum,
         "weight_decay": client.weight_decay,
     }
+
+
+def aggregator_factory(cfg: Config) -> Callable[[], Aggregator] | None:
+    """The robust aggregator ``strategy.aggregator`` names, with its parameters (None: the
+    streaming example-weighted mean)."""
+    s = cfg.strategy
+    factories: dict[str, Callable[[], Aggregator]] = {
+        "median": CoordinateMedian,
+        "trimmed_mean": lambda: TrimmedMean(s.trimmed_mean_beta),
+        "krum": lambda: Krum(s.krum_f),
+        "multikrum": lambda: MultiKrum(s.krum_f, s.multikrum_m),
+        "norm_bound": lambda: NormBound(s.norm_bound),
+        "centered_clip": lambda: CenteredClip(s.centered_clip_tau, s.centered_clip_iters),
+    }
+    return factories.get(s.aggregator)
 
 
 def make_strategy(cfg: Config) -> Strategy:
@@ -52,7 +77,13 @@ def make_strategy(cfg: Config) -> Strategy:
         server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
         max_update_norm=s.max_update_norm,
         max_update_norm_action=s.max_update_norm_action,
+        aggregator_factory=aggregator_factory(cfg),
     )
+    if s.name == "fedsgd" and s.aggregation == "sum" and s.aggregator != "mean":
+        raise ConfigError(
+            f"strategy.aggregator={s.aggregator!r} replaces the mean; it cannot be combined with "
+            "strategy.aggregation=sum"
+        )
     if s.name == "fedsgd":
         return FedSGD(aggregation=s.aggregation, **common)
     if s.aggregation != "mean":
