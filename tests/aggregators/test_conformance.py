@@ -4,6 +4,8 @@ own rule on hand-computed updates."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ NAMES = sorted(AGGREGATORS)
 
 
 def _run(
-    agg: Aggregator, rows: list[list[float]] | np.ndarray, weights: list[float] | None = None
+    agg: Aggregator, rows: Sequence[Any], weights: Sequence[float] | None = None
 ) -> np.ndarray:
     vecs = np.asarray(rows, np.float32)
     agg.begin(vecs.shape[1])
@@ -93,7 +95,7 @@ def test_one_malicious_update_among_five_moves_only_the_mean_far(name: str) -> N
 
 # -- each rule on hand-computed updates ----------------------------------------------------------
 # A = [1, 0], B = [2, 4], C = [3, 1], D = [100, -50] (the outlier), E = [10, 2]
-FIVE = [[1, 0], [2, 4], [3, 1], [100, -50], [10, 2]]
+FIVE: list[list[float]] = [[1, 0], [2, 4], [3, 1], [100, -50], [10, 2]]
 
 
 def test_median_is_the_middle_value_of_each_coordinate() -> None:
@@ -107,7 +109,7 @@ def test_trimmed_mean_drops_k_values_at_each_end() -> None:
     # beta 0.2 of 5: k = 1; x: 2 3 10 -> 5; y: 0 1 2 -> 1
     np.testing.assert_array_equal(_run(TrimmedMean(0.2), FIVE), [5, 1])
     # beta 0 is the plain mean: x 116 / 5, y -43 / 5
-    np.testing.assert_allclose(_run(TrimmedMean(0.0), FIVE), [23.2, -8.6], rtol=1e-6)
+    np.testing.assert_allclose(_run(TrimmedMean(0.0), FIVE), np.array([23.2, -8.6]), rtol=1e-6)
     with pytest.raises(ValueError, match=r"beta must be in \[0, 0.5\)"):
         TrimmedMean(0.5)
 
