@@ -27,7 +27,7 @@ NAMES = sorted(AGGREGATORS)
 
 
 def _run(
-    agg: Aggregator, rows: Sequence[Any], weights: Sequence[float] | None = None
+    agg: Aggregator, rows: Sequence[Any] | np.ndarray, weights: Sequence[float] | None = None
 ) -> np.ndarray:
     vecs = np.asarray(rows, np.float32)
     agg.begin(vecs.shape[1])
