@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"transport"},
     {"client"},
     {"engines"},
-    {"strategies"},
+    {"strategies", "attacks"},
     {"server"},
     {"simulation"},
     {"api"},

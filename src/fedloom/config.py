@@ -226,6 +226,18 @@ class ServerConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
 
 
+class AttackConfig(_Section):
+    """Simulated malicious clients (``fedloom run`` only), to measure defences."""
+
+    kind: Literal["label_flip", "sign_flip", "scale", "gaussian", "backdoor"]
+    fraction: float = Field(0.1, ge=0, lt=1, description="share of clients that are malicious")
+    scale: float = Field(
+        10.0,
+        gt=0,
+        description="sign_flip/scale/backdoor: update boost; gaussian: the noise's std",
+    )
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -238,6 +250,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    attack: AttackConfig | None = None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
