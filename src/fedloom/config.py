@@ -217,6 +217,15 @@ class ServerConfig(_Section):
     max_workers: int = Field(
         256, ge=4, description="server threads; each connected client holds one while polling"
     )
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=4, description="calls held at once, beyond: RESOURCE_EXHAUSTED (null: 2 x workers)"
+    )
+    first_message_s: float = Field(
+        10.0, gt=0, description="an upload stream that sends nothing this long is closed"
+    )
+    idle_stream_s: float = Field(
+        30.0, gt=0, description="an upload stream silent this long between messages is closed"
+    )
     central_eval: bool = Field(True, description="evaluate on the server's held-out split")
     max_client_examples: int | None = Field(
         None,

@@ -199,6 +199,8 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             chunk_bytes=s.chunk_kb * 1024,
             compression=s.compression,
             max_client_examples=s.max_client_examples,
+            first_message_s=s.first_message_s,
+            idle_stream_s=s.idle_stream_s,
         )
         server, port = start_server(
             FederationService(hub, settings),
@@ -207,6 +209,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             require_client_cert=auth == "mtls",
             max_message_bytes=int(s.max_message_mb * 1024 * 1024),
             max_workers=s.max_workers,
+            max_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         host = opts.address.rsplit(":", 1)[0]
         _say(

@@ -122,7 +122,6 @@ class Connection:
         self.channel.close()
 
     def join(self, name: str, token: str, task_kinds: list[str]) -> pb.JoinReply:
-        self.metadata = credentials(name, token)
         reply: pb.JoinReply = self.stub.Join(
             pb.JoinRequest(
                 protocol_version=PROTOCOL_VERSION,
@@ -132,9 +131,9 @@ class Connection:
                 task_kinds=task_kinds,
             ),
             timeout=RPC_TIMEOUT,
-            metadata=self.metadata,
         )
         self.session_id = reply.session_id
+        self.metadata = credentials(name, token)
         if reply.compression == "gzip":
             self.compression = grpc.Compression.Gzip
         return reply

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ log = logging.getLogger("fedloom.server")
 CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
 # How much of a client-supplied string (a name, an error) the log shows.
 SHOWN_CHARS = 80
+# A Join carries a name, a token and a few short lists: anything bigger is not a client's.
+MAX_JOIN_BYTES = 64 * 1024
 # Room for the protobuf framing of a chunk on top of its data.
 FRAME_OVERHEAD = 64 * 1024
 
@@ -72,6 +75,8 @@ class ServiceSettings:
     chunk_bytes: int
     compression: str  # "gzip" or "none"
     max_client_examples: int | None = None  # cap on a client's declared training examples
+    first_message_s: float = 10.0  # an upload stream must send its header within this
+    idle_stream_s: float = 30.0  # and then a message at least this often
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -102,6 +107,8 @@ class FederationService(pb_grpc.FederationServicer):
     def __init__(self, hub: Hub, settings: ServiceSettings) -> None:
         self.hub = hub
         self.settings = settings
+        self._polling: set[str] = set()  # sessions with a long-poll in flight (one each)
+        self._polling_lock = threading.Lock()
 
     # -- authentication ---------------------------------------------------------------------
     def _refuse(self, context: grpc.ServicerContext, message: str) -> NoReturn:
@@ -188,6 +195,10 @@ class FederationService(pb_grpc.FederationServicer):
 
     # -- handlers ---------------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        if request.ByteSize() > MAX_JOIN_BYTES:
+            self._refuse(
+                context, f"a Join request of {request.ByteSize()} bytes (at most {MAX_JOIN_BYTES})"
+            )
         if request.protocol_version != PROTOCOL_VERSION:
             _abort(
                 context,
@@ -241,7 +252,20 @@ class FederationService(pb_grpc.FederationServicer):
 
     def PollTask(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollReply:
         session = self._session(request.session_id, context)
-        pending = self.hub.poll(session.session_id, self.settings.poll_seconds)
+        with self._polling_lock:
+            busy = session.session_id in self._polling
+            self._polling.add(session.session_id)
+        if busy:  # one long-poll per session: more would only hold more server threads
+            _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this session already has a poll in flight; poll again when it returns",
+            )
+        try:
+            pending = self.hub.poll(session.session_id, self.settings.poll_seconds)
+        finally:
+            with self._polling_lock:
+                self._polling.discard(session.session_id)
         if pending is None:
             if self.hub.finished:
                 self.hub.told_finished(session.session_id)
@@ -281,7 +305,28 @@ class FederationService(pb_grpc.FederationServicer):
         self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadReply:
         caller = self._caller(context)  # before a byte of the stream is read
-        stream = iter(request_iterator)
+        watchdog = _Watchdog(context, self.settings.first_message_s)
+        try:
+            return self._upload(request_iterator, context, caller, watchdog)
+        except StreamIdle:
+            log.warning(
+                "closed an upload stream from %s (%s): no message for %g s",
+                context.peer(),
+                caller or "unauthenticated",
+                watchdog.seconds,
+            )
+            return pb.UploadReply(accepted=False, reason="the stream was idle too long")
+        finally:
+            watchdog.stop()
+
+    def _upload(
+        self,
+        request_iterator: Iterable[pb.UploadChunk],
+        context: grpc.ServicerContext,
+        caller: str | None,
+        watchdog: _Watchdog,
+    ) -> pb.UploadReply:
+        stream = watchdog.watch(iter(request_iterator), self.settings.idle_stream_s)
         first = next(stream, None)
         if first is None or not first.HasField("header"):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
@@ -387,6 +432,8 @@ class FederationService(pb_grpc.FederationServicer):
                         f"update exceeds the size cap: it declared {declared} bytes and sent more",
                     )
                 buf += msg.data
+        except StreamIdle:
+            raise  # UploadResult says why
         except Exception as exc:  # the stream broke: a message over the cap, a lost client
             return None, f"the upload broke off after {len(buf)} bytes: {exc}"
         finally:
@@ -435,6 +482,76 @@ class FederationService(pb_grpc.FederationServicer):
         return pb.LeaveReply()
 
 
+class StreamIdle(Exception):
+    """The watchdog cancelled a silent stream."""
+
+
+class _Watchdog:
+    """Cancels a call whose client goes silent: no first message within ``seconds``, then no
+    message for ``idle`` seconds (``watch``). A stalled stream so holds a server thread for a
+    bounded time, never forever."""
+
+    def __init__(self, context: grpc.ServicerContext, seconds: float) -> None:
+        self._context = context
+        self.seconds = seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.seconds = seconds
+            self._timer = threading.Timer(seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._context.cancel()
+
+    def watch(self, stream: Iterator[pb.UploadChunk], idle: float) -> Iterator[pb.UploadChunk]:
+        """``stream``, re-arming the timer at each message; ``StreamIdle`` once it fired."""
+        try:
+            for msg in stream:
+                self._arm(idle)
+                yield msg
+        except grpc.RpcError:
+            if self.fired:
+                raise StreamIdle from None
+            raise
+        if self.fired:
+            raise StreamIdle
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+
+class _MalformedRequests(logging.Filter):
+    """gRPC logs a request that does not parse as its method's protobuf with a full traceback;
+    one line, without it, says the same in the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "deserializ" in str(record.msg).lower():
+            record.msg = "dropped a request that is not a valid protobuf of its method"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_grpc_logs() -> None:
+    """Install ``_MalformedRequests`` on the gRPC loggers that report them (once)."""
+    for name in ("grpc._common", "grpc._server"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MalformedRequests) for f in logger.filters):
+            logger.addFilter(_MalformedRequests())
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -455,12 +572,16 @@ def start_server(
     require_client_cert: bool,
     max_message_bytes: int,
     max_workers: int,
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``address``; returns the server and the bound port.
 
     ``bundle`` None serves plaintext (``--insecure``). With ``require_client_cert`` the TLS
     handshake itself refuses clients without a certificate signed by the run's CA.
+    ``max_concurrent_rpcs`` (default: twice ``max_workers``) bounds the calls the server holds
+    at once; beyond it a call is refused with RESOURCE_EXHAUSTED and the client retries.
     """
+    quiet_grpc_logs()
     if max_message_bytes < service.settings.chunk_bytes + FRAME_OVERHEAD:
         raise DeploymentError(
             f"server.max_message_mb ({max_message_bytes} bytes) must exceed the chunk size "
@@ -469,6 +590,7 @@ def start_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedloom-rpc"),
         options=server_options(max_message_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs or 2 * max_workers,
     )
     pb_grpc.add_FederationServicer_to_server(service, server)
     if bundle is None:
