@@ -46,6 +46,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         model=args.model,
         strategy=args.strategy,
         eval_data=Path(args.eval_data) if args.eval_data else None,
+        new_run=args.new_run,
     )
     summary = serve(cfg, opts)
     if not args.quiet:
@@ -130,6 +131,12 @@ def register(sub: Any) -> None:
         "--state", required=True, help="state folder (SQLite + checkpoints); reuse it to resume"
     )
     server.add_argument("--out", required=True, help="results folder")
+    server.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start a new run although --state holds checkpoints (or --out metrics) of a run its "
+        "database does not record (old checkpoints are moved aside, not deleted)",
+    )
     server.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted networks)")
     server.add_argument(
         "--model",

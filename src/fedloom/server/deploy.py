@@ -75,6 +75,7 @@ class ServerOptions:
     model: str | None = None
     strategy: str | None = None
     eval_data: Path | None = None
+    new_run: bool = False  # start a new run where checkpoints or metrics of no recorded run lie
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -158,7 +159,19 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
     strategy = build_strategy(cfg, opts.strategy)
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
     with contextlib.closing(StateStore(opts.state)) as store:
-        info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
+        metrics = opts.out / METRICS_FILE
+        if (
+            not opts.new_run
+            and not store.has_run()
+            and metrics.is_file()
+            and metrics.stat().st_size
+        ):
+            raise DeploymentError(
+                f"--out {str(opts.out)!r} holds the metrics of an earlier run and --state "
+                f"{str(opts.state)!r} records none: a new run would overwrite them. Use a new --out "
+                "folder, or pass --new-run to start a new run anyway"
+            )
+        info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts), opts.new_run)
         hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
         engine = _CountedEngine(
             RemoteEngine(
@@ -183,7 +196,9 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
         if info.last_round:
             # ``needs``: a fresh checkpoint names every array this run keeps, so a checkpoint
             # without the strategy's state is refused instead of resuming from a reset state.
-            arrays = store.load_checkpoint(info.last_round, needs=coordinator.checkpoint())
+            # The newest intact checkpoint: a damaged newer one is skipped, its rounds run again.
+            last, arrays = store.resume(needs=coordinator.checkpoint())
+            info = dataclasses.replace(info, last_round=last)
             coordinator.restore(arrays)
             coordinator.history = store.history()
             _say(f"resuming run {info.run_id} after round {info.last_round}", opts.quiet)
