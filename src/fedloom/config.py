@@ -227,6 +227,9 @@ class ServerConfig(_Section):
         30.0, gt=0, description="an upload stream silent this long between messages is closed"
     )
     central_eval: bool = Field(True, description="evaluate on the server's held-out split")
+    allowed_clients: list[str] | None = Field(
+        None, description="client names allowed to join this run (null: any authenticated one)"
+    )
     max_client_examples: int | None = Field(
         None,
         ge=1,

@@ -132,4 +132,5 @@ def test_a_lying_client_is_refused_or_outweighed_and_the_run_keeps_learning(
     assert "accuracy (2.5e+299 is outside [0, 1])" in server_log
     # the train loss and the federated accuracy are the honest clients' own
     assert all(r["train_loss"] < 10 and r["fed_accuracy_max"] <= 1 for r in records)
-    assert records[-1]["accuracy"] > records[0]["accuracy"] + 0.2
+    # the attack-free run of the three honest clients (`fedloom run`, same config) reaches 0.825
+    assert records[-1]["accuracy"] > 0.825 - 0.05

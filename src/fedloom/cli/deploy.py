@@ -11,8 +11,18 @@ from fedloom.errors import DeploymentError
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedloom.transport.certs import DEFAULT_HOSTS, create_certs
+    from fedloom.transport.certs import DEFAULT_HOSTS, create_certs, revoke
 
+    if args.revoke:
+        for name in args.revoke:
+            path = revoke(args.out, name)
+        print(
+            f"revoked {', '.join(args.revoke)} in {path}: a server running with --certs "
+            f"{args.out} refuses their next call (certificate and token alike)"
+        )
+        return 0
+    if args.clients is None:
+        raise DeploymentError("fedloom certs: give --clients N (or --revoke NAME)")
     hosts = args.host or list(DEFAULT_HOSTS)
     written = create_certs(args.out, args.clients, hosts=hosts)
     print(
@@ -105,7 +115,14 @@ def register(sub: Any) -> None:
     """Add the deployment subcommands to ``fedloom``'s subparsers."""
     certs = sub.add_parser("certs", help="create a CA, server and client certificates, tokens")
     certs.add_argument("--out", required=True, help="folder to write them to")
-    certs.add_argument("--clients", type=int, required=True, help="client certificates to make")
+    certs.add_argument("--clients", type=int, help="client certificates to make")
+    certs.add_argument(
+        "--revoke",
+        action="append",
+        metavar="NAME",
+        help="revoke client NAME in the --out folder (revoked.txt); a running server honours it "
+        "at the client's next call; repeatable",
+    )
     certs.add_argument(
         "--host",
         action="append",

@@ -52,7 +52,7 @@ from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
 from fedloom.tracking.summary import summarize
-from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
+from fedloom.transport.certs import ENROLMENT_KEY, REVOKED, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
 
@@ -216,6 +216,8 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             max_client_examples=s.max_client_examples,
             first_message_s=s.first_message_s,
             idle_stream_s=s.idle_stream_s,
+            allowed_clients=None if s.allowed_clients is None else frozenset(s.allowed_clients),
+            revoked_file=opts.certs / REVOKED if opts.certs is not None else None,
         )
         server, port = start_server(
             FederationService(hub, settings),

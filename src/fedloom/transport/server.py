@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
@@ -37,7 +38,7 @@ import grpc
 from fedloom.core.task import EVALUATE, FIT, Result
 from fedloom.core.validation import decode_update, describe_dropped, plausible_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
-from fedloom.transport.certs import Bundle, check_token
+from fedloom.transport.certs import Bundle, RevocationList, check_token
 from fedloom.transport.hub import Hub, PendingTask, Session
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
@@ -77,6 +78,8 @@ class ServiceSettings:
     max_client_examples: int | None = None  # cap on a client's declared training examples
     first_message_s: float = 10.0  # an upload stream must send its header within this
     idle_stream_s: float = 30.0  # and then a message at least this often
+    allowed_clients: frozenset[str] | None = None  # None: every authenticated client
+    revoked_file: Path | None = None  # revoked.txt of `fedloom certs --revoke`, re-read on change
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -107,6 +110,7 @@ class FederationService(pb_grpc.FederationServicer):
     def __init__(self, hub: Hub, settings: ServiceSettings) -> None:
         self.hub = hub
         self.settings = settings
+        self._revoked = RevocationList(settings.revoked_file)
         self._polling: set[str] = set()  # sessions with a long-poll in flight (one each)
         self._polling_lock = threading.Lock()
 
@@ -130,7 +134,25 @@ class FederationService(pb_grpc.FederationServicer):
         self._check_name(name, context)
         if self._uses_tokens:
             self._check_token(name, request.token, context)
+        self._permit(name, context)
         return name
+
+    def _permit(
+        self, name: str, context: grpc.ServicerContext, session_id: str | None = None
+    ) -> None:
+        """Refuse a client that is not on the run's allow-list or has been revoked; a revoked
+        client's session is closed (its open task fails at once)."""
+        allowed = self.settings.allowed_clients
+        why = None
+        if allowed is not None and name not in allowed:
+            why = f"client {name!r} is not on this run's allow-list (server.allowed_clients)"
+        elif name in self._revoked:
+            why = f"client {name!r} has been revoked (fedloom certs --revoke)"
+        if why is None:
+            return
+        if session_id is not None:
+            self.hub.leave(session_id)
+        self._refuse(context, why)
 
     @property
     def _uses_tokens(self) -> bool:
@@ -191,6 +213,7 @@ class FederationService(pb_grpc.FederationServicer):
         if caller is not None and caller != session.name:
             what = "certificate" if self.settings.auth == "mtls" else "enrolment token"
             self._refuse(context, f"session of {session.name!r} used with the {what} of {caller!r}")
+        self._permit(session.name, context, session.session_id)
         return session
 
     # -- handlers ---------------------------------------------------------------------------
