@@ -240,6 +240,8 @@ def read_token(certs: str | Path, name: str) -> str:
 def revoke(certs: str | Path, name: str) -> Path:
     """Add ``name`` to the folder's revocation list (``revoked.txt``); returns its path. A server
     started with this folder refuses the client's next call, its certificate and token alike."""
+    if not Path(certs).is_dir():
+        raise ConfigError(f"--out {str(certs)!r} is not a folder of `fedloom certs`")
     path = Path(certs) / REVOKED
     with path.open("a", encoding="utf-8") as fh:
         fh.write(name + "\n")
