@@ -3,7 +3,7 @@ clients, with the mean and with every robust aggregator.
 
     python bench/robustness.py [--attacks KIND,...] [--fractions 0,0.1,0.2,0.3]
                                [--aggregators NAME,...] [--clients 10] [--rounds 10]
-                               [--json PATH]
+                               [--scale 10] [--worst FRACTION] [--json PATH]
 
 Every cell trains the same MLP from the same initialisation on the same IID digits split, with the
 same seeded set of malicious clients for a given attack and fraction (``attack.*``); only
@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--scale", type=float, default=10.0, help="attack.scale")
+    p.add_argument(
+        "--worst",
+        type=float,
+        default=None,
+        help="the malicious share the aggregators' parameters are sized for (default: the "
+        "largest of --fractions); give it when running the grid in parts",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     attacks = args.attacks.split(",")
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "model.hidden=[64]",
         "seed=0",
     ]
-    worst = max(fractions)
+    worst = max(fractions) if args.worst is None else args.worst
     rows: list[dict[str, Any]] = []
     plans = [("none", 0.0)] if 0.0 in fractions else []
     plans += [(a, f) for a in attacks for f in fractions if f > 0]
