@@ -122,4 +122,5 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """The task ran and its result may be used (no error, not rejected)."""
+        return self.error is None and self.rejected is None

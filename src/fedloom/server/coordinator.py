@@ -357,12 +357,13 @@ class Coordinator:
         per_metric: dict[str, list[float]] = {}
         for result in self.engine.run(tasks, blob_table(ctx.model)):
             if not result.ok:
-                log.warning(
-                    "round %d: evaluation on client %d failed: %s",
-                    r,
-                    result.task.client_id,
-                    result.error,
-                )
+                if result.rejected is None:  # a rejection was logged where it was received
+                    log.warning(
+                        "round %d: evaluation on client %d failed: %s",
+                        r,
+                        result.task.client_id,
+                        result.error,
+                    )
                 continue
             kept, dropped = plausible_metrics(result.metrics)
             if dropped:
