@@ -3,6 +3,7 @@ token-auth deployment: honest rounds keep completing at about their usual pace (
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,9 @@ def test_stalled_streams_do_not_stop_the_rounds(tmp_path: Path, certs: Path) -> 
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.UNAVAILABLE,
     }
+    # memory stays bounded: the server of this small run (torch included) peaks near 450 MB
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["deployment"]["peak_rss_mb"] < 1024
     server_log = h.read(log)
     assert "Traceback" not in server_log
     assert "the call carries no client name and enrolment token" in server_log
