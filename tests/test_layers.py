@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"client"},
     {"privacy"},
     {"engines"},
-    {"strategies"},
+    {"strategies", "attacks"},
     {"server"},
     {"simulation"},
     {"baselines"},

@@ -73,6 +73,25 @@ class StrategyConfig(_Section):
         description="fixed: ceil(fraction_fit * N) clients without replacement; poisson: each "
         "client independently with probability fraction_fit (what DP amplification assumes)",
     )
+    max_update_norm: float | None = Field(
+        None, gt=0, description="bound on each client update's L2 norm (null: unbounded)"
+    )
+    max_update_norm_action: Literal["clip", "reject"] = Field(
+        "clip", description="an update over max_update_norm is scaled down to it, or refused"
+    )
+    aggregator: Literal[
+        "mean", "median", "trimmed_mean", "krum", "multikrum", "norm_bound", "centered_clip"
+    ] = Field("mean", description="how a round's updates are combined (robust rules buffer them)")
+    trimmed_mean_beta: float = Field(
+        0.1, ge=0, lt=0.5, description="trimmed_mean: fraction cut from each end per coordinate"
+    )
+    krum_f: int = Field(1, ge=0, description="krum, multikrum: malicious clients tolerated")
+    multikrum_m: int | None = Field(
+        None, ge=1, description="multikrum: updates averaged (null: clients - krum_f)"
+    )
+    norm_bound: float = Field(1.0, gt=0, description="norm_bound: L2 bound on each update")
+    centered_clip_tau: float = Field(1.0, gt=0, description="centered_clip: clipping radius")
+    centered_clip_iters: int = Field(3, ge=1, description="centered_clip: iterations")
 
 
 class ClientConfig(_Section):
@@ -225,7 +244,24 @@ class ServerConfig(_Section):
     max_workers: int = Field(
         256, ge=4, description="server threads; each connected client holds one while polling"
     )
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=4, description="calls held at once, beyond: RESOURCE_EXHAUSTED (null: 2 x workers)"
+    )
+    first_message_s: float = Field(
+        10.0, gt=0, description="an upload stream that sends nothing this long is closed"
+    )
+    idle_stream_s: float = Field(
+        30.0, gt=0, description="an upload stream silent this long between messages is closed"
+    )
     central_eval: bool = Field(True, description="evaluate on the server's held-out split")
+    allowed_clients: list[str] | None = Field(
+        None, description="client names allowed to join this run (null: any authenticated one)"
+    )
+    max_client_examples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the training examples a client may declare (its aggregation weight)",
+    )
     keep_checkpoints: int = Field(2, ge=1)
 
 
@@ -322,6 +358,18 @@ class PrivacyConfig(_Section):
         return self
 
 
+class AttackConfig(_Section):
+    """Simulated malicious clients (``fedloom run`` only), to measure defences."""
+
+    kind: Literal["label_flip", "sign_flip", "scale", "gaussian", "backdoor"]
+    fraction: float = Field(0.1, ge=0, lt=1, description="share of clients that are malicious")
+    scale: float = Field(
+        10.0,
+        gt=0,
+        description="sign_flip/scale/backdoor: update boost; gaussian: the noise's std",
+    )
+
+
 class Config(_Section):
     seed: int = 0
     rounds: int = Field(20, ge=1)
@@ -362,12 +410,20 @@ class Config(_Section):
                 "privacy.dp_sgd clips per-example gradients in local training; strategy.name="
                 "fedsgd takes one full-batch gradient: use fedavg, fedprox or scaffold"
             )
+        if p.mechanism != "none" and self.strategy.aggregator != "mean":
+            raise ValueError(
+                f"privacy.mechanism={p.mechanism} sums clipped updates (the sum is what the noise "
+                f"hides); strategy.aggregator={self.strategy.aggregator} would replace that sum: "
+                "use aggregator=mean with differential privacy"
+            )
         if p.mechanism != "none" and self.strategy.name != "fedavg":
             raise ValueError(
                 f"privacy.mechanism={p.mechanism} is DP-FedAvg: it needs strategy.name=fedavg, "
                 f"got {self.strategy.name!r}"
             )
         return self
+
+    attack: AttackConfig | None = None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -19,6 +19,13 @@ import torch
 from torch import nn
 
 from fedloom import __version__
+from fedloom.attacks import (
+    BACKDOOR_TARGET,
+    PoisonedEngine,
+    malicious_clients,
+    poison_data,
+    stamp_trigger,
+)
 from fedloom.client.local import LocalTraining
 from fedloom.client.torch_client import (
     TorchClient,
@@ -130,6 +137,11 @@ class Simulation:
         self.spec = ParamSpec.of(init)
         self.init_params = self.spec.flatten(init)
         self.training = LocalTraining.from_config(cfg.client)
+        attack = cfg.attack
+        self.malicious: list[int] = (
+            malicious_clients(len(self.clients), attack.fraction, cfg.seed) if attack else []
+        )
+        self._trigger_value = float(np.max(ds.x_train)) if len(ds.x_train) else 1.0
 
     def new_model(self) -> nn.Module:
         return build_model(
@@ -146,6 +158,11 @@ class Simulation:
     def client_of(self, cid: int, data: ClientData) -> TorchClient:
         """A client with id ``cid`` holding the rows ``data`` (the baselines pool every client's)."""
         local = local_arrays(self.dataset, data)
+        attack = self.cfg.attack
+        if attack is not None and cid in self.malicious:
+            local = poison_data(
+                local, attack.kind, self.num_outputs, self._trigger_value, self.cfg.seed
+            )
         return dataset_client(
             self.model,
             self.dataset,
@@ -158,7 +175,7 @@ class Simulation:
     def central_eval(self, params: Params) -> dict[str, Any]:
         set_params(self.eval_model, params)
         ds = self.dataset
-        return evaluate_model(
+        out = evaluate_model(
             self.eval_model,
             ds.x_test,
             ds.y_test,
@@ -168,6 +185,15 @@ class Simulation:
             threshold_from=(ds.x_train, ds.y_train) if self.num_outputs == 2 else None,
             extra_metrics=ds.extra_metrics,
         )
+        if self.cfg.attack is not None and self.cfg.attack.kind == "backdoor":
+            # the share of triggered test examples of other classes classified as the target
+            other = ds.y_test != BACKDOOR_TARGET
+            triggered = stamp_trigger(ds.x_test[other], self._trigger_value)
+            target = np.full(int(other.sum()), BACKDOOR_TARGET, dtype=ds.y_test.dtype)
+            out["backdoor_success"] = evaluate_model(
+                self.eval_model, triggered, target, task=ds.task, num_classes=self.num_outputs
+            )["accuracy"]
+        return out
 
     def population(self) -> Population:
         return Population(
@@ -176,11 +202,18 @@ class Simulation:
         )
 
     def engine(self) -> Engine:
-        """The configured engine over this simulation's clients."""
-        return make_engine(self.cfg.engine, self.client)
+        """The configured engine over this simulation's clients (their updates poisoned by the
+        malicious ones, under ``attack``)."""
+        return self._attacked(make_engine(self.cfg.engine, self.client))
+
+    def _attacked(self, engine: Engine) -> Engine:
+        attack = self.cfg.attack
+        if attack is None or not self.malicious:
+            return engine
+        return PoisonedEngine(engine, self.malicious, attack.kind, attack.scale, self.cfg.seed)
 
     def coordinator(self, listeners: Sequence[RoundListener] | None = None) -> Coordinator:
-        return make_coordinator(
+        coordinator = make_coordinator(
             self.cfg,
             strategy=make_strategy(self.cfg),
             client_fn=self.client,
@@ -190,13 +223,15 @@ class Simulation:
             central_eval=self.central_eval,
             listeners=listeners or (),
         )
+        coordinator.engine = self._attacked(coordinator.engine)
+        return coordinator
 
     def summary(
         self, history: list[dict[str, Any]], wall_seconds: float, out: Path
     ) -> dict[str, Any]:
         """The ``summary.json`` of a run of this simulation: final metrics, the config, data facts."""
         ds = self.dataset
-        return summarize(
+        summary = summarize(
             config=self.cfg.model_dump(mode="json"),
             history=history,
             wall_seconds=wall_seconds,
@@ -211,6 +246,9 @@ class Simulation:
                 "test_examples": len(ds.x_test),
             },
         )
+        if self.cfg.attack is not None:
+            summary["attack"] = {**self.cfg.attack.model_dump(), "malicious": self.malicious}
+        return summary
 
 
 def run_recorded(

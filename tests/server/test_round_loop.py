@@ -173,7 +173,8 @@ def test_federated_evaluation_reports_mean_std_and_worst10() -> None:
 
 
 def test_a_round_whose_only_update_has_no_examples_fails_cleanly() -> None:
-    # num_examples=0 used to pass validation and crash WeightedMean.finish (and the server).
+    # num_examples=0 used to pass validation and crash WeightedMean.finish (and the server); a
+    # fit result without weight is now rejected, and a round without usable weight fails.
     clients = {0: DeltaClient(np.ones(2, np.float32), n=0)}
     coord = Coordinator(
         strategy=FedAvg(),
@@ -185,7 +186,7 @@ def test_a_round_whose_only_update_has_no_examples_fails_cleanly() -> None:
 
     record = coord.run_round(1)
 
-    assert (record["returned"], record["status"]) == (1, "failed")
+    assert (record["returned"], record["rejected"], record["status"]) == (0, 1, "failed")
     np.testing.assert_array_equal(coord.params, [1.0, 1.0])
 
 

@@ -216,6 +216,8 @@ def test_bad_privacy_settings_name_the_key(caplog: pytest.LogCaptureFixture) -> 
         _config("privacy.mechanism=client", "privacy.clipping=adaptive")
     with pytest.raises(ConfigError, match=re.escape("needs strategy.name=fedavg")):
         _config("strategy.name=fedprox")
+    with pytest.raises(ConfigError, match=re.escape("use aggregator=mean with differential")):
+        _config("strategy.aggregator=median")
     with pytest.raises(
         ConfigError, match=re.escape("privacy.max_epsilon=0.1 is exceeded by the first")
     ):

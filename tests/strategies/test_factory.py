@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 import fedloom.simulation
-from fedloom.aggregators import Sum, WeightedMean
+from fedloom.aggregators import (
+    CenteredClip,
+    CoordinateMedian,
+    Krum,
+    MultiKrum,
+    NormBound,
+    Sum,
+    TrimmedMean,
+    WeightedMean,
+)
 from fedloom.config import StrategyConfig, load_config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import ParamSpec
@@ -121,6 +130,41 @@ def test_sum_aggregation_outside_fedsgd_is_refused(name: str) -> None:
         f"strategy.aggregation='sum' applies to fedsgd only; {name} always takes the "
         "example-weighted mean"
     )
+
+
+def test_robust_aggregators_are_built_with_their_parameters() -> None:
+    mean = _strategy()
+    assert mean.aggregator_factory is None and type(mean.aggregator()) is WeightedMean
+    built = {
+        name: _strategy(f"strategy.aggregator={name}", *extra).aggregator()
+        for name, extra in {
+            "median": [],
+            "trimmed_mean": ["strategy.trimmed_mean_beta=0.3"],
+            "krum": ["strategy.krum_f=2"],
+            "multikrum": ["strategy.krum_f=2", "strategy.multikrum_m=3"],
+            "norm_bound": ["strategy.norm_bound=0.5"],
+            "centered_clip": ["strategy.centered_clip_tau=2", "strategy.centered_clip_iters=5"],
+        }.items()
+    }
+    assert type(built["median"]) is CoordinateMedian
+    trimmed = built["trimmed_mean"]
+    assert isinstance(trimmed, TrimmedMean) and trimmed.beta == 0.3
+    krum = built["krum"]
+    assert type(krum) is Krum and (krum.f, krum.m) == (2, 1)
+    multi = built["multikrum"]
+    assert type(multi) is MultiKrum and (multi.f, multi.m) == (2, 3)
+    bound = built["norm_bound"]
+    assert isinstance(bound, NormBound) and bound.max_norm == 0.5
+    clip = built["centered_clip"]
+    assert isinstance(clip, CenteredClip) and (clip.tau, clip.iters) == (2.0, 5)
+    # the factory gives a fresh aggregator each round, and FedSGD's mean can be replaced
+    median = _strategy("strategy.aggregator=median")
+    assert median.aggregator() is not median.aggregator()
+    assert type(_strategy("strategy.name=fedsgd", "strategy.aggregator=median").aggregator()) is (
+        CoordinateMedian
+    )
+    with pytest.raises(ConfigError, match=r"cannot be combined with strategy\.aggregation=sum"):
+        _strategy("strategy.name=fedsgd", "strategy.aggregation=sum", "strategy.aggregator=krum")
 
 
 def test_server_momentum_with_adam_is_refused() -> None:

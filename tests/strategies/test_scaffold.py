@@ -72,7 +72,7 @@ def test_the_server_averages_models_and_moves_c_by_the_share_of_clients_that_ret
         engine=SequentialEngine(clients.__getitem__),
         spec=SPEC,
         params=np.array([1.0, 1.0], np.float32),
-        population=Population(dict.fromkeys(clients, 1)),
+        population=Population({cid: c.n for cid, c in clients.items()}),
     )
 
     # Execute

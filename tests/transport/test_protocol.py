@@ -127,6 +127,46 @@ def test_gzip_is_negotiated_and_tokens_authenticate(certs: Path) -> None:
     assert "invalid enrolment token for client 'client-2'" in (refused.value.details() or "")
 
 
+def test_under_token_auth_a_session_id_alone_is_no_credential(certs: Path) -> None:
+    # Prepare: two token clients; client-1 learns client-0's session id
+    running = serve(certs, "token")
+    bundle = client_bundle(certs, "x", with_cert=False)
+    victim = Connection(running.address, bundle=bundle, max_message_bytes=4 * MB)
+    thief = Connection(running.address, bundle=bundle, max_message_bytes=4 * MB)
+    try:
+        victim.join("client-0", read_token(certs, "client-0"), ["fit"])
+        thief.join("client-1", read_token(certs, "client-1"), ["fit"])
+        victim.ready(3, 0)
+
+        # Execute: the thief calls with the victim's session id and its own token, then with
+        # the victim's name and no token, then with a forged token for the victim
+        thief.session_id = victim.session_id
+        refusals = []
+        for metadata in (
+            thief.metadata,
+            (("fedloom-client", "client-0"),),
+            (("fedloom-client", "client-0"), ("fedloom-token", "00" * 32)),
+        ):
+            thief.metadata = metadata
+            with pytest.raises(grpc.RpcError) as refused:
+                thief.poll(0.1)
+            refusals.append(refused.value)
+        ok = victim.heartbeat()
+    finally:
+        victim.close()
+        thief.close()
+        running.stop()
+
+    # Assert: every call refused, with why; the victim's own calls still work
+    assert [r.code() for r in refusals] == [grpc.StatusCode.UNAUTHENTICATED] * 3
+    assert "session of 'client-0' used with the enrolment token of 'client-1'" in (
+        refusals[0].details() or ""
+    )
+    assert "client 'client-0' sent no enrolment token" in (refusals[1].details() or "")
+    assert "invalid enrolment token for client 'client-0'" in (refusals[2].details() or "")
+    assert ok
+
+
 def test_old_protocol_and_unknown_sessions_are_refused(mtls_server: Running, certs: Path) -> None:
     conn = Connection(
         mtls_server.address, bundle=client_bundle(certs, "client-0"), max_message_bytes=4 * MB

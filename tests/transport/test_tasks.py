@@ -195,7 +195,8 @@ def test_uploads_over_the_declared_size_are_refused_before_they_are_read(
             replies.append(conn.stub.UploadResult(iter([_header(conn, task, declared), *data])))
             thread.join(30)
             read.append(plain_server.hub.traffic()[1] - up0)
-            assert [r.ok and r.payload is None for r in results] == [True]
+            # delivered as rejected, with the reason, and without the bytes
+            assert [(r.rejected is not None, r.payload) for r in results] == [(True, None)]
             assert engine.last_stats.rejected == 1
     finally:
         conn.close()

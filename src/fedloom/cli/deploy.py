@@ -13,8 +13,18 @@ from fedloom.errors import DeploymentError
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedloom.transport.certs import DEFAULT_HOSTS, create_certs
+    from fedloom.transport.certs import DEFAULT_HOSTS, create_certs, revoke
 
+    if args.revoke:
+        for name in args.revoke:
+            path = revoke(args.out, name)
+        print(
+            f"revoked {', '.join(args.revoke)} in {path}: a server running with --certs "
+            f"{args.out} refuses their next call (certificate and token alike)"
+        )
+        return 0
+    if args.clients is None:
+        raise DeploymentError("fedloom certs: give --clients N (or --revoke NAME)")
     hosts = args.host or list(DEFAULT_HOSTS)
     written = create_certs(args.out, args.clients, hosts=hosts)
     print(
@@ -48,6 +58,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         model=args.model,
         strategy=args.strategy,
         eval_data=Path(args.eval_data) if args.eval_data else None,
+        new_run=args.new_run,
     )
     if args.dashboard is None:
         summary = serve(cfg, opts)
@@ -113,7 +124,14 @@ def register(sub: Any) -> None:
     """Add the deployment subcommands to ``fedloom``'s subparsers."""
     certs = sub.add_parser("certs", help="create a CA, server and client certificates, tokens")
     certs.add_argument("--out", required=True, help="folder to write them to")
-    certs.add_argument("--clients", type=int, required=True, help="client certificates to make")
+    certs.add_argument("--clients", type=int, help="client certificates to make")
+    certs.add_argument(
+        "--revoke",
+        action="append",
+        metavar="NAME",
+        help="revoke client NAME in the --out folder (revoked.txt); a running server honours it "
+        "at the client's next call; repeatable",
+    )
     certs.add_argument(
         "--host",
         action="append",
@@ -139,6 +157,12 @@ def register(sub: Any) -> None:
         "--state", required=True, help="state folder (SQLite + checkpoints); reuse it to resume"
     )
     server.add_argument("--out", required=True, help="results folder")
+    server.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start a new run although --state holds checkpoints (or --out metrics) of a run its "
+        "database does not record (old checkpoints are moved aside, not deleted)",
+    )
     server.add_argument("--insecure", action="store_true", help="plaintext gRPC (trusted networks)")
     server.add_argument(
         "--model",

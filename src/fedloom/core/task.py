@@ -211,7 +211,9 @@ class Result:
     ``payload`` is the encoded upload (None for metrics-only tasks). ``error`` is set, and the
     rest left empty, when the client failed; the coordinator reports it and carries on. ``state``
     is the client's state after the task (in-process engines hand it back to their state store;
-    it never travels over the network).
+    it never travels over the network). ``rejected`` is set, with the reason, when whoever
+    received the result (the gRPC service) refused it and already said so: the coordinator counts
+    it as rejected and never uses it.
     """
 
     task: Task
@@ -221,7 +223,9 @@ class Result:
     error: str | None = None
     seconds: float = 0.0
     state: dict[str, np.ndarray] | None = None
+    rejected: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """The task ran and its result may be used (no error, not rejected)."""
+        return self.error is None and self.rejected is None

@@ -4,12 +4,13 @@ deployment, by the gRPC service as it arrives (one function for both, so they ne
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.task import Result, Upload
+from fedloom.core.task import FIT, Result, Upload
 from fedloom.errors import UpdateRejected
 
 
@@ -18,7 +19,8 @@ def decode_update(result: Result, max_bytes: int | None = None) -> np.ndarray:
 
     Checks, against what the task asked for (``task.upload``: codec and size): a payload is
     present and within the codec's declared size (and ``max_bytes``), it decodes to exactly the
-    size the task names, every value is finite, and ``num_examples`` is a non-negative count.
+    size the task names, every value is finite, and ``num_examples`` is a non-negative count
+    (a positive one for a ``fit`` task: it is the update's aggregation weight).
     """
     upload = result.task.upload
     if upload is None:
@@ -26,6 +28,11 @@ def decode_update(result: Result, max_bytes: int | None = None) -> np.ndarray:
     if result.payload is None:
         raise UpdateRejected("the result carries no update")
     check_count(result.num_examples)
+    if result.task.kind == FIT and result.num_examples <= 0:
+        raise UpdateRejected(
+            f"a fit result must carry a positive num_examples (its aggregation weight), "
+            f"got {result.num_examples}"
+        )
     declared = upload_cap(upload, max_bytes)
     if len(result.payload) > declared:
         raise UpdateRejected(f"update is {len(result.payload)} bytes, over the cap of {declared}")
@@ -50,11 +57,63 @@ def check_count(num_examples: int) -> None:
         raise UpdateRejected(f"num_examples must be >= 0, got {num_examples}")
 
 
-def finite_metrics(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
-    """The finite metrics, and the names of those left out.
+# Metrics whose value is a fraction, and metrics that are non-negative by definition. A loss is
+# also at most the largest float32: a float32 model cannot compute a larger one, and a larger one
+# would overflow the round's example-weighted train loss.
+UNIT_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+NONNEGATIVE_METRICS = ("loss", "rmse", "mae")
+MAX_LOSS = float(np.finfo(np.float32).max)
+
+
+def update_norm(vec: np.ndarray) -> float:
+    """The L2 norm of an update, computed in float64 (float32 overflows for huge values)."""
+    return float(np.linalg.norm(vec.astype(np.float64, copy=False)))
+
+
+def bound_norm(vec: np.ndarray, max_norm: float | None, action: str = "clip") -> np.ndarray:
+    """``vec`` if its L2 norm is at most ``max_norm``; otherwise scaled down to ``max_norm``
+    (``action="clip"``) or ``UpdateRejected`` (``action="reject"``)."""
+    if max_norm is None:
+        return vec
+    norm = update_norm(vec)
+    if norm <= max_norm:
+        return vec
+    if action == "reject":
+        raise UpdateRejected(
+            f"update norm {norm:.4g} is over strategy.max_update_norm={max_norm:g}"
+        )
+    return (vec * (max_norm / norm)).astype(vec.dtype, copy=False)
+
+
+def plausible_metrics(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics a client could have computed, and why each of the others was left out.
 
     A metric can be undefined on one client (AUC on a split with one class is NaN): it is left out
-    of the aggregate for that client, and the client's other metrics still count.
+    of the aggregate for that client, and the client's other metrics still count. Values no
+    honest client reports are left out the same way: a fraction (accuracy, precision, recall,
+    F1, AUC) outside [0, 1], a loss, RMSE or MAE below 0 or above the largest float32.
     """
-    kept = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
-    return kept, sorted(set(metrics) - set(kept))
+    kept: dict[str, float] = {}
+    dropped: dict[str, str] = {}
+    for name, raw in metrics.items():
+        v = float(raw)
+        if not math.isfinite(v):
+            dropped[name] = f"{v} is not finite"
+        elif _is(name, UNIT_METRICS) and not 0.0 <= v <= 1.0:
+            dropped[name] = f"{v:.4g} is outside [0, 1]"
+        elif _is(name, NONNEGATIVE_METRICS) and not 0.0 <= v <= MAX_LOSS:
+            dropped[name] = f"{v:.4g} is outside [0, {MAX_LOSS:.4g}]"
+        else:
+            kept[name] = v
+    return kept, dropped
+
+
+def describe_dropped(dropped: Mapping[str, str]) -> str:
+    """``"accuracy (2.5 is outside [0, 1]), loss (nan is not finite)"``."""
+    return ", ".join(f"{k} ({why})" for k, why in sorted(dropped.items()))
+
+
+def _is(name: str, kinds: tuple[str, ...]) -> bool:
+    """``train_loss``, ``f1_macro`` and ``fed_accuracy`` are of the kind of their base word."""
+    words = re.split(r"[_\W]+", name.lower())
+    return any(k in words for k in kinds)

@@ -32,8 +32,15 @@ import numpy as np
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import BASE, MASK, MODEL, Blob, Result, Task, blob_table, scatter
-from fedloom.core.validation import check_count, decode_update, finite_metrics
+from fedloom.core.task import BASE, FIT, MASK, MODEL, Blob, Result, Task, blob_table, scatter
+from fedloom.core.validation import (
+    bound_norm,
+    check_count,
+    decode_update,
+    describe_dropped,
+    plausible_metrics,
+    update_norm,
+)
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.metrics import fairness_summary
@@ -101,6 +108,13 @@ class _Tally:
             yield
         finally:
             self.phase_seconds[name] += time.perf_counter() - start
+
+    norms: list[tuple[int, float]] = field(default_factory=list)  # (client, update norm) used
+
+    def suspects(self, n: int = 3) -> str:
+        """The clients whose updates were the longest, to name when the new model is broken."""
+        top = sorted(self.norms, key=lambda cn: -cn[1])[:n]
+        return ", ".join(f"client {cid} (norm {norm:.4g})" for cid, norm in top) or "none"
 
 
 @dataclass
@@ -239,20 +253,11 @@ class Coordinator:
         }
         if aggregate is not None:
             with tally.phase("aggregation"):
-                # the server pipeline's state lives in the strategy state, like a client's
-                aggregate = apply_to_rows(
-                    self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
-                )[0].astype(np.float32, copy=False)
-                pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
-                params, opt_state = self.strategy.server_optimizer.step(
-                    self.params, pseudo_grad, self.opt_state
-                )
-                if ctx.support is not None:
-                    params = (
-                        params * ctx.support
-                    )  # pruned weights stay zero, whatever the optimiser
-            self.params = params.astype(np.float32, copy=False)
-            self.opt_state = opt_state
+                params = self._step(r, aggregate, ctx, tally)
+        else:
+            params = None
+        if params is not None:
+            self.params, self.opt_state = params
             self.strategy_state = ctx.state
             record.update(ctx.metrics)
             record["status"] = "ok"
@@ -292,6 +297,35 @@ class Coordinator:
             blobs = ctx.encode_seconds - encoded
             tally.phase_seconds["download"] += blobs
             tally.phase_seconds[phase] += time.perf_counter() - start - blobs
+
+    def _step(
+        self, r: int, aggregate: np.ndarray, ctx: RoundContext, tally: _Tally
+    ) -> tuple[np.ndarray, OptState] | None:
+        """The new model and optimiser state, or None when they are not finite: a model with
+        NaN or inf in it is never applied or checkpointed, and the longest updates are named."""
+        # the server pipeline's state lives in the strategy state, like a client's in its own
+        aggregate = apply_to_rows(
+            self.server_transforms, aggregate[None, :], [ctx.state], {"round": r}
+        )[0].astype(np.float32, copy=False)
+        pseudo_grad = self.strategy.pseudo_gradient(aggregate, ctx)
+        with np.errstate(over="ignore", invalid="ignore"):
+            params, opt_state = self.strategy.server_optimizer.step(
+                self.params, pseudo_grad, self.opt_state
+            )
+            params = params.astype(np.float32, copy=False)
+        if ctx.support is not None:
+            params = params * ctx.support  # pruned weights stay zero, whatever the optimiser
+        broken = [n for n, v in {"params": params, **opt_state}.items() if not np.isfinite(v).all()]
+        if broken:
+            log.error(
+                "round %d: the new %s would not be finite (NaN or inf); refused. Suspect updates, "
+                "longest first: %s (bound them with strategy.max_update_norm)",
+                r,
+                " and ".join(broken),
+                tally.suspects(),
+            )
+            return None
+        return params, opt_state
 
     def _context(
         self,
@@ -354,6 +388,9 @@ class Coordinator:
             for listener in self.listeners:
                 listener.on_result(result)
             cid = result.task.client_id
+            if result.rejected is not None:
+                tally.rejected += 1  # the receiver (the gRPC service) logged it with the reason
+                continue
             if not result.ok:
                 tally.failed += 1
                 log.warning("round %d: client %d failed: %s", r, cid, result.error)
@@ -364,33 +401,58 @@ class Coordinator:
                 tally.dense_up += 4 * _dense_values(result.task.upload.size, ctx)
             try:
                 with tally.phase("upload"):
-                    vec = self._validate(result, ctx)
+                    result, vec = self._validate(r, result, ctx)
             except UpdateRejected as exc:
                 tally.rejected += 1
                 log.warning("round %d: update of client %d rejected: %s", r, cid, exc)
                 continue
+            if vec is not None:
+                tally.norms.append((cid, update_norm(vec)))
             with tally.phase("aggregation"):
                 exchange.on_result(result, vec)
             tally.returned += 1
-            loss = result.metrics.get("train_loss")
-            if loss is not None and np.isfinite(loss):
+            metrics, dropped = plausible_metrics(result.metrics)
+            if dropped:
+                log.warning("round %d: client %d: left out %s", r, cid, describe_dropped(dropped))
+            loss = metrics.get("train_loss")
+            if loss is not None:
                 tally.train_loss += loss * result.num_examples
                 tally.train_weight += result.num_examples
         transfer = self._transfer(Transfer(self._sent(tasks, blobs), bytes_up))
         tally.bytes_down += transfer.bytes_down
         tally.bytes_up += transfer.bytes_up
 
-    def _validate(self, result: Result, ctx: RoundContext) -> np.ndarray | None:
-        upload = result.task.upload
-        if upload is None:
+    def _validate(
+        self, r: int, result: Result, ctx: RoundContext
+    ) -> tuple[Result, np.ndarray | None]:
+        """The result as it may be used, and its decoded upload; ``UpdateRejected`` if neither.
+
+        A fit result weighs at most the examples its client declared (``Population``), so a
+        client cannot buy the aggregate by claiming more; its update is bounded by
+        ``strategy.max_update_norm``.
+        """
+        if result.task.upload is None:
             check_count(result.num_examples)
-            return None
+            return result, None
         vec = decode_update(result, self.max_update_bytes)
+        upload = result.task.upload
         if upload.mask is not None:
             if ctx.mask is None or ctx.support is None or upload.mask != ctx.mask.digest:
                 raise UpdateRejected("the upload is sparse under a mask this round did not send")
             vec = scatter(vec, ctx.support)
-        return vec
+        declared = self.population.num_examples.get(result.task.client_id)
+        if result.task.kind == FIT and declared is not None and result.num_examples > declared:
+            log.warning(
+                "round %d: client %d claims %d examples, it declared %d; weighted as %d",
+                r,
+                result.task.client_id,
+                result.num_examples,
+                declared,
+                declared,
+            )
+            result = replace(result, num_examples=declared)
+        s = self.strategy
+        return result, bound_norm(vec, s.max_update_norm, s.max_update_norm_action)
 
     def _prepare(
         self, tasks: list[Task], blobs: dict[str, Blob], ctx: RoundContext
@@ -478,14 +540,22 @@ class Coordinator:
         per_metric: dict[str, list[float]] = {}
         for result in self.engine.run(tasks, blobs):
             if not result.ok:
+                if result.rejected is None:  # a rejection was logged where it was received
+                    log.warning(
+                        "round %d: evaluation on client %d failed: %s",
+                        r,
+                        result.task.client_id,
+                        result.error,
+                    )
+                continue
+            kept, dropped = plausible_metrics(result.metrics)
+            if dropped:
                 log.warning(
-                    "round %d: evaluation on client %d failed: %s",
+                    "round %d: evaluation on client %d: left out %s",
                     r,
                     result.task.client_id,
-                    result.error,
+                    describe_dropped(dropped),
                 )
-                continue
-            kept, _ = finite_metrics(result.metrics)
             for k, v in kept.items():
                 per_metric.setdefault(k, []).append(v)
         out: dict[str, Any] = {}

@@ -55,7 +55,7 @@ from fedloom.tracking.live import LiveFeed
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
 from fedloom.tracking.summary import summarize
 from fedloom.tracking.trackers import open_trackers
-from fedloom.transport.certs import ENROLMENT_KEY, read_enrolment_key, server_bundle
+from fedloom.transport.certs import ENROLMENT_KEY, REVOKED, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
 
@@ -79,6 +79,7 @@ class ServerOptions:
     strategy: str | None = None
     eval_data: Path | None = None
     live: LiveFeed | None = None  # a dashboard's live feed (``--dashboard``)
+    new_run: bool = False  # start a new run where checkpoints or metrics of no recorded run lie
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -165,7 +166,19 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
         contextlib.closing(StateStore(opts.state)) as store,
         open_trackers(cfg.tracking, opts.out, cfg.model_dump(mode="json")) as trackers,
     ):
-        info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts))
+        metrics = opts.out / METRICS_FILE
+        if (
+            not opts.new_run
+            and not store.has_run()
+            and metrics.is_file()
+            and metrics.stat().st_size
+        ):
+            raise DeploymentError(
+                f"--out {str(opts.out)!r} holds the metrics of an earlier run and --state "
+                f"{str(opts.state)!r} records none: a new run would overwrite them. Use a new --out "
+                "folder, or pass --new-run to start a new run anyway"
+            )
+        info = store.open_run(cfg.model_dump_json(), run_identity(cfg, opts), opts.new_run)
         hub = Hub(store.client_id, heartbeat_timeout=s.heartbeat_timeout_s)
         engine = _CountedEngine(
             RemoteEngine(
@@ -196,7 +209,9 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
         if info.last_round:
             # ``needs``: a fresh checkpoint names every array this run keeps, so a checkpoint
             # without the strategy's state is refused instead of resuming from a reset state.
-            arrays = store.load_checkpoint(info.last_round, needs=coordinator.checkpoint())
+            # The newest intact checkpoint: a damaged newer one is skipped, its rounds run again.
+            last, arrays = store.resume(needs=coordinator.checkpoint())
+            info = dataclasses.replace(info, last_round=last)
             coordinator.restore(arrays)
             coordinator.history = store.history()
             _say(f"resuming run {info.run_id} after round {info.last_round}", opts.quiet)
@@ -211,6 +226,11 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             poll_seconds=s.poll_s,
             chunk_bytes=s.chunk_kb * 1024,
             compression=s.compression,
+            max_client_examples=s.max_client_examples,
+            first_message_s=s.first_message_s,
+            idle_stream_s=s.idle_stream_s,
+            allowed_clients=None if s.allowed_clients is None else frozenset(s.allowed_clients),
+            revoked_file=opts.certs / REVOKED if opts.certs is not None else None,
         )
         server, port = start_server(
             FederationService(hub, settings),
@@ -219,6 +239,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             require_client_cert=auth == "mtls",
             max_message_bytes=int(s.max_message_mb * 1024 * 1024),
             max_workers=s.max_workers,
+            max_concurrent_rpcs=s.max_concurrent_rpcs,
         )
         host = opts.address.rsplit(":", 1)[0]
         _say(

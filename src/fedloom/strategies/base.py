@@ -109,6 +109,13 @@ class Strategy(ABC):
     server_optimizer: ServerOptimizer = field(default_factory=ServerSGD)
     sampling: str = "fixed"
     """``fixed``: ``sample_clients``; ``poisson``: each client with probability ``fraction_fit``."""
+    # Every update's L2 norm is bounded before it reaches the aggregator (None: unbounded):
+    # "clip" scales a longer update down to the bound, "reject" refuses it.
+    max_update_norm: float | None = None
+    max_update_norm_action: str = "clip"
+    # The rule that combines a round's updates (None: the example-weighted mean, which streams);
+    # a factory, because every round begins a fresh one.
+    aggregator_factory: Callable[[], Aggregator] | None = None
 
     name = "strategy"
     mode = "train"
@@ -173,6 +180,8 @@ class Strategy(ABC):
         return [Task(EVALUATE, ctx.round, cid, config, {MODEL: ctx.model.digest}) for cid in chosen]
 
     def aggregator(self) -> Aggregator:
+        if self.aggregator_factory is not None:
+            return self.aggregator_factory()
         return WeightedMean(weighted=True)
 
     @abstractmethod

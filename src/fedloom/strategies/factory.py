@@ -8,8 +8,18 @@ of Config: a strategy is constructed from plain values and can be used without o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from fedloom.aggregators import (
+    Aggregator,
+    CenteredClip,
+    CoordinateMedian,
+    Krum,
+    MultiKrum,
+    NormBound,
+    TrimmedMean,
+)
 from fedloom.config import ClientConfig, Config, DPSGDConfig
 from fedloom.errors import ConfigError
 from fedloom.optim import make_server_optimizer
@@ -22,7 +32,7 @@ from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from fedloom.strategies.scaffold import Scaffold
 
-__all__ = ["STRATEGY_NAMES", "client_config", "make_strategy"]
+__all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strategy"]
 
 log = logging.getLogger("fedloom")
 
@@ -49,6 +59,21 @@ def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> di
     }
 
 
+def aggregator_factory(cfg: Config) -> Callable[[], Aggregator] | None:
+    """The robust aggregator ``strategy.aggregator`` names, with its parameters (None: the
+    streaming example-weighted mean)."""
+    s = cfg.strategy
+    factories: dict[str, Callable[[], Aggregator]] = {
+        "median": CoordinateMedian,
+        "trimmed_mean": lambda: TrimmedMean(s.trimmed_mean_beta),
+        "krum": lambda: Krum(s.krum_f),
+        "multikrum": lambda: MultiKrum(s.krum_f, s.multikrum_m),
+        "norm_bound": lambda: NormBound(s.norm_bound),
+        "centered_clip": lambda: CenteredClip(s.centered_clip_tau, s.centered_clip_iters),
+    }
+    return factories.get(s.aggregator)
+
+
 def make_strategy(cfg: Config) -> Strategy:
     """The strategy ``cfg.strategy.name`` with the config's selection, local-training and server
     optimiser settings.
@@ -64,7 +89,15 @@ def make_strategy(cfg: Config) -> Strategy:
         client_config=client_config(cfg.client, cfg.privacy.dp_sgd),
         server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
         sampling=s.sampling,
+        max_update_norm=s.max_update_norm,
+        max_update_norm_action=s.max_update_norm_action,
+        aggregator_factory=aggregator_factory(cfg),
     )
+    if s.name == "fedsgd" and s.aggregation == "sum" and s.aggregator != "mean":
+        raise ConfigError(
+            f"strategy.aggregator={s.aggregator!r} replaces the mean; it cannot be combined with "
+            "strategy.aggregation=sum"
+        )
     if s.name == "fedsgd":
         return FedSGD(aggregation=s.aggregation, **common)
     if s.aggregation != "mean":

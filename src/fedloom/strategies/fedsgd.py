@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.aggregators import Aggregator, Sum, WeightedMean
+from fedloom.aggregators import Aggregator, Sum
 from fedloom.strategies.base import RoundContext, Strategy
 
 
@@ -31,7 +31,7 @@ class FedSGD(Strategy):
     mode = "gradient"
 
     def aggregator(self) -> Aggregator:
-        return Sum() if self.aggregation == "sum" else WeightedMean(weighted=True)
+        return Sum() if self.aggregation == "sum" else super().aggregator()
 
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         return aggregate

@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 ENROLMENT_KEY = "enrolment.key"
+# Names of revoked clients, one a line: a running server refuses them from their next call on.
+REVOKED = "revoked.txt"
 VALID_DAYS = 365
 
 
@@ -232,3 +235,41 @@ def read_token(certs: str | Path, name: str) -> str:
     return (
         _read(Path(certs) / f"{name}.token", f"enrolment token of client {name!r}").decode().strip()
     )
+
+
+def revoke(certs: str | Path, name: str) -> Path:
+    """Add ``name`` to the folder's revocation list (``revoked.txt``); returns its path. A server
+    started with this folder refuses the client's next call, its certificate and token alike."""
+    if not Path(certs).is_dir():
+        raise ConfigError(f"--out {str(certs)!r} is not a folder of `fedloom certs`")
+    path = Path(certs) / REVOKED
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
+
+
+class RevocationList:
+    """The names in a ``revoked.txt``, re-read whenever the file changes (no restart needed)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._names: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def __contains__(self, name: object) -> bool:
+        if self.path is None:
+            return False
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if stamp != self._stamp:
+                text = self.path.read_text(encoding="utf-8")
+                self._names = frozenset(line.strip() for line in text.splitlines() if line.strip())
+                self._stamp = stamp
+            return name in self._names

@@ -17,8 +17,10 @@ from fedloom.transport.certs import Bundle
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
 from fedloom.transport.wire import (
+    CLIENT_METADATA,
     COMPRESSIONS,
     PROTOCOL_VERSION,
+    TOKEN_METADATA,
     blob_refs,
     chunks,
     spec_from_proto,
@@ -118,6 +120,9 @@ class Connection:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.session_id = ""
         self.compression = grpc.Compression.NoCompression
+        # Sent with every call: the server authenticates a call by it before reading a stream,
+        # and a session id alone (under token auth) is no credential.
+        self.metadata: tuple[tuple[str, str], ...] = ()
 
     def close(self) -> None:
         self.channel.close()
@@ -134,6 +139,7 @@ class Connection:
             timeout=RPC_TIMEOUT,
         )
         self.session_id = reply.session_id
+        self.metadata = credentials(name, token)
         if reply.compression == "gzip":
             self.compression = grpc.Compression.Gzip
         return reply
@@ -146,22 +152,29 @@ class Connection:
                 num_test_examples=num_test_examples,
             ),
             timeout=RPC_TIMEOUT,
+            metadata=self.metadata,
         )
 
     def heartbeat(self) -> bool:
         reply: pb.HeartbeatReply = self.stub.Heartbeat(
-            pb.HeartbeatRequest(session_id=self.session_id), timeout=RPC_TIMEOUT
+            pb.HeartbeatRequest(session_id=self.session_id),
+            timeout=RPC_TIMEOUT,
+            metadata=self.metadata,
         )
         return reply.run_active
 
     def poll(self, poll_seconds: float) -> pb.PollReply:
         reply: pb.PollReply = self.stub.PollTask(
-            pb.PollRequest(session_id=self.session_id), timeout=poll_seconds + RPC_TIMEOUT
+            pb.PollRequest(session_id=self.session_id),
+            timeout=poll_seconds + RPC_TIMEOUT,
+            metadata=self.metadata,
         )
         return reply
 
     def leave(self) -> None:
-        self.stub.Leave(pb.LeaveRequest(session_id=self.session_id), timeout=5.0)
+        self.stub.Leave(
+            pb.LeaveRequest(session_id=self.session_id), timeout=5.0, metadata=self.metadata
+        )
 
     def fetch_blobs(self, task: pb.TaskProto, cache: BlobCache) -> dict[str, Blob]:
         """Every blob the task names, by digest: from the cache when held, else downloaded.
@@ -201,6 +214,7 @@ class Connection:
                     ),
                     timeout=RPC_TIMEOUT + size / 1e6,
                     compression=self.compression,
+                    metadata=self.metadata,
                 ):
                     end = chunk.offset + len(chunk.data)
                     if chunk.offset != received or end > size:
@@ -233,8 +247,16 @@ class Connection:
             upload_messages(self.session_id, task, result, chunk_bytes),
             timeout=RPC_TIMEOUT + len(result.payload or b"") / 1e6,
             compression=self.compression,
+            metadata=self.metadata,
         )
         return reply
+
+
+def credentials(name: str, token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that names the client and carries its enrolment token (if any)."""
+    return (
+        ((CLIENT_METADATA, name), (TOKEN_METADATA, token)) if token else ((CLIENT_METADATA, name),)
+    )
 
 
 def upload_messages(

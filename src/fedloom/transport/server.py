@@ -1,8 +1,11 @@
 """The gRPC side of the server: authentication, chunked transfer and upload validation.
 
-Every handler authenticates its caller before it touches the hub: ``Join`` checks the client's
-mTLS certificate (its common name is the client's identity) or its enrolment token, and every
-later call must present its session id, from the same certificate under mTLS.
+Every handler authenticates its caller before it touches the hub or reads a stream: ``Join``
+checks the client's mTLS certificate (its common name is the client's identity) or its enrolment
+token, and every later call must present its session id together with the credential it joined
+with: the same certificate under mTLS, or its name and enrolment token in the call metadata
+(``fedloom-client``, ``fedloom-token``) under token auth, so a leaked session id alone is useless.
+Client-supplied strings are shortened before they are logged.
 
 Uploads are checked against what the task asked for (``Task.upload``: codec and number of values)
 while they stream in: the declared codec must be the task's, the declared length at most what that
@@ -11,7 +14,8 @@ reading stops at the first byte over the declared length. The payload is then va
 ``fedloom.core.validation.decode_update``, the check the coordinator applies again, so a bad
 update is refused with a reason the client sees and never reaches the global model. A task without
 an upload takes metrics only. Non-finite metrics (an AUC on a split with one class) are left out
-with ``finite_metrics``, as the coordinator does in simulation, and the result is kept. The hub
+with ``plausible_metrics`` (so are fractions outside [0, 1] and negative or overflowing
+losses), as the coordinator does in simulation, and the result is kept. The hub
 counts the payload bytes streamed each way.
 
 This module depends on the core and the hub only, never on ``fedloom.server``: the deployment
@@ -22,22 +26,26 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import grpc
 
 from fedloom.core.task import EVALUATE, FIT, Result
-from fedloom.core.validation import decode_update, finite_metrics
+from fedloom.core.validation import decode_update, describe_dropped, plausible_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
-from fedloom.transport.certs import Bundle, check_token
+from fedloom.transport.certs import Bundle, RevocationList, check_token
 from fedloom.transport.hub import Hub, PendingTask, Session
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.proto import fedloom_transport_pb2_grpc as pb_grpc
 from fedloom.transport.wire import (
+    CLIENT_METADATA,
     PROTOCOL_VERSION,
+    TOKEN_METADATA,
     chunks,
     spec_from_proto,
     spec_mismatch,
@@ -46,7 +54,11 @@ from fedloom.transport.wire import (
 
 log = logging.getLogger("fedloom.server")
 
-CLIENT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no trailing newline
+# How much of a client-supplied string (a name, an error) the log shows.
+SHOWN_CHARS = 80
+# A Join carries a name, a token and a few short lists: anything bigger is not a client's.
+MAX_JOIN_BYTES = 64 * 1024
 # Room for the protobuf framing of a chunk on top of its data.
 FRAME_OVERHEAD = 64 * 1024
 
@@ -63,11 +75,28 @@ class ServiceSettings:
     poll_seconds: float
     chunk_bytes: int
     compression: str  # "gzip" or "none"
+    max_client_examples: int | None = None  # cap on a client's declared training examples
+    first_message_s: float = 10.0  # an upload stream must send its header within this
+    idle_stream_s: float = 30.0  # and then a message at least this often
+    allowed_clients: frozenset[str] | None = None  # None: every authenticated client
+    revoked_file: Path | None = None  # revoked.txt of `fedloom certs --revoke`, re-read on change
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def shown(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as a log shows it: quoted, escaped, and cut to ``limit`` characters."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _metadata(context: grpc.ServicerContext, key: str) -> str:
+    values = [v for k, v in context.invocation_metadata() if k == key]
+    return str(values[0]) if values else ""
 
 
 def _peer_common_name(context: grpc.ServicerContext) -> str | None:
@@ -81,6 +110,9 @@ class FederationService(pb_grpc.FederationServicer):
     def __init__(self, hub: Hub, settings: ServiceSettings) -> None:
         self.hub = hub
         self.settings = settings
+        self._revoked = RevocationList(settings.revoked_file)
+        self._polling: set[str] = set()  # sessions with a long-poll in flight (one each)
+        self._polling_lock = threading.Lock()
 
     # -- authentication ---------------------------------------------------------------------
     def _refuse(self, context: grpc.ServicerContext, message: str) -> NoReturn:
@@ -96,23 +128,81 @@ class FederationService(pb_grpc.FederationServicer):
             if name and name != cn:
                 self._refuse(
                     context,
-                    f"the client calls itself {name!r} but its certificate is for {cn!r}",
+                    f"the client calls itself {shown(name)} but its certificate is for {cn!r}",
                 )
             name = cn
-        if not CLIENT_NAME.match(name or ""):
-            self._refuse(context, f"invalid client name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-        if self.settings.auth == "token" or (
-            self.settings.auth == "none" and self.settings.enrolment_key is not None
-        ):
-            key = self.settings.enrolment_key
-            assert key is not None
-            if not request.token:
-                self._refuse(context, f"client {name!r} sent no enrolment token")
-            if not check_token(key, name, request.token):
-                self._refuse(context, f"invalid enrolment token for client {name!r}")
+        self._check_name(name, context)
+        if self._uses_tokens:
+            self._check_token(name, request.token, context)
+        self._permit(name, context)
         return name
 
-    def _session(self, session_id: str, context: grpc.ServicerContext) -> Session:
+    def _permit(
+        self, name: str, context: grpc.ServicerContext, session_id: str | None = None
+    ) -> None:
+        """Refuse a client that is not on the run's allow-list or has been revoked; a revoked
+        client's session is closed (its open task fails at once)."""
+        allowed = self.settings.allowed_clients
+        why = None
+        if allowed is not None and name not in allowed:
+            why = f"client {name!r} is not on this run's allow-list (server.allowed_clients)"
+        elif name in self._revoked:
+            why = f"client {name!r} has been revoked (fedloom certs --revoke)"
+        if why is None:
+            return
+        if session_id is not None:
+            self.hub.leave(session_id)
+        self._refuse(context, why)
+
+    @property
+    def _uses_tokens(self) -> bool:
+        return self.settings.auth == "token" or (
+            self.settings.auth == "none" and self.settings.enrolment_key is not None
+        )
+
+    def _check_name(self, name: str, context: grpc.ServicerContext) -> None:
+        if not CLIENT_NAME.fullmatch(name or ""):
+            self._refuse(
+                context, f"invalid client name {shown(name)}: use 1-64 of A-Z a-z 0-9 . _ -"
+            )
+
+    def _check_token(self, name: str, token: str, context: grpc.ServicerContext) -> None:
+        key = self.settings.enrolment_key
+        assert key is not None
+        if not token:
+            self._refuse(context, f"client {name!r} sent no enrolment token")
+        if not check_token(key, name, token):
+            self._refuse(context, f"invalid enrolment token for client {name!r}")
+
+    def _caller(self, context: grpc.ServicerContext) -> str | None:
+        """The client a call after ``Join`` comes from, authenticated by the credential it
+        carries (its certificate, or its name and token in the call metadata) before anything
+        else is read; None when the server authenticates no one (``--insecure``, no key)."""
+        if self.settings.auth == "mtls":
+            cn = _peer_common_name(context)
+            if cn is None:
+                self._refuse(context, "no client certificate was presented; use mTLS (--certs)")
+            return cn
+        if not self._uses_tokens:
+            return None
+        name = _metadata(context, CLIENT_METADATA)
+        if not name:
+            self._refuse(
+                context,
+                "the call carries no client name and enrolment token (fedloom-client and "
+                "fedloom-token metadata); upgrade the fedloom client",
+            )
+        self._check_name(name, context)
+        self._check_token(name, _metadata(context, TOKEN_METADATA), context)
+        return name
+
+    def _session(
+        self, session_id: str, context: grpc.ServicerContext, caller: str | None = None
+    ) -> Session:
+        """The caller's session. ``caller``: the already authenticated caller (``_caller``), for
+        a stream authenticated before its first message was read."""
+        if caller is None:
+            caller = self._caller(context)
         session = self.hub.session(session_id)
         if session is None:
             _abort(
@@ -120,12 +210,18 @@ class FederationService(pb_grpc.FederationServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "unknown session (the server restarted or dropped this client); join again",
             )
-        if self.settings.auth == "mtls" and _peer_common_name(context) != session.name:
-            self._refuse(context, f"session of {session.name!r} used with another certificate")
+        if caller is not None and caller != session.name:
+            what = "certificate" if self.settings.auth == "mtls" else "enrolment token"
+            self._refuse(context, f"session of {session.name!r} used with the {what} of {caller!r}")
+        self._permit(session.name, context, session.session_id)
         return session
 
     # -- handlers ---------------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        if request.ByteSize() > MAX_JOIN_BYTES:
+            self._refuse(
+                context, f"a Join request of {request.ByteSize()} bytes (at most {MAX_JOIN_BYTES})"
+            )
         if request.protocol_version != PROTOCOL_VERSION:
             _abort(
                 context,
@@ -155,7 +251,18 @@ class FederationService(pb_grpc.FederationServicer):
         session = self._session(request.session_id, context)
         if request.num_examples < 0 or request.num_test_examples < 0:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "example counts must be >= 0")
-        self.hub.ready(session.session_id, request.num_examples, request.num_test_examples)
+        num_examples, cap = request.num_examples, self.settings.max_client_examples
+        if cap is not None and num_examples > cap:
+            log.warning(
+                "client %s declares %d training examples, over server.max_client_examples=%d; "
+                "it is weighted as %d",
+                session.name,
+                num_examples,
+                cap,
+                cap,
+            )
+            num_examples = cap
+        self.hub.ready(session.session_id, num_examples, request.num_test_examples)
         return pb.ReadyReply()
 
     def Heartbeat(
@@ -168,7 +275,20 @@ class FederationService(pb_grpc.FederationServicer):
 
     def PollTask(self, request: pb.PollRequest, context: grpc.ServicerContext) -> pb.PollReply:
         session = self._session(request.session_id, context)
-        pending = self.hub.poll(session.session_id, self.settings.poll_seconds)
+        with self._polling_lock:
+            busy = session.session_id in self._polling
+            self._polling.add(session.session_id)
+        if busy:  # one long-poll per session: more would only hold more server threads
+            _abort(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "this session already has a poll in flight; poll again when it returns",
+            )
+        try:
+            pending = self.hub.poll(session.session_id, self.settings.poll_seconds)
+        finally:
+            with self._polling_lock:
+                self._polling.discard(session.session_id)
         if pending is None:
             if self.hub.finished:
                 self.hub.told_finished(session.session_id)
@@ -207,12 +327,34 @@ class FederationService(pb_grpc.FederationServicer):
     def UploadResult(
         self, request_iterator: Iterable[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadReply:
-        stream = iter(request_iterator)
+        caller = self._caller(context)  # before a byte of the stream is read
+        watchdog = _Watchdog(context, self.settings.first_message_s)
+        try:
+            return self._upload(request_iterator, context, caller, watchdog)
+        except StreamIdle:
+            log.warning(
+                "closed an upload stream from %s (%s): no message for %g s",
+                context.peer(),
+                caller or "unauthenticated",
+                watchdog.seconds,
+            )
+            return pb.UploadReply(accepted=False, reason="the stream was idle too long")
+        finally:
+            watchdog.stop()
+
+    def _upload(
+        self,
+        request_iterator: Iterable[pb.UploadChunk],
+        context: grpc.ServicerContext,
+        caller: str | None,
+        watchdog: _Watchdog,
+    ) -> pb.UploadReply:
+        stream = watchdog.watch(iter(request_iterator), self.settings.idle_stream_s)
         first = next(stream, None)
         if first is None or not first.HasField("header"):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with a header")
         header = first.header
-        session = self._session(header.session_id, context)
+        session = self._session(header.session_id, context, caller)
         pending = self.hub.pending(session.session_id, header.task_id)
         if pending is None:
             return pb.UploadReply(
@@ -222,22 +364,24 @@ class FederationService(pb_grpc.FederationServicer):
             )
         task = pending.task
         if header.error:
-            self.hub.complete(pending, Result(task, error=f"client {session.name}: {header.error}"))
+            error = header.error[:4096]  # a client's own words, kept to a bounded length
+            self.hub.complete(pending, Result(task, error=f"client {session.name}: {error}"))
             return pb.UploadReply(accepted=True, reason="recorded as a client failure")
         if header.num_examples < 0:
             return self._reject(
                 pending, session, f"num_examples must be >= 0, got {header.num_examples}"
             )
-        metrics, dropped = finite_metrics(header.metrics)
+        metrics, dropped = plausible_metrics(header.metrics)
         if dropped:
             log.warning(
-                "round %d: client %s (id %d) reported non-finite %s; left out, the result is kept",
+                "round %d: client %s (id %d) reported implausible metrics, left out (the result "
+                "is kept): %s",
                 task.round,
                 session.name,
                 session.client_id,
-                dropped,
+                shown(describe_dropped(dropped), 400),
             )
-        note = f"non-finite metrics {dropped} were left out" if dropped else ""
+        note = f"metrics left out: {describe_dropped(dropped)}" if dropped else ""
         if task.upload is None:
             if header.payload_bytes:
                 return self._reject(
@@ -266,7 +410,7 @@ class FederationService(pb_grpc.FederationServicer):
             decode_update(result)
         except UpdateRejected as exc:
             # Delivered whole: the coordinator's own decode_update rejects it for the same reason.
-            return self._reject(pending, session, str(exc), result)
+            return self._reject(pending, session, str(exc))
         if not self.hub.complete(pending, result):
             return pb.UploadReply(accepted=False, reason="the round's deadline passed")
         return pb.UploadReply(accepted=True, reason=note)
@@ -311,6 +455,8 @@ class FederationService(pb_grpc.FederationServicer):
                         f"update exceeds the size cap: it declared {declared} bytes and sent more",
                     )
                 buf += msg.data
+        except StreamIdle:
+            raise  # UploadResult says why
         except Exception as exc:  # the stream broke: a message over the cap, a lost client
             return None, f"the upload broke off after {len(buf)} bytes: {exc}"
         finally:
@@ -339,26 +485,17 @@ class FederationService(pb_grpc.FederationServicer):
             return f"the update's spec holds {got.size} values, the task asks for {upload.size}"
         return None
 
-    def _reject(
-        self, pending: PendingTask, session: Session, reason: str, result: Result | None = None
-    ) -> pb.UploadReply:
+    def _reject(self, pending: PendingTask, session: Session, reason: str) -> pb.UploadReply:
         log.warning(
             "round %d: update of client %s (id %d) rejected: %s",
             pending.task.round,
             session.name,
             session.client_id,
-            reason,
+            reason[:1000],  # it may quote what the client declared
         )
-        # The engine counts it as rejected. The coordinator must not use it either: a result
-        # without its payload fails its own decode_update ("no update"), and a metrics-only
-        # result, which it does not decode, is delivered as a failure.
-        task = pending.task
-        if result is not None:
-            delivered = result
-        elif task.upload is not None:
-            delivered = Result(task, num_examples=0, payload=None)
-        else:
-            delivered = Result(task, error=f"client {session.name}: result rejected: {reason}")
+        # Logged here, once: the engine and the coordinator count it as rejected (``rejected``
+        # set) and never use it.
+        delivered = Result(pending.task, rejected=reason)
         self.hub.complete(pending, delivered, rejected=reason)
         return pb.UploadReply(accepted=False, reason=f"update rejected: {reason}")
 
@@ -366,6 +503,76 @@ class FederationService(pb_grpc.FederationServicer):
         session = self._session(request.session_id, context)
         self.hub.leave(session.session_id)
         return pb.LeaveReply()
+
+
+class StreamIdle(Exception):
+    """The watchdog cancelled a silent stream."""
+
+
+class _Watchdog:
+    """Cancels a call whose client goes silent: no first message within ``seconds``, then no
+    message for ``idle`` seconds (``watch``). A stalled stream so holds a server thread for a
+    bounded time, never forever."""
+
+    def __init__(self, context: grpc.ServicerContext, seconds: float) -> None:
+        self._context = context
+        self.seconds = seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._arm(seconds)
+
+    def _arm(self, seconds: float) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.seconds = seconds
+            self._timer = threading.Timer(seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._context.cancel()
+
+    def watch(self, stream: Iterator[pb.UploadChunk], idle: float) -> Iterator[pb.UploadChunk]:
+        """``stream``, re-arming the timer at each message; ``StreamIdle`` once it fired."""
+        try:
+            for msg in stream:
+                self._arm(idle)
+                yield msg
+        except grpc.RpcError:
+            if self.fired:
+                raise StreamIdle from None
+            raise
+        if self.fired:
+            raise StreamIdle
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+
+
+class _MalformedRequests(logging.Filter):
+    """gRPC logs a request that does not parse as its method's protobuf with a full traceback;
+    one line, without it, says the same in the server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "deserializ" in str(record.msg).lower():
+            record.msg = "dropped a request that is not a valid protobuf of its method"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_grpc_logs() -> None:
+    """Install ``_MalformedRequests`` on the gRPC loggers that report them (once)."""
+    for name in ("grpc._common", "grpc._server"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _MalformedRequests) for f in logger.filters):
+            logger.addFilter(_MalformedRequests())
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -388,12 +595,16 @@ def start_server(
     require_client_cert: bool,
     max_message_bytes: int,
     max_workers: int,
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``address``; returns the server and the bound port.
 
     ``bundle`` None serves plaintext (``--insecure``). With ``require_client_cert`` the TLS
     handshake itself refuses clients without a certificate signed by the run's CA.
+    ``max_concurrent_rpcs`` (default: twice ``max_workers``) bounds the calls the server holds
+    at once; beyond it a call is refused with RESOURCE_EXHAUSTED and the client retries.
     """
+    quiet_grpc_logs()
     if max_message_bytes < service.settings.chunk_bytes + FRAME_OVERHEAD:
         raise DeploymentError(
             f"server.max_message_mb ({max_message_bytes} bytes) must exceed the chunk size "
@@ -402,6 +613,7 @@ def start_server(
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedloom-rpc"),
         options=server_options(max_message_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs or 2 * max_workers,
     )
     pb_grpc.add_FederationServicer_to_server(service, server)
     if bundle is None:

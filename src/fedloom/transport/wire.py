@@ -19,6 +19,9 @@ from fedloom.transport.proto import fedloom_transport_pb2 as pb
 
 PROTOCOL_VERSION = 1
 COMPRESSIONS = ("gzip", "none")
+# Call metadata every client call carries: its name, and its enrolment token under token auth.
+CLIENT_METADATA = "fedloom-client"
+TOKEN_METADATA = "fedloom-token"
 
 
 def spec_to_proto(spec: ParamSpec) -> pb.ParamSpecProto:
