@@ -4,7 +4,6 @@ the in-process simulation gives."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,27 @@ from safetensors.numpy import load_file
 
 from fedloom.config import load_config
 from fedloom.engines import SequentialEngine
+from fedloom.server.coordinator import Coordinator
 from fedloom.simulation import Simulation
 from tests.deploy import helpers as h
 
 pytestmark = pytest.mark.deploy
+
+
+def _simulated(config: Path) -> tuple[Simulation, Coordinator]:
+    """The run of ``config`` in the sequential simulation, to compare a deployment with."""
+    sim = Simulation(load_config(config))
+    coordinator = sim.coordinator()
+    coordinator.engine = SequentialEngine(sim.client)
+    return sim, coordinator
+
+
+def _same_model(tmp_path: Path, coordinator: Coordinator) -> dict[str, np.ndarray]:
+    """The deployment's final model, checked against the simulation's."""
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name, want in coordinator.global_params.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    return got
 
 
 def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
@@ -39,7 +55,7 @@ def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
 
     # Assert: every client finished cleanly
     assert codes == [0] * 3
-    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    records = h.records(tmp_path / "out")
     assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 4
     assert all(r["compression_ratio_up"] > 8 for r in records)
     # the int8 model: one byte a parameter and a float32 scale per 256, to each client each round
@@ -48,13 +64,9 @@ def test_topk_int8_uploads_with_error_feedback_match_the_simulation(
     assert all(r["bytes_down"] == 3 * int8_model for r in records)
 
     # Assert: the same model as the sequential simulation, error-feedback residuals included
-    sim = Simulation(load_config(config))
-    coordinator = sim.coordinator()
-    coordinator.engine = SequentialEngine(sim.client)
+    _, coordinator = _simulated(config)
     history = coordinator.run(4)
-    got = load_file(str(tmp_path / "out" / "model.safetensors"))
-    for name, want in coordinator.global_params.items():
-        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    _same_model(tmp_path, coordinator)
     assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
 
 
@@ -77,12 +89,10 @@ def test_a_pruned_model_travels_sparse_with_its_mask_once_per_client(
 
     # Assert: every round ok, sparsity on schedule, the mask downloaded once per client and mask
     assert codes == [0] * 3
-    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    records = h.records(tmp_path / "out")
     assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 4
     assert [r["sparsity"] for r in records] == pytest.approx([0, 0, 0.6, 0.6], abs=1e-3)
-    sim = Simulation(load_config(config))
-    coordinator = sim.coordinator()
-    coordinator.engine = SequentialEngine(sim.client)
+    sim, coordinator = _simulated(config)
     history = coordinator.run(4)
     kept = int(coordinator.strategy_state["pruning/mask"].sum())
     mask_bytes = -(-sim.spec.size // 8)
@@ -90,9 +100,7 @@ def test_a_pruned_model_travels_sparse_with_its_mask_once_per_client(
     assert records[2]["bytes_down"] == 3 * (4 * kept + mask_bytes)
 
     # Assert: the model the simulation gives, with the pruned weights exactly zero
-    got = load_file(str(tmp_path / "out" / "model.safetensors"))
-    for name, want in coordinator.global_params.items():
-        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    got = _same_model(tmp_path, coordinator)
     assert [r["bytes_up"] for r in records] == [r["bytes_up"] for r in history]
     assert [r["bytes_down"] for r in records] == [r["bytes_down"] for r in history]
     flat = sim.spec.flatten({n: got[n] for n in sim.spec.names})
@@ -118,14 +126,10 @@ def test_model_deltas_reach_clients_without_downloading_the_base(
     # Assert: the bytes and the model of the simulation, where the base is never counted: the
     # deployment clients found it in their caches
     assert codes == [0] * 3
-    records = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    records = h.records(tmp_path / "out")
     assert [(r["returned"], r["rejected"]) for r in records] == [(3, 0)] * 3
-    sim = Simulation(load_config(config))
-    coordinator = sim.coordinator()
-    coordinator.engine = SequentialEngine(sim.client)
+    _, coordinator = _simulated(config)
     history = coordinator.run(3)
     assert [r["bytes_down"] for r in records] == [r["bytes_down"] for r in history]
-    got = load_file(str(tmp_path / "out" / "model.safetensors"))
-    for name, want in coordinator.global_params.items():
-        np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5)
+    _same_model(tmp_path, coordinator)
     assert records[-1]["fed_accuracy_mean"] == pytest.approx(history[-1]["fed_accuracy_mean"])

@@ -325,6 +325,10 @@ def _compressed_run(engine: str, chain: str) -> Coordinator:
     else:
         coordinator.upload_codec = get_codec(chain)
         coordinator.error_feedback = True
+    return _three_rounds(coordinator)
+
+
+def _three_rounds(coordinator: Coordinator) -> Coordinator:
     try:
         coordinator.run(3)
     finally:
@@ -365,11 +369,7 @@ def _pruned_run(engine: str, strategy: str, chain: str) -> Coordinator:
     if chain:
         coordinator.upload_codec = get_codec(chain)
         coordinator.error_feedback = True
-    try:
-        coordinator.run(3)
-    finally:
-        coordinator.engine.close()
-    return coordinator
+    return _three_rounds(coordinator)
 
 
 @ENGINES
