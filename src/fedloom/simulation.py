@@ -8,6 +8,7 @@ same engine, coordinator and driver, so both write the same results folder.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -49,6 +50,8 @@ from fedloom.strategies.factory import make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 from fedloom.tracking.summary import ProgressListener, RecorderListener, summarize
 from fedloom.tracking.trackers import open_trackers
+
+log = logging.getLogger("fedloom")
 
 __all__ = [
     "Simulation",
@@ -275,6 +278,9 @@ def run_recorded(
     """
     try:
         recorder = RunRecorder(out)
+        kept = recorder.start_new_run()
+        if kept is not None:
+            log.warning("%s held an earlier run's metrics; they are now in %s", out, kept.name)
         with (
             RoundProgress(rounds, quiet=quiet) as progress,
             open_trackers(tracking or TrackingConfig(), out, run_config) as trackers,

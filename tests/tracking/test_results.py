@@ -98,3 +98,18 @@ def test_write_curves(tmp_path: Path) -> None:
     path = rec.write_curves()
     assert path == tmp_path / "curves.png"
     assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_new_run_keeps_the_earlier_runs_metrics_beside_its_own(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path)
+    assert recorder.start_new_run() is None  # nothing there yet
+    recorder.log_round({"round": 1, "accuracy": 0.5})
+
+    first = recorder.start_new_run()
+    recorder.log_round({"round": 1, "accuracy": 0.7})
+    recorder.log_round({"round": 1, "accuracy": 0.9})
+    second = recorder.start_new_run()
+
+    assert first == tmp_path / "metrics.jsonl.1" and second == tmp_path / "metrics.jsonl.2"
+    assert first.read_text().count("\n") == 1 and second.read_text().count("\n") == 2
+    assert not recorder.metrics_path.exists()

@@ -91,6 +91,18 @@ class RunRecorder:
     def metrics_path(self) -> Path:
         return self.out_dir / METRICS_FILE
 
+    def start_new_run(self) -> Path | None:
+        """Begin a run from round 1 in this folder: an earlier run's ``metrics.jsonl`` is kept as
+        ``metrics.jsonl.1`` (or the next free number) instead of being appended to. Returns where
+        it went, or None when there was none."""
+        if not self.metrics_path.is_file() or self.metrics_path.stat().st_size == 0:
+            return None
+        n = 1
+        while (kept := self.out_dir / f"{METRICS_FILE}.{n}").exists():
+            n += 1
+        self.metrics_path.rename(kept)
+        return kept
+
     def log_round(self, record: dict[str, Any]) -> None:
         """Append one round's record (``round`` plus metrics at top level) as a JSON line.
 
