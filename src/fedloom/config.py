@@ -150,6 +150,12 @@ class TransportConfig(_Section):
         False,
         description="send each client the model as a delta against the one it holds (its last)",
     )
+    download_delta_bases: int = Field(
+        8,
+        ge=1,
+        description="download_delta: the distinct client-held models the server keeps (each a "
+        "model copy); a client holding an older one gets the whole model",
+    )
 
     @field_validator("upload")
     @classmethod

@@ -112,6 +112,7 @@ def make_coordinator(
         error_feedback=cfg.transport.error_feedback,
         pruning=pruning_schedule(cfg.pruning),
         download_delta=cfg.transport.download_delta,
+        held_models=cfg.transport.download_delta_bases,
         central_eval=central_eval,
         eval_every=cfg.eval.every,
         federated_eval=cfg.eval.federated,

@@ -197,6 +197,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             error_feedback=cfg.transport.error_feedback,
             pruning=pruning_schedule(cfg.pruning),
             download_delta=cfg.transport.download_delta,
+            held_models=cfg.transport.download_delta_bases,
             central_eval=model.central_eval,
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,
