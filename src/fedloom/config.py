@@ -65,7 +65,20 @@ class StrategyConfig(_Section):
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1)
-    server_optimizer: Literal["sgd", "adam"] = "sgd"
+    server_optimizer: Literal["sgd", "adam", "yogi", "adagrad"] = Field(
+        "sgd",
+        description="sgd (FedAvg, FedAvgM with server_momentum) or the adaptive FedAdam, "
+        "FedYogi, FedAdagrad (Reddi et al. 2021)",
+    )
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="adam, yogi, adagrad: first-moment decay (null: 0.9)"
+    )
+    beta2: float | None = Field(
+        None, ge=0, lt=1, description="adam, yogi: second-moment decay (null: 0.99)"
+    )
+    tau: float | None = Field(
+        None, gt=0, description="adam, yogi, adagrad: adaptivity, added to sqrt(v) (null: 1e-3)"
+    )
     aggregation: Literal["mean", "sum"] = "mean"
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
     sampling: Literal["fixed", "poisson"] = Field(

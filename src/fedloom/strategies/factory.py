@@ -87,7 +87,9 @@ def make_strategy(cfg: Config) -> Strategy:
         min_fit_clients=s.min_fit_clients,
         fraction_evaluate=s.fraction_evaluate,
         client_config=client_config(cfg.client, cfg.privacy.dp_sgd),
-        server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
+        server_optimizer=make_server_optimizer(
+            s.server_optimizer, s.server_lr, s.server_momentum, s.beta1, s.beta2, s.tau
+        ),
         sampling=s.sampling,
         max_update_norm=s.max_update_norm,
         max_update_norm_action=s.max_update_norm_action,
