@@ -59,7 +59,7 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova"] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)

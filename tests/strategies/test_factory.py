@@ -24,7 +24,7 @@ from fedloom.core.params import ParamSpec
 from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
-from fedloom.strategies import FedAvg, FedProx, FedSGD, RoundContext, Scaffold, Strategy
+from fedloom.strategies import FedAvg, FedNova, FedProx, FedSGD, RoundContext, Scaffold, Strategy
 from fedloom.strategies.factory import STRATEGY_NAMES, make_strategy
 
 SPEC = ParamSpec(names=("w",), shapes=((3,),), dtypes=("<f4",))
@@ -54,7 +54,13 @@ def _context() -> RoundContext:
 def test_every_configurable_name_builds_its_strategy() -> None:
     assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
     built = {name: type(_strategy(f"strategy.name={name}")) for name in STRATEGY_NAMES}
-    assert built == {"fedavg": FedAvg, "fedsgd": FedSGD, "fedprox": FedProx, "scaffold": Scaffold}
+    assert built == {
+        "fedavg": FedAvg,
+        "fedsgd": FedSGD,
+        "fedprox": FedProx,
+        "scaffold": Scaffold,
+        "fednova": FedNova,
+    }
 
 
 def test_fedavg_carries_selection_local_training_and_server_optimizer() -> None:

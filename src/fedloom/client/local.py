@@ -302,6 +302,11 @@ class LocalHooks:
         trained ``delta = local - global`` after ``steps`` optimiser steps (a scalar tensor)."""
         return [delta], {}
 
+    def metrics(self, steps: int) -> dict[str, float]:
+        """Scalars the client reports with its result after ``steps`` optimiser steps (FedNova's
+        ``local_steps`` and ``fednova_norm``); none for plain training."""
+        return {}
+
     def key(self) -> tuple[Any, ...]:
         """Hooks with equal keys compute the same functions (clients that share them can train in
         one vectorised cohort)."""
@@ -315,6 +320,7 @@ HOOKS: dict[str, HooksFactory] = {}
 _BUILTIN = {
     "fedprox": "fedloom.strategies.fedprox",
     "scaffold": "fedloom.strategies.scaffold",
+    "fednova": "fedloom.strategies.fednova",
 }
 
 

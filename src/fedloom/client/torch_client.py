@@ -215,7 +215,8 @@ class TorchClient:
         local = torch.from_numpy(spec.flatten(get_params(self.model)))
         full_delta = local - global_vec
         delta = named_views(spec, names, full_delta)
-        steps = torch.tensor(float(local_steps(self.num_examples, training)))
+        num_steps = local_steps(self.num_examples, training)
+        steps = torch.tensor(float(num_steps))
         with torch.no_grad():
             parts, new_state = hooks.final(delta, shared, own, steps)
         zeros = torch.zeros_like(full_delta)
@@ -224,7 +225,9 @@ class TorchClient:
         )
         context.state.update(state_arrays(new_state))
         return FitResult(
-            update=upload.numpy(), num_examples=self.num_examples, metrics={"train_loss": loss}
+            update=upload.numpy(),
+            num_examples=self.num_examples,
+            metrics={"train_loss": loss, **hooks.metrics(num_steps)},
         )
 
     def evaluate(

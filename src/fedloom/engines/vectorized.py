@@ -363,7 +363,7 @@ class VectorizedEngine:
                     job.task,
                     num_examples=job.client.num_examples,
                     payload=payloads[row],
-                    metrics={"train_loss": outcome.losses[row]},
+                    metrics={"train_loss": outcome.losses[row], **job.hooks.metrics(job.steps)},
                     seconds=seconds,
                 )
 

@@ -104,7 +104,7 @@ class ServerYogi(_Adaptive):
     name: ClassVar[str] = "yogi"
 
     def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
-        return v - (1 - self.beta2) * g2 * np.sign(v - g2)
+        return np.asarray(v - (1 - self.beta2) * g2 * np.sign(v - g2))
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class ServerAdagrad(_Adaptive):
     name: ClassVar[str] = "adagrad"
 
     def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
-        return v + g2
+        return np.asarray(v + g2)
 
 
 _ADAPTIVE: dict[str, type[_Adaptive]] = {

@@ -27,6 +27,7 @@ from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
 from fedloom.strategies.base import Strategy
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
@@ -36,7 +37,7 @@ __all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strate
 
 log = logging.getLogger("fedloom")
 
-STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
+STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova")
 
 
 def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
@@ -111,6 +112,8 @@ def make_strategy(cfg: Config) -> Strategy:
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name == "scaffold":
         return Scaffold(**common)
+    if s.name == "fednova":
+        return FedNova(**common)
     if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":
