@@ -59,7 +59,7 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl"] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
@@ -81,6 +81,9 @@ class StrategyConfig(_Section):
     )
     aggregation: Literal["mean", "sum"] = "mean"
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
+    q: float = Field(
+        1.0, ge=0, description="qffl: fairness exponent; 0 is FedAvg's objective, larger is fairer"
+    )
     sampling: Literal["fixed", "poisson"] = Field(
         "fixed",
         description="fixed: ceil(fraction_fit * N) clients without replacement; poisson: each "

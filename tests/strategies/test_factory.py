@@ -24,7 +24,16 @@ from fedloom.core.params import ParamSpec
 from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
-from fedloom.strategies import FedAvg, FedNova, FedProx, FedSGD, RoundContext, Scaffold, Strategy
+from fedloom.strategies import (
+    QFFL,
+    FedAvg,
+    FedNova,
+    FedProx,
+    FedSGD,
+    RoundContext,
+    Scaffold,
+    Strategy,
+)
 from fedloom.strategies.factory import STRATEGY_NAMES, make_strategy
 
 SPEC = ParamSpec(names=("w",), shapes=((3,),), dtypes=("<f4",))
@@ -60,6 +69,7 @@ def test_every_configurable_name_builds_its_strategy() -> None:
         "fedprox": FedProx,
         "scaffold": Scaffold,
         "fednova": FedNova,
+        "qffl": QFFL,
     }
 
 

@@ -356,6 +356,10 @@ class VectorizedEngine:
                         self.client_fn, job.task, blobs, self.states, self._decoded, job.client
                     )
                 continue
+            starts: list[float | None] = [None] * len(chunk)
+            if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
+                global_params = probed.model.spec.unflatten(vec.numpy())
+                starts = [j.client.training_loss(global_params) for j in chunk]
             seconds = (time.perf_counter() - began) / len(chunk)
             for row, job in enumerate(chunk):
                 self.states.put(job.task.client_id, job.task.round, outcome.states[row])
@@ -363,7 +367,10 @@ class VectorizedEngine:
                     job.task,
                     num_examples=job.client.num_examples,
                     payload=payloads[row],
-                    metrics={"train_loss": outcome.losses[row], **job.hooks.metrics(job.steps)},
+                    metrics={
+                        "train_loss": outcome.losses[row],
+                        **job.hooks.metrics(job.steps, starts[row]),
+                    },
                     seconds=seconds,
                 )
 

@@ -5,9 +5,11 @@ from fedloom.strategies.fedavg import FedAvg
 from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
 
 __all__ = [
+    "QFFL",
     "Exchange",
     "FedAvg",
     "FedNova",

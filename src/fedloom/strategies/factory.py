@@ -31,13 +31,14 @@ from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
+from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
 
 __all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strategy"]
 
 log = logging.getLogger("fedloom")
 
-STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova")
+STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl")
 
 
 def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
@@ -114,6 +115,8 @@ def make_strategy(cfg: Config) -> Strategy:
         return Scaffold(**common)
     if s.name == "fednova":
         return FedNova(**common)
+    if s.name == "qffl":
+        return QFFL(q=s.q, **common)
     if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":

@@ -81,7 +81,7 @@ class FedNovaHooks(LocalHooks):
         norm = work_norm(steps, self.momentum)
         return [{n: d / norm for n, d in delta.items()}], {}
 
-    def metrics(self, steps: int) -> dict[str, float]:
+    def metrics(self, steps: int, start_loss: float | None) -> dict[str, float]:
         norm = work_norm(torch.tensor(float(steps), dtype=torch.float64), self.momentum)
         return {"local_steps": float(steps), NORM: float(norm)}
 
