@@ -329,7 +329,11 @@ class VectorizedEngine:
             chunk = sorted(by_steps[start : start + capacity], key=lambda j: j.position)
             began = time.perf_counter()
             states = [self.states.get(j.task.client_id, j.task.round) for j in chunk]
+            starts: list[float | None] = [None] * len(chunk)
             try:
+                if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
+                    global_params = probed.model.spec.unflatten(vec.numpy())
+                    starts = [j.client.training_loss(global_params) for j in chunk]
                 outcome = train_chunk(
                     probed.model,
                     vec,
@@ -356,10 +360,6 @@ class VectorizedEngine:
                         self.client_fn, job.task, blobs, self.states, self._decoded, job.client
                     )
                 continue
-            starts: list[float | None] = [None] * len(chunk)
-            if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
-                global_params = probed.model.spec.unflatten(vec.numpy())
-                starts = [j.client.training_loss(global_params) for j in chunk]
             seconds = (time.perf_counter() - began) / len(chunk)
             for row, job in enumerate(chunk):
                 self.states.put(job.task.client_id, job.task.round, outcome.states[row])
