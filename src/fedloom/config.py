@@ -59,15 +59,31 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl"] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1)
-    server_optimizer: Literal["sgd", "adam"] = "sgd"
+    server_optimizer: Literal["sgd", "adam", "yogi", "adagrad"] = Field(
+        "sgd",
+        description="sgd (FedAvg, FedAvgM with server_momentum) or the adaptive FedAdam, "
+        "FedYogi, FedAdagrad (Reddi et al. 2021)",
+    )
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="adam, yogi, adagrad: first-moment decay (null: 0.9)"
+    )
+    beta2: float | None = Field(
+        None, ge=0, lt=1, description="adam, yogi: second-moment decay (null: 0.99)"
+    )
+    tau: float | None = Field(
+        None, gt=0, description="adam, yogi, adagrad: adaptivity, added to sqrt(v) (null: 1e-3)"
+    )
     aggregation: Literal["mean", "sum"] = "mean"
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
+    q: float = Field(
+        1.0, ge=0, description="qffl: fairness exponent; 0 is FedAvg's objective, larger is fairer"
+    )
     sampling: Literal["fixed", "poisson"] = Field(
         "fixed",
         description="fixed: ceil(fraction_fit * N) clients without replacement; poisson: each "

@@ -53,7 +53,10 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
     ("override", "expected"),
     [
         ("strategy.fraction_fit=1.5", "strategy.fraction_fit: got 1.5"),
-        ("strategy.name=fedx", "allowed: 'fedavg', 'fedsgd', 'fedprox' or 'scaffold'"),
+        (
+            "strategy.name=fedx",
+            "allowed: 'fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova' or 'qffl'",
+        ),
         ("strategy.aggregation=sum", "strategy.aggregation='sum' applies to fedsgd only"),
         ("client.epochs=0", "client.epochs: got 0"),
         ("clinet.epochs=2", "clinet: unknown key"),

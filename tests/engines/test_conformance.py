@@ -25,7 +25,7 @@ from fedloom.engines import SequentialEngine
 from fedloom.models import build_model
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.pruning import PruningSchedule, prunable
-from fedloom.strategies import FedAvg, FedProx, FedSGD, Scaffold, Strategy
+from fedloom.strategies import QFFL, FedAvg, FedNova, FedProx, FedSGD, Scaffold, Strategy
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from tests.engines.conformance import (
     CASES,
@@ -168,6 +168,10 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     ),
     # Two rounds at 3/4 participation: clients in both rounds start round 2 from their own c_i.
     "scaffold": lambda: Scaffold(fraction_fit=0.75, client_config={"lr": 0.1}),
+    # Quantity-skewed clients run different numbers of local steps: normalised with momentum
+    "fednova": lambda: FedNova(fraction_fit=0.75, client_config={"momentum": 0.9, "lr": 0.1}),
+    # Each client also reports its training loss at the global model
+    "qffl": lambda: QFFL(q=1.0, fraction_fit=0.75, client_config={"lr": 0.1}),
     # DP-SGD: per-example clipping and each client's own noise stream, plain and with a loss hook
     "dp-sgd-fedprox": lambda: FedProx(
         proximal_mu=0.5,

@@ -23,8 +23,17 @@ from fedloom.core.codec import Float32Codec
 from fedloom.core.params import ParamSpec
 from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
-from fedloom.optim import ServerAdam, ServerSGD
-from fedloom.strategies import FedAvg, FedProx, FedSGD, RoundContext, Scaffold, Strategy
+from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
+from fedloom.strategies import (
+    QFFL,
+    FedAvg,
+    FedNova,
+    FedProx,
+    FedSGD,
+    RoundContext,
+    Scaffold,
+    Strategy,
+)
 from fedloom.strategies.factory import STRATEGY_NAMES, make_strategy
 
 SPEC = ParamSpec(names=("w",), shapes=((3,),), dtypes=("<f4",))
@@ -54,7 +63,14 @@ def _context() -> RoundContext:
 def test_every_configurable_name_builds_its_strategy() -> None:
     assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
     built = {name: type(_strategy(f"strategy.name={name}")) for name in STRATEGY_NAMES}
-    assert built == {"fedavg": FedAvg, "fedsgd": FedSGD, "fedprox": FedProx, "scaffold": Scaffold}
+    assert built == {
+        "fedavg": FedAvg,
+        "fedsgd": FedSGD,
+        "fedprox": FedProx,
+        "scaffold": Scaffold,
+        "fednova": FedNova,
+        "qffl": QFFL,
+    }
 
 
 def test_fedavg_carries_selection_local_training_and_server_optimizer() -> None:
@@ -178,3 +194,20 @@ def test_server_momentum_with_adam_is_refused() -> None:
 
 def test_fedloom_simulation_still_exports_it() -> None:
     assert fedloom.simulation.make_strategy is make_strategy
+
+
+def test_adaptive_server_optimizers_take_beta1_beta2_tau_from_the_config() -> None:
+    yogi = _strategy(
+        "strategy.server_optimizer=yogi",
+        "strategy.server_lr=0.03",
+        "strategy.beta1=0.5",
+        "strategy.beta2=0.9",
+        "strategy.tau=0.01",
+    )
+    assert yogi.server_optimizer == ServerYogi(lr=0.03, beta1=0.5, beta2=0.9, tau=0.01)
+    adagrad = _strategy("strategy.server_optimizer=adagrad", "strategy.server_lr=0.1")
+    assert adagrad.server_optimizer == ServerAdagrad(lr=0.1)
+    with pytest.raises(ConfigError, match=r"strategy\.tau=0\.01 applies to the adaptive"):
+        _strategy("strategy.tau=0.01")
+    with pytest.raises(ConfigError, match=r"strategy\.beta2=0\.9 applies to server_optimizer=adam"):
+        _strategy("strategy.server_optimizer=adagrad", "strategy.beta2=0.9")

@@ -271,6 +271,9 @@ class LocalHooks:
     upload_parts: ClassVar[int] = 1
     has_loss: ClassVar[bool] = False
     has_grad: ClassVar[bool] = False
+    start_loss: ClassVar[bool] = False
+    """Measure the client's mean loss on its training data at the global model, before training,
+    and pass it to ``metrics`` (q-FFL's ``F_k(w)``)."""
 
     def loss(
         self,
@@ -302,6 +305,11 @@ class LocalHooks:
         trained ``delta = local - global`` after ``steps`` optimiser steps (a scalar tensor)."""
         return [delta], {}
 
+    def metrics(self, steps: int, start_loss: float | None) -> dict[str, float]:
+        """Scalars the client reports with its result after ``steps`` optimiser steps
+        (``start_loss``: see the class attribute, else None); none for plain training."""
+        return {}
+
     def key(self) -> tuple[Any, ...]:
         """Hooks with equal keys compute the same functions (clients that share them can train in
         one vectorised cohort)."""
@@ -315,6 +323,8 @@ HOOKS: dict[str, HooksFactory] = {}
 _BUILTIN = {
     "fedprox": "fedloom.strategies.fedprox",
     "scaffold": "fedloom.strategies.scaffold",
+    "fednova": "fedloom.strategies.fednova",
+    "qffl": "fedloom.strategies.qffl",
 }
 
 

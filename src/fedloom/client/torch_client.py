@@ -211,11 +211,13 @@ class TorchClient:
         if MASK in context.blobs:  # a pruned model: only the weights under the mask train
             mask = np.array(context.blobs[MASK], dtype=np.float32)
             masks = named_views(spec, names, torch.from_numpy(mask))
+        start_loss = self.training_loss() if hooks.start_loss else None
         loss = self._train(training, seed, hooks, shared, own, masks)
         local = torch.from_numpy(spec.flatten(get_params(self.model)))
         full_delta = local - global_vec
         delta = named_views(spec, names, full_delta)
-        steps = torch.tensor(float(local_steps(self.num_examples, training)))
+        num_steps = local_steps(self.num_examples, training)
+        steps = torch.tensor(float(num_steps))
         with torch.no_grad():
             parts, new_state = hooks.final(delta, shared, own, steps)
         zeros = torch.zeros_like(full_delta)
@@ -224,8 +226,25 @@ class TorchClient:
         )
         context.state.update(state_arrays(new_state))
         return FitResult(
-            update=upload.numpy(), num_examples=self.num_examples, metrics={"train_loss": loss}
+            update=upload.numpy(),
+            num_examples=self.num_examples,
+            metrics={"train_loss": loss, **hooks.metrics(num_steps, start_loss)},
         )
+
+    def training_loss(self, params: Params | None = None) -> float:
+        """The mean loss of the model (at ``params``, if given) on the local training data."""
+        if params is not None:
+            set_params(self.model, params)
+        metrics = evaluate_model(
+            self.model,
+            self.x_train,
+            self.y_train,
+            task=self.task,
+            num_classes=self.num_classes,
+            target_scale=self.target_scale,
+            loss_fn=self.loss_fn,
+        )
+        return float(metrics["loss"])
 
     def evaluate(
         self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None

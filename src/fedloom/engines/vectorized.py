@@ -329,7 +329,11 @@ class VectorizedEngine:
             chunk = sorted(by_steps[start : start + capacity], key=lambda j: j.position)
             began = time.perf_counter()
             states = [self.states.get(j.task.client_id, j.task.round) for j in chunk]
+            starts: list[float | None] = [None] * len(chunk)
             try:
+                if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
+                    global_params = probed.model.spec.unflatten(vec.numpy())
+                    starts = [j.client.training_loss(global_params) for j in chunk]
                 outcome = train_chunk(
                     probed.model,
                     vec,
@@ -363,7 +367,10 @@ class VectorizedEngine:
                     job.task,
                     num_examples=job.client.num_examples,
                     payload=payloads[row],
-                    metrics={"train_loss": outcome.losses[row]},
+                    metrics={
+                        "train_loss": outcome.losses[row],
+                        **job.hooks.metrics(job.steps, starts[row]),
+                    },
                     seconds=seconds,
                 )
 

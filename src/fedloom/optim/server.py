@@ -1,21 +1,35 @@
-"""Server optimisers: the aggregated client update is a pseudo-gradient (Reddi et al. 2021,
-"Adaptive Federated Optimization").
+"""Server optimisers: the aggregated client update is a pseudo-gradient.
+
+Reddi, Charles, Zaheer, Garrett, Rush, Konečný, Kumar, McMahan. "Adaptive Federated
+Optimization." ICLR 2021, Algorithms 1 and 2.
 
 ``step(params, pseudo_grad, state) -> (params, state)``. SGD with lr=1 on the negated mean delta is
-FedAvg; SGD with momentum is FedAvgM (Hsu et al. 2019); Adam is FedAdam. State is a plain dict of
-arrays, so it can be checkpointed with the model.
+FedAvg; SGD with momentum is FedAvgM (Hsu et al. 2019). Algorithm 2's adaptive optimisers share one
+recipe on the pseudo-gradient ``g`` (the paper's ``Delta_t`` is ``-g``):
+
+    m <- beta1 * m + (1 - beta1) * g
+    v <- v + g^2                                            FedAdagrad
+    v <- beta2 * v + (1 - beta2) * g^2                      FedAdam
+    v <- v - (1 - beta2) * g^2 * sign(v - g^2)              FedYogi
+    theta <- theta - lr * m / (sqrt(v) + tau)
+
+with ``m`` starting at 0 and ``v`` at ``tau^2`` (the paper's ``v_{-1} >= tau^2``), and no bias
+correction, as in the paper. ``tau`` is the adaptivity: the larger, the closer to SGD with
+momentum. State is a plain dict of arrays, so it can be checkpointed with the model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from fedloom.errors import ConfigError
 
 OptState = dict[str, np.ndarray]
+
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 
 
 class ServerOptimizer(Protocol):
@@ -46,35 +60,104 @@ class ServerSGD:
 
 
 @dataclass(frozen=True)
-class ServerAdam:
-    """Adam on the pseudo-gradient (FedAdam, Reddi et al. 2021, Algorithm 2)."""
+class _Adaptive:
+    """Algorithm 2 of Reddi et al. 2021; subclasses give the second-moment update."""
 
     lr: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.99
-    eps: float = 1e-3
+    tau: float = 1e-3
+
+    name: ClassVar[str] = "adaptive"
 
     def init(self, params: np.ndarray) -> OptState:
-        return {"m": np.zeros_like(params), "v": np.zeros_like(params), "t": np.zeros(1)}
+        v = np.full_like(params, self.tau**2)
+        return {"m": np.zeros_like(params), "v": v, "t": np.zeros(1)}
+
+    def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def step(
         self, params: np.ndarray, pseudo_grad: np.ndarray, state: OptState
     ) -> tuple[np.ndarray, OptState]:
         m = self.beta1 * state["m"] + (1 - self.beta1) * pseudo_grad
-        v = self.beta2 * state["v"] + (1 - self.beta2) * pseudo_grad**2
-        new = params - self.lr * m / (np.sqrt(v) + self.eps)
+        v = self.second_moment(state["v"], pseudo_grad**2)
+        new = params - self.lr * m / (np.sqrt(v) + self.tau)
         return new.astype(params.dtype), {"m": m, "v": v, "t": state["t"] + 1}
 
 
-def make_server_optimizer(name: str, lr: float, momentum: float = 0.0) -> ServerOptimizer:
-    """The server optimiser ``name``; an option that does not apply to it is an error."""
+@dataclass(frozen=True)
+class ServerAdam(_Adaptive):
+    """FedAdam: ``v <- beta2 v + (1 - beta2) g^2``."""
+
+    name: ClassVar[str] = "adam"
+
+    def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        return self.beta2 * v + (1 - self.beta2) * g2
+
+
+@dataclass(frozen=True)
+class ServerYogi(_Adaptive):
+    """FedYogi: ``v <- v - (1 - beta2) g^2 sign(v - g^2)`` (Zaheer et al. 2018): ``v`` moves
+    towards ``g^2`` by an additive step, so it grows as fast as Adam's but shrinks more slowly."""
+
+    name: ClassVar[str] = "yogi"
+
+    def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        return np.asarray(v - (1 - self.beta2) * g2 * np.sign(v - g2))
+
+
+@dataclass(frozen=True)
+class ServerAdagrad(_Adaptive):
+    """FedAdagrad: ``v <- v + g^2`` (no ``beta2``)."""
+
+    name: ClassVar[str] = "adagrad"
+
+    def second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
+        return np.asarray(v + g2)
+
+
+_ADAPTIVE: dict[str, type[_Adaptive]] = {
+    "adam": ServerAdam,
+    "yogi": ServerYogi,
+    "adagrad": ServerAdagrad,
+}
+
+
+def make_server_optimizer(
+    name: str,
+    lr: float,
+    momentum: float = 0.0,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    tau: float | None = None,
+) -> ServerOptimizer:
+    """The server optimiser ``name`` (``strategy.server_optimizer``); an option that does not
+    apply to it is a ``ConfigError`` naming the key. ``None`` options take the paper's defaults
+    (beta1 0.9, beta2 0.99, tau 1e-3)."""
     if name == "sgd":
+        given = {"beta1": beta1, "beta2": beta2, "tau": tau}
+        for key, value in given.items():
+            if value is not None:
+                raise ConfigError(
+                    f"strategy.{key}={value} applies to the adaptive server optimisers "
+                    "(server_optimizer=adam, yogi or adagrad); sgd has none: remove it or "
+                    "choose an adaptive server_optimizer"
+                )
         return ServerSGD(lr=lr, momentum=momentum)
-    if name == "adam":
-        if momentum:
-            raise ConfigError(
-                f"strategy.server_momentum={momentum} applies to server_optimizer=sgd (FedAvgM); "
-                "adam keeps its own first moment (beta1): leave server_momentum at 0"
-            )
-        return ServerAdam(lr=lr)
-    raise ValueError(f"unknown server optimizer {name!r}; choose 'sgd' or 'adam'")
+    if name not in _ADAPTIVE:
+        raise ConfigError(
+            f"strategy.server_optimizer={name!r}: allowed {', '.join(map(repr, SERVER_OPTIMIZERS))}"
+        )
+    if momentum:
+        raise ConfigError(
+            f"strategy.server_momentum={momentum} applies to server_optimizer=sgd (FedAvgM); "
+            f"{name} keeps its own first moment (beta1): leave server_momentum at 0"
+        )
+    if name == "adagrad" and beta2 is not None:
+        raise ConfigError(
+            f"strategy.beta2={beta2} applies to server_optimizer=adam or yogi; adagrad sums the "
+            "squared pseudo-gradients without decay: remove strategy.beta2"
+        )
+    options = {"beta1": beta1, "beta2": beta2, "tau": tau}
+    return _ADAPTIVE[name](lr=lr, **{k: v for k, v in options.items() if v is not None})

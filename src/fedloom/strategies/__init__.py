@@ -2,8 +2,20 @@
 
 from fedloom.strategies.base import Exchange, RoundContext, Strategy
 from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
 
-__all__ = ["Exchange", "FedAvg", "FedProx", "FedSGD", "RoundContext", "Scaffold", "Strategy"]
+__all__ = [
+    "QFFL",
+    "Exchange",
+    "FedAvg",
+    "FedNova",
+    "FedProx",
+    "FedSGD",
+    "RoundContext",
+    "Scaffold",
+    "Strategy",
+]

@@ -27,16 +27,18 @@ from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
 from fedloom.strategies.base import Strategy
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
+from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
 
 __all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strategy"]
 
 log = logging.getLogger("fedloom")
 
-STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold")
+STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl")
 
 
 def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
@@ -87,7 +89,9 @@ def make_strategy(cfg: Config) -> Strategy:
         min_fit_clients=s.min_fit_clients,
         fraction_evaluate=s.fraction_evaluate,
         client_config=client_config(cfg.client, cfg.privacy.dp_sgd),
-        server_optimizer=make_server_optimizer(s.server_optimizer, s.server_lr, s.server_momentum),
+        server_optimizer=make_server_optimizer(
+            s.server_optimizer, s.server_lr, s.server_momentum, s.beta1, s.beta2, s.tau
+        ),
         sampling=s.sampling,
         max_update_norm=s.max_update_norm,
         max_update_norm_action=s.max_update_norm_action,
@@ -109,6 +113,10 @@ def make_strategy(cfg: Config) -> Strategy:
         return FedProx(proximal_mu=s.proximal_mu, **common)
     if s.name == "scaffold":
         return Scaffold(**common)
+    if s.name == "fednova":
+        return FedNova(**common)
+    if s.name == "qffl":
+        return QFFL(q=s.q, **common)
     if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":

@@ -1,0 +1,136 @@
+"""FedNova: normalised averaging for clients that do different amounts of local work.
+
+Wang, Liu, Liang, Joshi, Poor. "Tackling the Objective Inconsistency Problem in Heterogeneous
+Federated Optimization." NeurIPS 2020, Section 4 (Algorithm 1 of its appendix).
+
+When client ``i`` runs ``tau_i`` local steps and the server averages the deltas as FedAvg does,
+clients that run more steps pull the global model towards their own objective: FedAvg converges
+to the optimum of a surrogate weighted by ``n_i tau_i``, not of the true objective. FedNova divides
+each client's delta by its amount of local work before averaging and rescales the average by the
+effective number of steps:
+
+    d_i     = (y_i - x) / ||a_i||_1                              (the client's normalised update)
+    tau_eff = sum_i p_i ||a_i||_1,   p_i = n_i / sum_j n_j
+    x'      = x + tau_eff * sum_i p_i d_i                        (server_lr = 1)
+
+``a_i`` weights the ``tau_i`` gradients of local SGD in the delta: ``||a_i||_1 = tau_i`` for plain
+SGD and ``(tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho)`` with momentum ``rho`` (the
+paper's Section 5). With equal ``tau_i`` FedNova is FedAvg.
+
+The client half is a final hook: it uploads ``d_i`` and reports ``local_steps`` (``tau_i``) and
+``fednova_norm`` (``||a_i||_1``) with its result; the server half sums ``p_i ||a_i||_1`` as the
+results stream in. The server optimiser then steps on ``-tau_eff sum_i p_i d_i`` like FedAvg's
+(momentum or Adam on the server is the paper's FedNova with server momentum, Section 5). Local Adam
+has no such normalisation and is refused. A client's reported norm is taken as given: it scales
+``tau_eff`` (bound the updates with ``strategy.max_update_norm``, but a client that lies about its
+work moves ``tau_eff``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
+from fedloom.core.task import Result
+from fedloom.errors import ConfigError
+from fedloom.strategies.base import Exchange, RoundContext, RoundPlan
+from fedloom.strategies.fedavg import FedAvg
+
+log = logging.getLogger("fedloom")
+
+NORM = "fednova_norm"
+"""The fit metric that carries a client's ``||a_i||_1``."""
+
+
+def work_norm(steps: torch.Tensor, momentum: float) -> torch.Tensor:
+    """``||a_i||_1`` of ``steps`` local SGD steps with ``momentum`` (0: ``steps``)."""
+    tau = torch.clamp(steps, min=1.0)
+    if momentum == 0:
+        return tau
+    rho = momentum
+    return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+
+
+class FedNovaHooks(LocalHooks):
+    """Uploads ``delta / ||a_i||_1`` and reports ``tau_i`` and ``||a_i||_1``."""
+
+    name = "fednova"
+
+    def __init__(self, training: LocalTraining) -> None:
+        if training.optimizer != "sgd":
+            raise ConfigError(
+                f"fednova normalises local SGD (with or without momentum); client.optimizer="
+                f"{training.optimizer!r} has no such normalisation: use client.optimizer=sgd"
+            )
+        self.momentum = float(training.momentum)
+
+    def final(
+        self,
+        delta: Tensors,
+        shared: Mapping[str, Tensors],
+        own: Mapping[str, Tensors],
+        steps: torch.Tensor,
+    ) -> tuple[list[Tensors], dict[str, Tensors]]:
+        norm = work_norm(steps, self.momentum)
+        return [{n: d / norm for n, d in delta.items()}], {}
+
+    def metrics(self, steps: int, start_loss: float | None) -> dict[str, float]:
+        norm = work_norm(torch.tensor(float(steps), dtype=torch.float64), self.momentum)
+        return {"local_steps": float(steps), NORM: float(norm)}
+
+
+def _hooks(spec: Mapping[str, Any], training: LocalTraining) -> LocalHooks:
+    return FedNovaHooks(training)
+
+
+register_hooks("fednova", _hooks)
+
+
+@dataclass
+class FedNova(FedAvg):
+    """FedNova's server: the mean of normalised updates, times ``tau_eff``."""
+
+    name = "fednova"
+
+    def __post_init__(self) -> None:
+        training = LocalTraining().updated(self.client_config)
+        FedNovaHooks(training)  # refuses local Adam before round 1
+
+    def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
+        return {**super().fit_config(ctx), "local": {"name": "fednova"}}
+
+    def fit_round(self, ctx: RoundContext) -> RoundPlan:
+        agg = self.aggregator()
+        agg.begin(ctx.spec.size)
+        work = {"weighted": 0.0, "weight": 0.0}
+
+        def on_result(result: Result, vec: np.ndarray | None) -> None:
+            norm = result.metrics.get(NORM)
+            if norm is None or not math.isfinite(norm) or norm <= 0:
+                log.warning(
+                    "round %d: client %d's result carries no valid %s (got %r); left out",
+                    ctx.round,
+                    result.task.client_id,
+                    NORM,
+                    norm,
+                )
+                return
+            assert vec is not None  # fit results carry an update
+            agg.add(vec, result.num_examples)
+            work["weighted"] += result.num_examples * float(norm)
+            work["weight"] += result.num_examples
+
+        yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
+        aggregate = self.finish(agg)
+        if aggregate is None:
+            return None
+        tau_eff = work["weighted"] / work["weight"]
+        ctx.metrics["tau_eff"] = tau_eff
+        return (tau_eff * aggregate).astype(np.float32)
