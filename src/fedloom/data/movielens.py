@@ -47,7 +47,12 @@ class Ratings:
         """User ``u``'s ``(train items, train ratings, test items, test ratings)``."""
         tr = self.users_train == u
         te = self.users_test == u
-        return self.items_train[tr], self.ratings_train[tr], self.items_test[te], self.ratings_test[te]
+        return (
+            self.items_train[tr],
+            self.ratings_train[tr],
+            self.items_test[te],
+            self.ratings_test[te],
+        )
 
 
 def split_by_time(
