@@ -23,8 +23,6 @@ import argparse
 import math
 import time
 
-import numpy as np
-
 from fedloom.aggregators.mean import WeightedMean
 from fedloom.client.base import ClientContext
 from fedloom.client.fcf import (

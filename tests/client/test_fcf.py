@@ -93,7 +93,7 @@ def test_full_participation_with_one_epoch_is_pooled_full_batch_training() -> No
     from fedloom.client.base import ClientContext
 
     fits = [c.fit(params, {"lr": 0.05, "reg": 0.01}, ClientContext()) for c in clients]
-    summed = {k: params[k] + sum(f.update[k] for f in fits) for k in params}  # type: ignore[index]
+    summed = {k: params[k] + sum(f.update[k] for f in fits) for k in params}
 
     np.testing.assert_allclose(summed[ITEM_FACTORS], q, atol=1e-6)
     np.testing.assert_allclose(summed[ITEM_BIAS], b, atol=1e-6)
