@@ -10,7 +10,9 @@ rank, learning rates, regulariser and number of gradient steps per user are used
 - centralised: full-batch training on the pooled ratings (``central_epoch``), ``rounds * epochs``
   epochs.
 
-All three report the RMSE pooled over every held-out rating (each user's latest 20%).
+All three report the RMSE pooled over every held-out rating (each user's latest 20%), and hit
+rate and NDCG at 10 of the held-out movies among all movies a user did not rate in training, averaged
+over users.
 ``fedloom run --baselines`` does not fit here: its central baseline pools the rows into one client
 of a model the server can evaluate, and an MF model cannot be evaluated without the user factors.
 
@@ -24,7 +26,7 @@ import math
 import time
 
 from fedloom.aggregators.mean import WeightedMean
-from fedloom.client.base import ClientContext
+from fedloom.client.base import ClientContext, EvalResult
 from fedloom.client.fcf import (
     ITEM_BIAS,
     ITEM_FACTORS,
@@ -41,12 +43,20 @@ from fedloom.optim.server import ServerSGD
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.strategies.fedavg import FedAvg
 
-
-def _rmse(sse: float, n: int) -> float:
-    return math.sqrt(sse / n)
+Scores = tuple[float, float, float]
 
 
-def federated(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[float, float]:
+def _pooled(results: list[EvalResult]) -> Scores:
+    """RMSE pooled over every held-out rating; hit rate and NDCG at 10 averaged over users."""
+    sse = sum(ev.metrics["sse"] for ev in results)
+    n = sum(ev.num_examples for ev in results)
+    ranked = [ev for ev in results if "ndcg_at_10" in ev.metrics]
+    hr = sum(ev.metrics["hit_rate_at_10"] for ev in ranked) / len(ranked)
+    ndcg = sum(ev.metrics["ndcg_at_10"] for ev in ranked) / len(ranked)
+    return math.sqrt(sse / n), hr, ndcg
+
+
+def federated(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[Scores, float]:
     params = init_item_params(r.num_items, a.rank, a.seed)
     spec = ParamSpec.of(params)
     users = range(len(clients))
@@ -72,19 +82,17 @@ def federated(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tu
     coordinator.run(a.rounds)
     seconds = time.perf_counter() - start
     final = spec.unflatten(coordinator.params)
-    sse = n = 0.0
-    for u, client in enumerate(clients):
-        state = engine.states.get(u, a.rounds + 1)
-        ev = client.evaluate(final, {}, ClientContext(state=state))
-        sse += ev.metrics["sse"]
-        n += ev.num_examples
-    return _rmse(sse, int(n)), seconds
+    results = [
+        c.evaluate(final, {}, ClientContext(state=engine.states.get(u, a.rounds + 1)))
+        for u, c in enumerate(clients)
+    ]
+    return _pooled(results), seconds
 
 
-def local_only(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[float, float]:
+def local_only(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[Scores, float]:
     start = time.perf_counter()
     params = init_item_params(r.num_items, a.rank, a.seed)
-    sse = n = 0.0
+    results = []
     for u, c in enumerate(clients):
         q, b = params[ITEM_FACTORS].copy(), params[ITEM_BIAS].copy()
         user = init_user(a.rank, a.seed, u, c.ratings_train)
@@ -92,13 +100,11 @@ def local_only(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> t
             local_epoch(
                 user, q, b, c.items_train, c.ratings_train, lr=a.lr, user_lr=a.user_lr, reg=a.reg
             )
-        ev = c.evaluate({ITEM_FACTORS: q, ITEM_BIAS: b}, {}, ClientContext(state=user))
-        sse += ev.metrics["sse"]
-        n += ev.num_examples
-    return _rmse(sse, int(n)), time.perf_counter() - start
+        results.append(c.evaluate({ITEM_FACTORS: q, ITEM_BIAS: b}, {}, ClientContext(state=user)))
+    return _pooled(results), time.perf_counter() - start
 
 
-def central(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[float, float]:
+def central(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tuple[Scores, float]:
     start = time.perf_counter()
     params = init_item_params(r.num_items, a.rank, a.seed)
     q, b = params[ITEM_FACTORS].copy(), params[ITEM_BIAS].copy()
@@ -106,12 +112,12 @@ def central(r: Ratings, clients: list[FCFClient], a: argparse.Namespace) -> tupl
     data = [(c.items_train, c.ratings_train) for c in clients]
     for _ in range(a.rounds * a.epochs):
         central_epoch(users, q, b, data, lr=a.lr, user_lr=a.user_lr, reg=a.reg)
-    sse = n = 0.0
-    for c, user in zip(clients, users, strict=True):
-        ev = c.evaluate({ITEM_FACTORS: q, ITEM_BIAS: b}, {}, ClientContext(state=user))
-        sse += ev.metrics["sse"]
-        n += ev.num_examples
-    return _rmse(sse, int(n)), time.perf_counter() - start
+    model = {ITEM_FACTORS: q, ITEM_BIAS: b}
+    results = [
+        c.evaluate(model, {}, ClientContext(state=user))
+        for c, user in zip(clients, users, strict=True)
+    ]
+    return _pooled(results), time.perf_counter() - start
 
 
 def main() -> None:
@@ -140,9 +146,12 @@ def main() -> None:
     runs = {"local": local_only, "federated": federated, "central": central}
     rows = {}
     for name in a.only.split(","):
-        rmse, seconds = runs[name](r, clients, a)
+        (rmse, hr, ndcg), seconds = runs[name](r, clients, a)
         rows[name] = rmse
-        print(f"{name:10s} RMSE {rmse:.4f}  ({seconds:.1f} s)", flush=True)
+        print(
+            f"{name:10s} RMSE {rmse:.4f}  HR@10 {hr:.4f}  NDCG@10 {ndcg:.4f}  ({seconds:.1f} s)",
+            flush=True,
+        )
     if "federated" in rows and "central" in rows:
         print(f"federated / central RMSE: {rows['federated'] / rows['central']:.4f}")
 

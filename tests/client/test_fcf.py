@@ -97,3 +97,16 @@ def test_full_participation_with_one_epoch_is_pooled_full_batch_training() -> No
 
     np.testing.assert_allclose(summed[ITEM_FACTORS], q, atol=1e-6)
     np.testing.assert_allclose(summed[ITEM_BIAS], b, atol=1e-6)
+
+
+def test_ranking_metrics_by_hand() -> None:
+    from fedloom.client.fcf import ranking_metrics
+
+    scores = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0], np.float32)
+    # item 0 was rated in training: the ranking is 1, 2, 3, 4, 5; top 2 = items 1 and 2
+    out = ranking_metrics(scores, np.array([0]), np.array([2, 5]), k=2)
+
+    assert out["hit_rate_at_2"] == 0.5  # item 2 of the two held-out items is in the top 2
+    # item 2 is at rank 2: (1 / log2 3) / (1 / log2 2 + 1 / log2 3)
+    expected = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+    assert abs(out["ndcg_at_2"] - expected) < 1e-12

@@ -20,7 +20,9 @@ to the number of clients of a round (``bench/movielens.py``). With every user in
 full-batch training on the pooled ratings (:func:`central_epoch`), the paper's point.
 
 Evaluation reports ``sse`` (summed squared error on the user's held-out ratings), ``rmse``
-(the user's own) and ``mae``; a pooled RMSE is ``sqrt(sum sse / sum n)``.
+(the user's own) and ``mae``; a pooled RMSE is ``sqrt(sum sse / sum n)``. It also ranks every item
+the user did not rate in training by its prediction and reports ``hit_rate_at_10`` and
+``ndcg_at_10`` of the held-out items (:func:`ranking_metrics`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "central_epoch",
     "init_item_params",
     "local_epoch",
+    "ranking_metrics",
 ]
 
 ITEM_FACTORS = "item_factors"
@@ -53,6 +56,9 @@ USER_BIAS = "user_bias"
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+
+TOP_K = 10
+"""The ``k`` of the ranking metrics ``hit_rate_at_10`` and ``ndcg_at_10``."""
 
 
 def init_item_params(num_items: int, rank: int, seed: int, scale: float = 0.1) -> Params:
@@ -182,8 +188,28 @@ class FCFClient:
         n = len(err)
         sse = float((err**2).sum())
         mse = sse / n if n else 0.0
-        return EvalResult(
-            loss=mse,
-            num_examples=n,
-            metrics={"sse": sse, "rmse": mse**0.5, "mae": float(np.abs(err).mean()) if n else 0.0},
-        )
+        metrics = {"sse": sse, "rmse": mse**0.5, "mae": float(np.abs(err).mean()) if n else 0.0}
+        if n:
+            scores = predict(user, q, b, np.arange(len(b)))
+            metrics.update(ranking_metrics(scores, self.items_train, self.items_test, TOP_K))
+        return EvalResult(loss=mse, num_examples=n, metrics=metrics)
+
+
+def ranking_metrics(
+    scores: FloatArray, seen: IntArray, relevant: IntArray, k: int = TOP_K
+) -> dict[str, float]:
+    """Hit rate and NDCG at ``k`` of the items ranked by ``scores``, leaving out the ``seen``
+    (training) items; the ``relevant`` items are the user's held-out ones (binary relevance).
+
+    ``hit_rate_at_k``: the fraction of the relevant items in the top ``k``, out of at most ``k``
+    (``|top k & relevant| / min(k, |relevant|)``); ``ndcg_at_k``: ``sum 1/log2(rank+1)`` over
+    the relevant items in the top ``k``, over its best possible value."""
+    candidates = np.setdiff1d(np.arange(len(scores)), seen)
+    top = candidates[np.lexsort((candidates, -scores[candidates]))][:k]  # ties: smaller id first
+    hits = np.isin(top, relevant)
+    best = min(k, len(relevant))
+    discounts = 1.0 / np.log2(np.arange(2, max(len(top), best) + 2))
+    return {
+        f"hit_rate_at_{k}": float(hits.sum()) / best,
+        f"ndcg_at_{k}": float(discounts[: len(top)][hits].sum() / discounts[:best].sum()),
+    }
