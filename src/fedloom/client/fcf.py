@@ -2,11 +2,14 @@
 
 Ammad-ud-din, Ivannikova, Khan, Oyomno, Fu, Tan and Flanagan, "Federated Collaborative Filtering
 for Privacy-Preserving Personalized Recommendation System", arXiv:1901.09888, 2019. The server
-holds the item factors; each user's client keeps its own user factor, trains it together with the
-item factors on its own ratings, and sends back only the change of the item factors, which the
-server adds up over the users of a round.
+holds the item factors; each user's client updates its own user factor locally, computes the
+gradient of its loss with respect to the item factors, and sends only that; the server adds the
+users' gradients up and steps the item factors.
 
-Explicit ratings here (the paper's experiments use implicit feedback): the prediction of user
+Differences here: explicit ratings with biases (the paper's experiments use implicit feedback);
+the user factor takes gradient steps instead of the paper's closed-form least-squares update; and
+a client may run several local epochs and sends the change of the item parameters (with one epoch
+that change is ``-lr`` times the paper's gradient). The prediction of user
 ``u``'s rating of item ``i`` is ``b_u + b_i + p_u . q_i``. The model that travels is the item-factor
 matrix ``Q`` (``num_items x rank``) and the item biases ``b``; the user factor ``p_u`` and user bias
 ``b_u`` live in the client state (``ClientContext.state``, kept by the engine between rounds and
