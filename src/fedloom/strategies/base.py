@@ -17,6 +17,7 @@ override only what differs.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -187,6 +188,22 @@ class Strategy(ABC):
     @abstractmethod
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         """Turn the aggregated client updates into the gradient the server optimiser steps on."""
+
+
+def positive_metric(result: Result, key: str, round_num: int) -> float | None:
+    """The positive, finite metric ``key`` a client reported with its result, or None (with a
+    warning that the result is left out) when it is missing or implausible."""
+    value = result.metrics.get(key)
+    if value is None or not math.isfinite(value) or value <= 0:
+        log.warning(
+            "round %d: client %d's result carries no valid positive %s (got %r); left out",
+            round_num,
+            result.task.client_id,
+            key,
+            value,
+        )
+        return None
+    return float(value)
 
 
 def _need(vec: np.ndarray | None) -> np.ndarray:

@@ -29,7 +29,6 @@ work moves ``tau_eff``).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,7 @@ import torch
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
 from fedloom.core.task import Result
 from fedloom.errors import ConfigError
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan
+from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, positive_metric
 from fedloom.strategies.fedavg import FedAvg
 
 log = logging.getLogger("fedloom")
@@ -112,19 +111,12 @@ class FedNova(FedAvg):
         work = {"weighted": 0.0, "weight": 0.0}
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
-            norm = result.metrics.get(NORM)
-            if norm is None or not math.isfinite(norm) or norm <= 0:
-                log.warning(
-                    "round %d: client %d's result carries no valid %s (got %r); left out",
-                    ctx.round,
-                    result.task.client_id,
-                    NORM,
-                    norm,
-                )
+            norm = positive_metric(result, NORM, ctx.round)
+            if norm is None:
                 return
             assert vec is not None  # fit results carry an update
             agg.add(vec, result.num_examples)
-            work["weighted"] += result.num_examples * float(norm)
+            work["weighted"] += result.num_examples * norm
             work["weight"] += result.num_examples
 
         yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)

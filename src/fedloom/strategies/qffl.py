@@ -39,7 +39,7 @@ import numpy as np
 from fedloom.client.local import LocalHooks, LocalTraining, register_hooks
 from fedloom.core.task import Result
 from fedloom.errors import ConfigError
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan
+from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, positive_metric
 from fedloom.strategies.fedavg import FedAvg
 
 log = logging.getLogger("fedloom")
@@ -104,20 +104,14 @@ class QFFL(FedAvg):
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
         total = np.zeros(ctx.spec.size, np.float64)
         sums = {"h": 0.0, "count": 0}
+        lipschitz = self.lipschitz
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
-            loss = result.metrics.get(LOSS)
-            if loss is None or not math.isfinite(loss) or loss <= 0:
-                log.warning(
-                    "round %d: client %d's result carries no positive %s (got %r); left out",
-                    ctx.round,
-                    result.task.client_id,
-                    LOSS,
-                    loss,
-                )
+            loss = positive_metric(result, LOSS, ctx.round)
+            if loss is None:
                 return
             assert vec is not None  # fit results carry an update
-            step, h = qffl_terms(vec, float(loss), self.q, self.lipschitz)
+            step, h = qffl_terms(vec, loss, self.q, lipschitz)
             total[:] += step
             sums["h"] += h
             sums["count"] += 1
