@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"codecs"},
     {"config", "plugins"},
     {"core"},
-    {"transforms", "metrics", "models", "optim", "aggregators", "data", "tracking"},
+    {"transforms", "metrics", "models", "optim", "aggregators", "data", "tracking", "secagg"},
     {"transport", "dashboard"},
     {"client"},
     {"privacy"},

@@ -6,6 +6,7 @@ the value given and what is allowed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -380,6 +381,47 @@ class PrivacyConfig(_Section):
         return self
 
 
+class SecureAggregationConfig(_Section):
+    """Secure aggregation (README, "Secure aggregation"): the server sees only the sum."""
+
+    enabled: bool = False
+    mode: Literal["secagg_plus", "secagg"] = Field(
+        "secagg_plus", description="secagg_plus: a sparse random neighbour graph; secagg: all pairs"
+    )
+    neighbours: int | None = Field(
+        None, ge=1, description="k; null: 3 log2(cohort) rounded up to even (secagg_plus only)"
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="fraction of a client's neighbours (and itself) needed to unmask",
+    )
+    clip_range: float = Field(
+        8.0, description="values are clipped to [-clip_range, clip_range] before quantising"
+    )
+    quantization_bits: int = Field(22, ge=1, le=62)
+    modulus_bits: int = Field(32, ge=2, le=64)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SecureAggregationConfig:
+        if not self.clip_range > 0:
+            raise ValueError(
+                f"secure_aggregation.clip_range must be > 0 (values are clipped to "
+                f"[-clip_range, clip_range]), got {self.clip_range}"
+            )
+        if self.quantization_bits >= self.modulus_bits:
+            raise ValueError(
+                f"secure_aggregation.quantization_bits ({self.quantization_bits}) must be below "
+                f"modulus_bits ({self.modulus_bits}): the sum of the cohort needs the headroom"
+            )
+        if self.neighbours is not None and self.mode == "secagg":
+            raise ValueError(
+                "secure_aggregation.neighbours applies to mode secagg_plus; secagg uses every pair"
+            )
+        return self
+
+
 class AttackConfig(_Section):
     """Simulated malicious clients (``fedloom run`` only), to measure defences."""
 
@@ -446,6 +488,57 @@ class Config(_Section):
         return self
 
     attack: AttackConfig | None = None
+    secure_aggregation: SecureAggregationConfig = Field(default_factory=SecureAggregationConfig)
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> Config:
+        sa, s = self.secure_aggregation, self.strategy
+        if not sa.enabled:
+            return self
+        why = None
+        if s.name not in ("fedavg", "fedprox", "fedsgd"):
+            why = (
+                f"strategy.name={s.name} needs each client's update on its own; secure "
+                "aggregation works with fedavg, fedprox and fedsgd"
+            )
+        elif s.name == "fedsgd" and s.aggregation == "sum":
+            why = "strategy.aggregation=sum: secure aggregation gives the weighted mean"
+        elif s.aggregator != "mean":
+            why = (
+                f"strategy.aggregator={s.aggregator} needs each update on its own; the server "
+                "sees only their sum"
+            )
+        elif s.max_update_norm is not None:
+            why = (
+                "strategy.max_update_norm bounds each update at the server, which sees only the "
+                "sum; bound them on the clients (privacy.mechanism=client) instead"
+            )
+        elif self.privacy.mechanism in ("central", "local"):
+            why = (
+                f"privacy.mechanism={self.privacy.mechanism} does not compose with it: central "
+                "clips each update at the server; use privacy.mechanism=client (clients clip and "
+                "add their share of the noise)"
+            )
+        elif self.transport.upload or self.transport.error_feedback:
+            why = (
+                "the masked upload is its own encoding (quantised integers); leave "
+                "transport.upload empty and error_feedback off"
+            )
+        elif self.pruning.enabled:
+            why = "pruning.enabled sends sparse uploads; secure aggregation masks dense ones"
+        elif self.attack is not None:
+            why = "attack simulation needs plaintext updates"
+        if why is not None:
+            raise ValueError(f"secure_aggregation.enabled: {why}")
+        most = ((1 << sa.modulus_bits) - 1) // ((1 << sa.quantization_bits) - 1)
+        cohort = math.ceil(s.fraction_fit * self.partition.num_clients - 1e-9)
+        if s.sampling == "fixed" and max(cohort, s.min_fit_clients) > most:
+            raise ValueError(
+                f"secure_aggregation: a cohort of {cohort} clients overflows Z_2^"
+                f"{sa.modulus_bits} at {sa.quantization_bits} quantisation bits (at most {most}); "
+                "raise modulus_bits or lower quantization_bits"
+            )
+        return self
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -49,7 +49,7 @@ from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import dataset_client
 from fedloom.config import Config
-from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
+from fedloom.core.task import MODEL, Blob, Blobs, Result, Task, state_round
 from fedloom.data import load_dataset
 from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
@@ -455,7 +455,7 @@ class DeploymentClient:
         if digests != self._decoded_for:
             self._decoded.clear()
             self._decoded_for = digests
-        before = self.states.get(task.client_id, task.round)
+        before = self.states.get(task.client_id, state_round(task))
         result = execute_task(
             self.client, task, blobs, before, self._decoded, noise_secret=self._noise_secret
         )

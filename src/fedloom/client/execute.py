@@ -27,6 +27,7 @@ from fedloom.core.task import (
     EVALUATE,
     FIT,
     MASK,
+    MESSAGE,
     MODEL,
     Blob,
     Blobs,
@@ -43,11 +44,13 @@ from fedloom.transforms import apply_to_rows
 @dataclass
 class StageOutput:
     """What a stage handler returns: the upload vector (None for metrics only), the example count
-    and metrics. The handler updates ``context.state`` in place."""
+    and metrics, or for a stage whose upload is a protocol ``message``, its bytes. The handler
+    updates ``context.state`` in place."""
 
     upload: np.ndarray | None
     num_examples: int
     metrics: dict[str, float]
+    message: bytes | None = None
 
 
 StageHandler = Callable[[Client, Task, Params, ClientContext], StageOutput]
@@ -57,6 +60,28 @@ STAGES: dict[str, StageHandler] = {}
 def register_stage(kind: str, handler: StageHandler) -> None:
     """Let clients run tasks of ``kind`` (a stage of a multi-stage protocol)."""
     STAGES[kind] = handler
+
+
+MessageEncoder = Callable[[np.ndarray, int, State, Task], bytes]
+MESSAGE_ENCODERS: dict[str, MessageEncoder] = {}
+
+
+def register_message_encoder(config_key: str, encoder: MessageEncoder) -> None:
+    """Let a protocol turn a client's update into its ``message`` upload: a task whose upload is a
+    ``MESSAGE`` and whose config has ``config_key`` is encoded by ``encoder(update, num_examples,
+    state, task)`` (after the task's transforms) instead of by a codec. Secure aggregation masks
+    updates this way, so every engine trains as for any fit task and only the last step differs."""
+    MESSAGE_ENCODERS[config_key] = encoder
+
+
+def _message_encoder(task: Task) -> MessageEncoder:
+    for key, encoder in MESSAGE_ENCODERS.items():
+        if key in task.config:
+            return encoder
+    raise ValueError(
+        f"the {task.kind} task asks for a message upload but its config names no protocol "
+        f"that makes one (known: {sorted(MESSAGE_ENCODERS)})"
+    )
 
 
 @functools.cache
@@ -99,8 +124,8 @@ def dense_upload_size(task: Task, model_size: int, mask: np.ndarray | None) -> i
     """How many values a client's update has before it is encoded: the task's upload size, or for
     an upload sparse under a pruning mask, that many model-sized parts (None: no upload)."""
     upload = task.upload
-    if upload is None:
-        return None
+    if upload is None or upload.codec == MESSAGE:
+        return None  # a message's encoder checks the update it is given
     if upload.mask is None:
         return upload.size
     kept = 0 if mask is None else int(mask_support(mask).sum())
@@ -160,13 +185,17 @@ def transform_rng(task: Task, secret: int | None = None) -> np.random.Generator:
 
 
 def encode_uploads(
-    codec: Codec,
+    codec: Codec | None,
     rows: np.ndarray,
     tasks: Sequence[Task],
     states: Sequence[State],
     support: np.ndarray | None = None,
+    num_examples: Sequence[int] | None = None,
 ) -> list[bytes]:
     """Encode one upload per row (one client each), with error feedback where the task asks.
+
+    Tasks whose upload is a protocol ``MESSAGE`` (``codec`` None) are encoded by the protocol's
+    encoder (``register_message_encoder``), which may also need each row's ``num_examples``.
 
     With ``support`` (the tasks' pruning mask, as booleans over the model), each row sends only
     its values under the mask (``gather``); the residual stays model-sized and zero off the mask.
@@ -179,6 +208,15 @@ def encode_uploads(
     before it. The residual is client state, so it lives in the engine's store in simulation and in
     the client process in a deployment. One batched ``encode_rows`` serves one client or a cohort.
     """
+    if codec is None:
+        counts = num_examples or [0] * len(tasks)
+        out = []
+        for row, task, state, count in zip(rows, tasks, states, counts, strict=True):
+            message = _message_encoder(task)(row, count, state, task)
+            if task.upload is not None and len(message) > task.upload.size:
+                raise ValueError(f"the message is {len(message)} bytes, over {task.upload.size}")
+            out.append(message)
+        return out
     feedback = [bool(t.config.get("error_feedback")) for t in tasks]
     targets = np.array(rows, dtype=np.float32, copy=True)
     for i, (on, state) in enumerate(zip(feedback, states, strict=True)):
@@ -259,8 +297,11 @@ def execute_task(
         handler = STAGES.get(task.kind)
         if handler is None:
             raise ValueError(f"this client does not handle task kind {task.kind!r}")
-        model = resolve(task, blobs)
-        params = model.spec.unflatten(decoded.vector(model, blobs).copy())
+        # a protocol stage (secure aggregation's key exchange) may need no model
+        params: Params = {}
+        if MODEL in task.blobs:
+            model = resolve(task, blobs)
+            params = model.spec.unflatten(decoded.vector(model, blobs).copy())
         context = ClientContext(
             blobs={
                 role: decoded.vector(resolve(task, blobs, role), blobs)
@@ -271,7 +312,14 @@ def execute_task(
         )
         out = handler(client, task, params, context)
         payload = None
-        if task.upload is not None:
+        if task.upload is not None and out.message is not None:
+            if task.upload.codec != MESSAGE or len(out.message) > task.upload.size:
+                raise ValueError(
+                    f"the {task.kind} stage made a {len(out.message)}-byte message; the task "
+                    f"takes {task.upload.codec} of at most {task.upload.size}"
+                )
+            payload = out.message
+        elif task.upload is not None:
             if out.upload is None:
                 raise ValueError(f"the {task.kind} task expects an upload and none was made")
             specs = task.config.get("transforms") or []
@@ -282,9 +330,11 @@ def execute_task(
                 {"round": task.round},
                 [transform_rng(task, noise_secret)],
             )
-            codec = get_codec(task.upload.codec)
+            codec = None if task.upload.codec == MESSAGE else get_codec(task.upload.codec)
             support = upload_support(task, blobs, decoded)
-            payload = encode_uploads(codec, vec, [task], [context.state], support)[0]
+            payload = encode_uploads(
+                codec, vec, [task], [context.state], support, [out.num_examples]
+            )[0]
         return Result(
             task,
             num_examples=out.num_examples,
@@ -310,3 +360,8 @@ def error_result(task: Task, exc: BaseException, seconds: float = 0.0) -> Result
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" at {where.filename}:{where.lineno}" if where else ""
     return Result(task, error=f"{type(exc).__name__}: {exc}{at}", seconds=seconds)
+
+
+# Secure aggregation's client stages register themselves with the functions above; importing them
+# here gives every engine and the deployment client the same stages.
+from fedloom.client import secagg as _secagg  # noqa: E402,F401

@@ -23,6 +23,13 @@ MODEL = "model"
 """The blob role of the global model a task trains or evaluates."""
 BASE = "base"
 """The blob role of the model a client already holds, when the task sends the model as a delta."""
+MESSAGE = "message"
+"""The upload codec of a protocol message (a key, encrypted shares, a masked input): ``size`` is
+the most bytes it may take, and its bytes are read by the stage that asked for it, not decoded
+into a vector."""
+CONTINUES = "continues_round"
+"""Task-config flag of a later stage of a multi-stage round: the client starts from the state the
+round's earlier stages left (``state_round``), not from the state before the round."""
 MASK = "mask"
 """The blob role of a pruning mask (a 0/1 vector over the model, ``bitmask``-encoded): blobs and
 uploads that name it carry only the values where it is 1."""
@@ -42,6 +49,8 @@ class Upload:
 
     def max_bytes(self) -> int:
         """The most bytes such an upload may take on the wire (the codec's declared size)."""
+        if self.codec == MESSAGE:
+            return self.size
         return get_codec(self.codec).wire_size(self.size)
 
 
@@ -68,6 +77,13 @@ class Task:
             raise ValueError(
                 f"{self.kind} task of client {self.client_id} names no model"
             ) from None
+
+
+def state_round(task: Task) -> int:
+    """The round to look client state up before (``ClientStateStore.get``): the task's round, so
+    that a retried round starts from the state before it, or for a later stage of a multi-stage
+    round (``CONTINUES``), the round after, so it sees what the earlier stages wrote."""
+    return task.round + 1 if task.config.get(CONTINUES) else task.round
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.task import FIT, Result, Upload
+from fedloom.core.task import FIT, MESSAGE, Result, Upload
 from fedloom.errors import UpdateRejected
 
 
@@ -44,6 +44,23 @@ def decode_update(result: Result, max_bytes: int | None = None) -> np.ndarray:
         bad = int((~np.isfinite(vec)).sum())
         raise UpdateRejected(f"update has {bad} non-finite values (NaN or inf)")
     return vec
+
+
+def check_upload(result: Result, max_bytes: int | None = None) -> np.ndarray | None:
+    """``decode_update`` for a vector upload; for a protocol ``MESSAGE`` (whose bytes the stage
+    that asked for it reads), the same checks short of decoding: a payload within the declared
+    size (and ``max_bytes``) and a valid ``num_examples``. Returns the vector, or None for a
+    message."""
+    upload = result.task.upload
+    if upload is None or upload.codec != MESSAGE:
+        return decode_update(result, max_bytes)
+    if result.payload is None:
+        raise UpdateRejected("the result carries no message")
+    check_count(result.num_examples)
+    cap = upload_cap(upload, max_bytes)
+    if len(result.payload) > cap:
+        raise UpdateRejected(f"the message is {len(result.payload)} bytes, over the cap of {cap}")
+    return None
 
 
 def upload_cap(upload: Upload, max_bytes: int | None = None) -> int:

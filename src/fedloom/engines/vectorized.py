@@ -54,7 +54,7 @@ from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
 from fedloom.core.codec import get_codec
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import BASE, FIT, MODEL, Blobs, Result, Task, resolve
+from fedloom.core.task import BASE, FIT, MESSAGE, MODEL, Blobs, Result, Task, resolve, state_round
 from fedloom.engines._vmap_model import (
     CohortModel,
     NotVectorizable,
@@ -324,11 +324,11 @@ class VectorizedEngine:
         }
         capacity = max(1, int(self.max_memory_mb * 2**20 // per_client))
         by_steps = sorted(jobs, key=lambda j: -j.steps)  # similar step counts share a chunk
-        codec = get_codec(group.codec)
+        codec = None if group.codec == MESSAGE else get_codec(group.codec)
         for start in range(0, len(by_steps), capacity):
             chunk = sorted(by_steps[start : start + capacity], key=lambda j: j.position)
             began = time.perf_counter()
-            states = [self.states.get(j.task.client_id, j.task.round) for j in chunk]
+            states = [self.states.get(j.task.client_id, state_round(j.task)) for j in chunk]
             starts: list[float | None] = [None] * len(chunk)
             try:
                 if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
@@ -352,7 +352,14 @@ class VectorizedEngine:
                 uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx, rngs)
                 support = upload_support(tasks[0], blobs, self._decoded)  # one mask a group
                 _check_sizes(uploads, chunk, probed.model.spec.size, support)
-                payloads = encode_uploads(codec, uploads, tasks, outcome.states, support)
+                payloads = encode_uploads(
+                    codec,
+                    uploads,
+                    tasks,
+                    outcome.states,
+                    support,
+                    [j.client.num_examples for j in chunk],
+                )
             except Exception as exc:
                 self._warn(("runtime", type(exc)), f"a vectorised chunk raised {one_line(exc)}")
                 for job in chunk:
@@ -402,5 +409,5 @@ def _check_sizes(
 ) -> None:
     for job in chunk:
         expected = dense_upload_size(job.task, model_size, support)
-        if rows.shape[1] != expected:
+        if expected is not None and rows.shape[1] != expected:
             raise ValueError(f"the upload has {rows.shape[1]} values, the task expects {expected}")

@@ -32,11 +32,22 @@ import numpy as np
 
 from fedloom.core.codec import Codec, Float32Codec
 from fedloom.core.params import Params, ParamSpec
-from fedloom.core.task import BASE, FIT, MASK, MODEL, Blob, Result, Task, blob_table, scatter
+from fedloom.core.task import (
+    BASE,
+    FIT,
+    MASK,
+    MESSAGE,
+    MODEL,
+    Blob,
+    Result,
+    Task,
+    blob_table,
+    scatter,
+)
 from fedloom.core.validation import (
     bound_norm,
     check_count,
-    decode_update,
+    check_upload,
     describe_dropped,
     plausible_metrics,
     update_norm,
@@ -359,6 +370,7 @@ class Coordinator:
             model=Blob.encode(self.spec, self.codec, params, mask),
             state=state,
             num_clients=len(self.population.eligible),
+            num_examples=self.population.num_examples,
             upload_codec=self.upload_codec,
             error_feedback=self.error_feedback,
             mask=mask,
@@ -396,7 +408,8 @@ class Coordinator:
                 log.warning("round %d: client %d failed: %s", r, cid, result.error)
                 continue
             bytes_up += len(result.payload or b"")
-            if result.payload is not None and result.task.upload is not None:
+            upload = result.task.upload
+            if result.payload is not None and upload is not None and upload.codec != MESSAGE:
                 tally.payload_up += len(result.payload)
                 tally.dense_up += 4 * _dense_values(result.task.upload.size, ctx)
             try:
@@ -408,8 +421,13 @@ class Coordinator:
                 continue
             if vec is not None:
                 tally.norms.append((cid, update_norm(vec)))
-            with tally.phase("aggregation"):
-                exchange.on_result(result, vec)
+            try:
+                with tally.phase("aggregation"):
+                    exchange.on_result(result, vec)
+            except UpdateRejected as exc:  # the stage refused it (a message that breaks a protocol)
+                tally.rejected += 1
+                log.warning("round %d: result of client %d rejected: %s", r, cid, exc)
+                continue
             tally.returned += 1
             metrics, dropped = plausible_metrics(result.metrics)
             if dropped:
@@ -434,7 +452,9 @@ class Coordinator:
         if result.task.upload is None:
             check_count(result.num_examples)
             return result, None
-        vec = decode_update(result, self.max_update_bytes)
+        vec = check_upload(result, self.max_update_bytes)
+        if vec is None:  # a protocol message: the stage that asked for it reads it
+            return result, None
         upload = result.task.upload
         if upload.mask is not None:
             if ctx.mask is None or ctx.support is None or upload.mask != ctx.mask.digest:

@@ -32,6 +32,7 @@ from fedloom.core.params import ParamSpec
 from fedloom.core.selection import poisson_sample, sample_clients
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Result, Task, Upload
 from fedloom.optim import ServerOptimizer, ServerSGD
+from fedloom.secagg import Settings as SecAggSettings
 
 log = logging.getLogger("fedloom")
 
@@ -52,6 +53,8 @@ class RoundContext:
     model: Blob
     state: StrategyState
     num_clients: int
+    num_examples: Mapping[int, int] = field(default_factory=dict)
+    """The training-set size each client declared (when it joined, in a deployment)."""
     upload_codec: Codec | None = None
     error_feedback: bool = False
     mask: Blob | None = None
@@ -117,6 +120,9 @@ class Strategy(ABC):
     # The rule that combines a round's updates (None: the example-weighted mean, which streams);
     # a factory, because every round begins a fresh one.
     aggregator_factory: Callable[[], Aggregator] | None = None
+    # Secure aggregation (``fedloom.strategies.secagg``): the server sees only the sum of the
+    # updates. None: updates arrive one by one, in the clear (inside TLS).
+    secure_aggregation: SecAggSettings | None = None
 
     name = "strategy"
     mode = "train"
@@ -143,7 +149,24 @@ class Strategy(ABC):
         return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        """One exchange of fit tasks, aggregated as the results stream in."""
+        """One exchange of fit tasks, aggregated as the results stream in (or, under secure
+        aggregation, the protocol's exchanges, whose sum gives the example-weighted mean)."""
+        if self.secure_aggregation is not None:
+            from fedloom.strategies.secagg import secure_fit
+
+            tasks = self.configure_fit(ctx)
+            secure = yield from secure_fit(ctx, tasks, self.secure_aggregation, weighted=True)
+            if secure is None or secure.weight <= 0:
+                return None
+            if secure.count < self.min_fit_clients:
+                log.error(
+                    "only %d updates in the secure sum, min_fit_clients is %d; the global model "
+                    "is unchanged",
+                    secure.count,
+                    self.min_fit_clients,
+                )
+                return None
+            return (secure.total / secure.weight).astype(np.float32)
         agg = self.aggregator()
         agg.begin(ctx.spec.size)
         yield Exchange(

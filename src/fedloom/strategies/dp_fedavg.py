@@ -142,8 +142,15 @@ class DPFedAvg(FedAvg):
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
         config = super().fit_config(ctx)
         if self.mechanism == "client":
-            clip = {"name": "clip", "max_norm": float(ctx.state[CLIP_NORM])}
-            config["transforms"] = [clip, *config.get("transforms", [])]
+            clip_norm = float(ctx.state[CLIP_NORM])
+            pipeline: list[dict[str, Any]] = [{"name": "clip", "max_norm": clip_norm}]
+            if self.secure_aggregation is not None:
+                # Distributed noise: each of the m expected clients adds N(0, (z C)^2 / m), so
+                # the sum the server unmasks already carries the round's noise.
+                m = max(self.cohort(ctx.num_clients)[1], 1.0)
+                std = self.noise_multiplier * clip_norm / math.sqrt(m)
+                pipeline.append({"name": "gaussian_noise", "std": std})
+            config["transforms"] = [*pipeline, *config.get("transforms", [])]
         return config
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
@@ -151,6 +158,18 @@ class DPFedAvg(FedAvg):
         tasks = self.configure_fit(ctx)
         sample = self.cohort(ctx.num_clients)[1]
         expected = sample if self.sampling == "poisson" else float(len(tasks))
+        if self.secure_aggregation is not None:
+            from fedloom.strategies.secagg import secure_fit
+
+            # the clients clipped (mechanism client); the server sees only the unweighted sum
+            secure = yield from secure_fit(ctx, tasks, self.secure_aggregation, weighted=False)
+            if secure is None or (
+                self.sampling != "poisson" and secure.count < self.min_fit_clients
+            ):
+                return None
+            # the clients' noise is in the sum; the server adds what dropped clients did not
+            missing = max(expected - secure.count, 0.0) / max(expected, 1e-12)
+            return self._release(ctx, secure.total, secure.count, 0, expected, clip_norm, missing)
         total = Sum()
         total.begin(ctx.spec.size)
         unclipped = 0
@@ -169,18 +188,31 @@ class DPFedAvg(FedAvg):
         if self.sampling != "poisson" and total.count < self.min_fit_clients:
             self.finish(total)  # logs why the round fails
             return None
+        clipped = total.finish().astype(np.float64) if total.count else np.zeros(ctx.spec.size)
+        return self._release(ctx, clipped, total.count, unclipped, expected, clip_norm)
+
+    def _release(
+        self,
+        ctx: RoundContext,
+        clipped_sum: np.ndarray,
+        returned: int,
+        unclipped: int,
+        expected: float,
+        clip_norm: float,
+        noise_share: float = 1.0,
+    ) -> np.ndarray:
+        """The noised average of ``clipped_sum`` (of ``returned`` updates), accounted; the server
+        adds the ``noise_share`` of the round's noise variance that the sum does not carry."""
         count_std = 0.0
         z_sum = self.noise_multiplier
         if self.adaptive:
             count_std = self.clipped_count_stddev or default_count_stddev(expected)
             z_sum = split_noise(self.noise_multiplier, count_std)
         # Poisson rounds release even an empty sum: the analysis counts every round
-        clipped_sum = total.finish().astype(np.float64) if total.count else np.zeros(ctx.spec.size)
+        clipped_sum = np.array(clipped_sum, dtype=np.float64)
         noise = gaussian_noise(ctx.spec.size + 1, 1.0, ctx.round, self.noise_seed)
-        clipped_sum += z_sum * clip_norm * noise[:-1]
+        clipped_sum += math.sqrt(noise_share) * z_sum * clip_norm * noise[:-1]
         aggregate = (clipped_sum / max(expected, 1e-12)).astype(np.float32)
-
-        returned = total.count
         if self.adaptive:
             fraction = noised_unclipped_fraction(
                 unclipped, returned, expected, count_std * float(noise[-1])

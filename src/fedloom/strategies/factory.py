@@ -24,6 +24,7 @@ from fedloom.config import ClientConfig, Config, DPSGDConfig
 from fedloom.errors import ConfigError
 from fedloom.optim import make_server_optimizer
 from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
+from fedloom.secagg import Settings as SecAggSettings
 from fedloom.strategies.base import Strategy
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
@@ -76,6 +77,22 @@ def aggregator_factory(cfg: Config) -> Callable[[], Aggregator] | None:
     return factories.get(s.aggregator)
 
 
+def secure_aggregation(cfg: Config) -> SecAggSettings | None:
+    """The protocol settings of ``secure_aggregation`` when it is enabled (Config has checked
+    that it composes with the rest of the run)."""
+    sa = cfg.secure_aggregation
+    if not sa.enabled:
+        return None
+    return SecAggSettings(
+        mode=sa.mode,
+        neighbours=sa.neighbours,
+        threshold=sa.threshold,
+        clip_range=sa.clip_range,
+        quantization_bits=sa.quantization_bits,
+        modulus_bits=sa.modulus_bits,
+    )
+
+
 def make_strategy(cfg: Config) -> Strategy:
     """The strategy ``cfg.strategy.name`` with the config's selection, local-training and server
     optimiser settings.
@@ -96,6 +113,7 @@ def make_strategy(cfg: Config) -> Strategy:
         max_update_norm=s.max_update_norm,
         max_update_norm_action=s.max_update_norm_action,
         aggregator_factory=aggregator_factory(cfg),
+        secure_aggregation=secure_aggregation(cfg),
     )
     if s.name == "fedsgd" and s.aggregation == "sum" and s.aggregator != "mean":
         raise ConfigError(

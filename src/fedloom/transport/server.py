@@ -36,7 +36,7 @@ from typing import NoReturn
 import grpc
 
 from fedloom.core.task import EVALUATE, FIT, Result
-from fedloom.core.validation import decode_update, describe_dropped, plausible_metrics
+from fedloom.core.validation import check_upload, describe_dropped, plausible_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
 from fedloom.transport.certs import Bundle, RevocationList, check_token
 from fedloom.transport.hub import Hub, PendingTask, Session
@@ -407,7 +407,7 @@ class FederationService(pb_grpc.FederationServicer):
             seconds=header.seconds,
         )
         try:
-            decode_update(result)
+            check_upload(result)
         except UpdateRejected as exc:
             # Delivered whole: the coordinator's own decode_update rejects it for the same reason.
             return self._reject(pending, session, str(exc))

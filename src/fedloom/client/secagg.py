@@ -1,0 +1,54 @@
+"""The client's stages of secure aggregation (``fedloom.secagg.protocol``), for every engine and
+the deployment client: importing this module registers them.
+
+Stages 1, 2 and 4 exchange keys and shares and need no model; stage 3 is an ordinary ``fit`` task
+whose update, after the task's transforms (client-side clipping and noise for differential
+privacy), is masked by ``client_mask`` instead of being encoded by a codec. The round's secrets
+live in the client's state between stages and are dropped after the last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedloom.client.base import Client, ClientContext
+from fedloom.client.execute import (
+    StageOutput,
+    register_message_encoder,
+    register_stage,
+)
+from fedloom.client.state import State
+from fedloom.core.params import Params
+from fedloom.core.task import Task
+from fedloom.secagg import (
+    ADVERTISE,
+    CONFIG_KEY,
+    SHARE,
+    UNMASK,
+    client_advertise,
+    client_mask,
+    client_share,
+    client_unmask,
+)
+
+
+def _advertise(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
+    return StageOutput(None, 0, {}, client_advertise(context.state, task.config))
+
+
+def _share(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
+    return StageOutput(None, 0, {}, client_share(context.state, task.config, task.client_id))
+
+
+def _unmask(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
+    return StageOutput(None, 0, {}, client_unmask(context.state, task.config, task.client_id))
+
+
+def _mask(update: np.ndarray, num_examples: int, state: State, task: Task) -> bytes:
+    return client_mask(update, num_examples, state, task.config, task.client_id)
+
+
+register_stage(ADVERTISE, _advertise)
+register_stage(SHARE, _share)
+register_stage(UNMASK, _unmask)
+register_message_encoder(CONFIG_KEY, _mask)
