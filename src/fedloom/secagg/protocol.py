@@ -35,7 +35,7 @@ import hashlib
 import itertools
 import json
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,7 +144,7 @@ def _as_bytes(array: np.ndarray) -> bytes:
 
 
 def _as_array(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).copy()
+    return np.array(bytearray(data), dtype=np.uint8)
 
 
 def _commitment(seed: bytes, session: bytes) -> bytes:
@@ -479,6 +479,8 @@ class ServerRound:
 
     # stage 2
     def receive_shares(self, client: int, payload: bytes) -> None:
+        if client not in self.neighbours:
+            raise ProtocolError("shares from a client that is not in this stage")
         if len(payload) < 4:
             raise ProtocolError("the share message is cut short")
         (count,) = struct.unpack_from("<I", payload)
@@ -564,13 +566,10 @@ class ServerRound:
         total = self._sum.copy()
         modulus = self.settings.modulus_bits
         for j in sorted(alive):
-            seed = self._reconstruct(
-                j, _B, lambda s, j=j: _commitment(s, self.session) == self.keys[j][64:]
-            )
+            seed = self._reconstruct(j, _B)
             total -= crypto.expand(self_mask_key(seed, self.session), self.size + 1, modulus)
         for j in sorted(dropped):
-            s_pk_j = self.keys[j][32:64]
-            s_sk = self._reconstruct(j, _S, lambda s, pk=s_pk_j: crypto.public_of(s) == pk)
+            s_sk = self._reconstruct(j, _S)
             for i in self.neighbours[j]:
                 if i not in alive:
                     continue
@@ -591,7 +590,14 @@ class ServerRound:
             len(alive),
         )
 
-    def _reconstruct(self, client: int, kind: int, valid: Callable[[bytes], bool]) -> bytes:
+    def _valid(self, client: int, kind: int, secret: bytes) -> bool:
+        """Whether a reconstructed secret is the one the client committed to in stage 1: its
+        seed's hash, or its mask key's public key."""
+        if kind == _B:
+            return _commitment(secret, self.session) == self.keys[client][64:]
+        return crypto.public_of(secret) == self.keys[client][32:64]
+
+    def _reconstruct(self, client: int, kind: int) -> bytes:
         shares = self.revealed.get((client, kind), {})
         what = "self-mask seed" if kind == _B else "mask key"
         if len(shares) < self.threshold:
@@ -605,7 +611,7 @@ class ServerRound:
                 secret = shamir.reconstruct({x: shares[x] for x in subset})
             except ValueError:
                 continue
-            if valid(secret):
+            if self._valid(client, kind, secret):
                 return secret
         raise ProtocolError(f"client {client}'s {what} does not reconstruct from its shares")
 

@@ -32,9 +32,9 @@ def quantize(vec: np.ndarray, clip: float, bits: int) -> np.ndarray:
     return np.rint((x + clip) * (levels(bits) / (2 * clip))).astype(np.uint64)
 
 
-def quantize_weight(weight: float, bits: int) -> np.uint64:
+def quantize_weight(weight: float, bits: int) -> int:
     """A weight in ``[0, 1]`` (clipped to it) on ``2**bits`` levels."""
-    return np.uint64(round(min(max(weight, 0.0), 1.0) * levels(bits)))
+    return round(min(max(weight, 0.0), 1.0) * levels(bits))
 
 
 def dequantize_sum(total: np.ndarray, count: int, clip: float, bits: int) -> np.ndarray:

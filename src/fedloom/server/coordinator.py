@@ -267,6 +267,7 @@ class Coordinator:
                 params = self._step(r, aggregate, ctx, tally)
         else:
             params = None
+        record.update(ctx.diagnostics)
         if params is not None:
             self.params, self.opt_state = params
             self.strategy_state = ctx.state
@@ -411,7 +412,7 @@ class Coordinator:
             upload = result.task.upload
             if result.payload is not None and upload is not None and upload.codec != MESSAGE:
                 tally.payload_up += len(result.payload)
-                tally.dense_up += 4 * _dense_values(result.task.upload.size, ctx)
+                tally.dense_up += 4 * _dense_values(upload.size, ctx)
             try:
                 with tally.phase("upload"):
                     result, vec = self._validate(r, result, ctx)

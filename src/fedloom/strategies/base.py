@@ -65,6 +65,9 @@ class RoundContext:
     metrics: dict[str, float] = field(default_factory=dict)
     """What the strategy reports about the round (``epsilon``, ``clip_norm``): added to the
     round's record when the round succeeds."""
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    """What the strategy reports about the round whether or not it succeeds (which clients a
+    protocol lost at which stage): added to the round's record either way."""
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""

@@ -91,10 +91,10 @@ def secure_fit(
         return done
 
     def report() -> None:
-        ctx.metrics.update(metrics)
-        ctx.metrics.update({f"secagg_seconds_{k}": v for k, v in seconds.items()})
-        ctx.metrics["secagg_bytes_up"] = float(received)
-        ctx.metrics["secagg_bytes_down"] = float(stage_bytes(sent))
+        ctx.diagnostics.update(metrics)
+        ctx.diagnostics.update({f"secagg_seconds_{k}": v for k, v in seconds.items()})
+        ctx.diagnostics["secagg_bytes_up"] = float(received)
+        ctx.diagnostics["secagg_bytes_down"] = float(stage_bytes(sent))
 
     def protocol_task(kind: str, cid: int, message: dict[str, Any], size: int) -> Task:
         config: dict[str, Any] = {"round": ctx.round, CONFIG_KEY: message}
@@ -117,10 +117,10 @@ def secure_fit(
             protocol.receive_keys,
         )
         protocol.build_graph(ctx.rng)
-        ctx.metrics["secagg_neighbours"] = float(
+        ctx.diagnostics["secagg_neighbours"] = float(
             min((len(v) for v in protocol.neighbours.values()), default=0)
         )
-        ctx.metrics["secagg_threshold"] = float(protocol.threshold)
+        ctx.diagnostics["secagg_threshold"] = float(protocol.threshold)
         shared = yield from stage(
             "share",
             [
