@@ -95,3 +95,27 @@ class PoisonedClient:
 
 def poisoned_client() -> PoisonedClient:
     return PoisonedClient()
+
+
+def slow_unmask_client(cfg: Config) -> TorchClient:
+    """A demo client whose secure-aggregation unmask stage starts by saying so in its log and
+    then waits ``FEDLOOM_TEST_UNMASK_DELAY`` seconds (in the rounds ``FEDLOOM_TEST_DELAY_ROUNDS``
+    lists), so a test can kill it after it uploaded its masked input and before it reveals."""
+    from fedloom.client.execute import STAGES, register_stage
+    from fedloom.secagg import UNMASK
+
+    unmask = STAGES[UNMASK]
+    delay = float(os.environ.get("FEDLOOM_TEST_UNMASK_DELAY", "0"))
+    listed = os.environ.get("FEDLOOM_TEST_DELAY_ROUNDS")
+    rounds = frozenset(int(r) for r in listed.split(",")) if listed else None
+
+    def slow(client: Any, task: Any, params: Params, context: ClientContext) -> Any:
+        print(f"unmask round {task.round} started", flush=True)
+        if rounds is None or task.round in rounds:
+            time.sleep(delay)
+        return unmask(client, task, params, context)
+
+    register_stage(UNMASK, slow)
+    index, count = (int(x) for x in os.environ["FEDLOOM_TEST_PARTITION"].split("/"))
+    part = cfg.partition.model_copy(update={"num_clients": count})
+    return Simulation(cfg.model_copy(update={"partition": part})).client(index)
