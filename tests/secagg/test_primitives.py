@@ -55,9 +55,12 @@ def test_the_prg_is_aes_ctr_over_zeros_reduced_modulo_two_to_the_bits() -> None:
 
     key = bytes(range(32))
     stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(24))
-    words = [int.from_bytes(stream[i : i + 8], "little") for i in (0, 8, 16)]
-    assert crypto.expand(key, 3, 64).tolist() == words
-    assert crypto.expand(key, 3, 20).tolist() == [w % 2**20 for w in words]
+    words64 = [int.from_bytes(stream[i : i + 8], "little") for i in (0, 8, 16)]
+    words32 = [int.from_bytes(stream[i : i + 4], "little") for i in (0, 4, 8)]
+    assert crypto.expand(key, 3, 64).tolist() == words64
+    assert crypto.expand(key, 3, 40).tolist() == [w % 2**40 for w in words64]
+    assert crypto.expand(key, 3, 32).tolist() == words32  # 4 bytes a value up to 32 bits
+    assert crypto.expand(key, 3, 20).tolist() == [w % 2**20 for w in words32]
     assert crypto.expand(key, 3, 20).tolist() != crypto.expand(bytes(32), 3, 20).tolist()
     with pytest.raises(ValueError, match="32 bytes"):
         crypto.expand(key[:16], 3, 32)  # never a truncated seed

@@ -237,3 +237,10 @@ def test_a_client_cannot_join_a_session_midway() -> None:
     rnd.stage1()
     with pytest.raises(ProtocolError, match="earlier stages"):
         client_share({}, {CONFIG_KEY: rnd.server.share_config(0)}, 0)
+
+
+def test_a_modulus_above_32_bits_takes_8_bytes_a_value_and_sums_exactly() -> None:
+    rnd = Round(Settings(mode="secagg", quantization_bits=30, modulus_bits=48), 6, drop={3: {2}})
+    got = rnd.run()
+    assert {len(p) for p in rnd.uploads.values()} == {8 * (SIZE + 1)}
+    _equal(got, rnd.plaintext())

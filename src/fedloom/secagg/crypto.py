@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -60,11 +61,16 @@ def check_public(public: bytes) -> None:
     agree(keypair()[0], public)
 
 
-def agree(private: bytes, public: bytes) -> bytes:
+def private_key(private: bytes) -> X25519PrivateKey:
+    """The key object of raw private-key bytes, to agree with many public keys."""
+    return X25519PrivateKey.from_private_bytes(private)
+
+
+def agree(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
     """The X25519 shared secret; ``ValueError`` for a low-order or malformed public key."""
     if len(public) != KEY_BYTES:
         raise ValueError(f"a public key is {KEY_BYTES} bytes, got {len(public)}")
-    key = X25519PrivateKey.from_private_bytes(private)
+    key = private_key(private) if isinstance(private, bytes) else private
     try:
         return key.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as exc:  # the all-zero output of a low-order point
@@ -94,17 +100,25 @@ def decrypt(key: bytes, ciphertext: bytes, associated: bytes) -> bytes:
         ) from None
 
 
+def ring_dtype(bits: int) -> np.dtype[np.unsignedinteger[Any]]:
+    """The unsigned integer type values of ``Z_{2**bits}`` are held in: 32 bits when they fit
+    (4 bytes a value on the wire and in the PRG), else 64."""
+    return np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+
+
 def expand(key: bytes, size: int, bits: int) -> np.ndarray:
-    """``size`` pseudorandom integers modulo ``2**bits`` (``bits`` <= 64) as uint64: AES-256-CTR
-    keyed by ``key`` over zeros, 8 bytes per value, reduced modulo ``2**bits`` (exactly uniform,
-    as ``2**bits`` divides ``2**64``)."""
+    """``size`` pseudorandom integers modulo ``2**bits`` (``bits`` <= 64): AES-256-CTR keyed by
+    ``key`` over zeros, read as little-endian integers of ``ring_dtype(bits)`` and reduced modulo
+    ``2**bits`` (exactly uniform, as ``2**bits`` divides the type's range). The array is
+    read-only when no reduction was needed."""
     if len(key) != KEY_BYTES:
         raise ValueError(f"a PRG key is {KEY_BYTES} bytes, got {len(key)}")
+    dtype = ring_dtype(bits)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(8 * size)) + encryptor.finalize()
-    values = np.frombuffer(stream, dtype="<u8").astype(np.uint64)
-    if bits < 64:
-        values &= np.uint64((1 << bits) - 1)
+    stream = encryptor.update(bytes(dtype.itemsize * size)) + encryptor.finalize()
+    values = np.frombuffer(stream, dtype=dtype)
+    if bits < 8 * dtype.itemsize:
+        values = values & dtype.type((1 << bits) - 1)
     return values
 
 

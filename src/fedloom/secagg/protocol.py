@@ -70,6 +70,7 @@ _B, _S = 0, 1
 _PREFIX = "secagg/"
 _SESSION, _C_SK, _S_SK, _SEED = "secagg/session", "secagg/c_sk", "secagg/s_sk", "secagg/b"
 _PEERS, _PEER_KEYS, _OWN, _INBOX = "secagg/peers", "secagg/peer_keys", "secagg/own", "secagg/inbox"
+_SHARE_KEYS = "secagg/share_keys"
 
 
 class ProtocolError(ValueError):
@@ -156,14 +157,18 @@ def _pair(session: bytes, i: int, j: int) -> bytes:
     return session + struct.pack("<QQ", lo, hi)
 
 
-def share_key(private: bytes, public: bytes, session: bytes, i: int, j: int) -> bytes:
+def share_key(
+    private: bytes | crypto.X25519PrivateKey, public: bytes, session: bytes, i: int, j: int
+) -> bytes:
     """The AES-GCM key clients ``i`` and ``j`` derive alike from their ``c`` keys."""
     return crypto.derive(
         crypto.agree(private, public), b"fedloom/secagg/share" + _pair(session, i, j)
     )
 
 
-def mask_key(private: bytes, public: bytes, session: bytes, i: int, j: int) -> bytes:
+def mask_key(
+    private: bytes | crypto.X25519PrivateKey, public: bytes, session: bytes, i: int, j: int
+) -> bytes:
     """The PRG key of the pairwise mask of ``i`` and ``j``, from their ``s`` keys."""
     return crypto.derive(
         crypto.agree(private, public), b"fedloom/secagg/mask" + _pair(session, i, j)
@@ -256,13 +261,17 @@ def client_share(state: dict[str, np.ndarray], task_config: Mapping[str, Any], m
     holders = [_point(c) for c in [*ids, me]]
     seed_shares = shamir.split(_as_bytes(state[_SEED]), holders, threshold)
     key_shares = shamir.split(_as_bytes(state[_S_SK]), holders, threshold)
-    c_sk = _as_bytes(state[_C_SK])
+    c_sk = crypto.private_key(_as_bytes(state[_C_SK]))
     out = [struct.pack("<I", len(ids))]
+    aead_keys = []
     for j, pair in zip(ids, keys, strict=True):
         plain = struct.pack("<QQ", me, j) + seed_shares[_point(j)] + key_shares[_point(j)]
         key = share_key(c_sk, pair[: crypto.KEY_BYTES], session, me, j)
+        aead_keys.append(key)
         ciphertext = crypto.encrypt(key, plain, struct.pack("<QQ", me, j) + session)
         out.append(_ENTRY.pack(j, len(ciphertext)) + ciphertext)
+    # the pair's AES-GCM key also opens what the neighbour sends back (stage 4)
+    state[_SHARE_KEYS] = np.frombuffer(b"".join(aead_keys), np.uint8).reshape(len(ids), 32).copy()
     state[_PEERS] = np.array(ids, dtype=np.int64)
     state[_PEER_KEYS] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(ids), 64).copy()
     state[_OWN] = _as_array(seed_shares[_point(me)] + key_shares[_point(me)])
@@ -303,11 +312,12 @@ def client_mask(
     scale = cfg.get("scale")
     weight = 1.0 if scale is None else min(1.0, num_examples / float(scale))
     bits, modulus = settings.quantization_bits, settings.modulus_bits
-    values = np.empty(update.shape[0] + 1, dtype=np.uint64)
+    # arithmetic in the ring's integer type wraps modulo 2^32 (or 2^64), a multiple of 2^modulus
+    values = np.empty(update.shape[0] + 1, dtype=crypto.ring_dtype(modulus))
     values[:-1] = quantize(np.asarray(update, np.float64) * weight, settings.clip_range, bits)
     values[-1] = quantize_weight(weight, bits)
     values += crypto.expand(self_mask_key(_as_bytes(state[_SEED]), session), len(values), modulus)
-    s_sk = _as_bytes(state[_S_SK])
+    s_sk = crypto.private_key(_as_bytes(state[_S_SK]))
     keys = dict(zip(known, state[_PEER_KEYS], strict=True))
     for j in peers:
         s_pk = _as_bytes(keys[j][crypto.KEY_BYTES :])
@@ -356,12 +366,11 @@ def _open_inbox(
     state: Mapping[str, np.ndarray], session: bytes, me: int
 ) -> dict[int, tuple[bytes, bytes]]:
     """The neighbours' shares addressed to this client that decrypt and are what they claim."""
-    keys = dict(zip((int(p) for p in state[_PEERS]), state[_PEER_KEYS], strict=True))
-    c_sk = _as_bytes(state[_C_SK])
+    keys = dict(zip((int(p) for p in state[_PEERS]), state[_SHARE_KEYS], strict=True))
     data = _as_bytes(state.get(_INBOX, np.zeros(0, np.uint8)))
     out: dict[int, tuple[bytes, bytes]] = {}
     for j, ciphertext in _entries(data):
-        key = share_key(c_sk, _as_bytes(keys[j][: crypto.KEY_BYTES]), session, me, j)
+        key = _as_bytes(keys[j])
         try:
             plain = crypto.decrypt(key, ciphertext, struct.pack("<QQ", j, me) + session)
         except crypto.DecryptionError:
@@ -398,9 +407,9 @@ def _settings(cfg: Mapping[str, Any]) -> Settings:
 
 
 def _wire(values: np.ndarray, settings: Settings) -> bytes:
-    if settings.modulus_bits < 64:
-        values &= np.uint64((1 << settings.modulus_bits) - 1)
-    return values.astype("<u4" if settings.value_bytes == 4 else "<u8").tobytes()
+    if settings.modulus_bits < 8 * values.dtype.itemsize:
+        values &= values.dtype.type((1 << settings.modulus_bits) - 1)
+    return values.tobytes()
 
 
 # -- the server's half -------------------------------------------------------------------------
@@ -510,8 +519,7 @@ class ServerRound:
         expected = self.settings.masked_bytes(self.size)
         if len(payload) != expected:
             raise ProtocolError(f"a masked input is {expected} bytes, got {len(payload)}")
-        dtype = "<u4" if self.settings.value_bytes == 4 else "<u8"
-        values = np.frombuffer(payload, dtype=dtype).astype(np.uint64)
+        values = np.frombuffer(payload, dtype=crypto.ring_dtype(self.settings.modulus_bits))
         if (
             self.settings.modulus_bits not in (32, 64)
             and (values >> np.uint64(self.settings.modulus_bits)).any()
