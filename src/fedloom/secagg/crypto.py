@@ -115,11 +115,24 @@ def expand(key: bytes, size: int, bits: int) -> np.ndarray:
         raise ValueError(f"a PRG key is {KEY_BYTES} bytes, got {len(key)}")
     dtype = ring_dtype(bits)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(dtype.itemsize * size)) + encryptor.finalize()
+    stream = encryptor.update(_zeros(dtype.itemsize * size))
+    encryptor.finalize()  # CTR has no padding: nothing more comes out
     values = np.frombuffer(stream, dtype=dtype)
     if bits < 8 * dtype.itemsize:
         values = values & dtype.type((1 << bits) - 1)
     return values
+
+
+_ZEROS = bytes(0)
+
+
+def _zeros(n: int) -> memoryview:
+    """``n`` zero bytes, from one buffer kept for the next call (a mask is expanded per
+    neighbour per client: allocating them each time cost as much as the cipher)."""
+    global _ZEROS
+    if len(_ZEROS) < n:
+        _ZEROS = bytes(n)
+    return memoryview(_ZEROS)[:n]
 
 
 def random_bytes(n: int = KEY_BYTES) -> bytes:
