@@ -29,6 +29,8 @@ class Dropping:
     """An engine that loses the results of ``clients`` at the stage of kind ``kind``, as if they
     had dropped out (they ran, so their state moved on, as a crashed client's would not matter)."""
 
+    name = "dropping"
+
     def __init__(self, inner: Engine, kind: str, clients: set[int], garble: bool = False) -> None:
         self.inner, self.kind, self.clients, self.garble = inner, kind, clients, garble
 
@@ -93,6 +95,8 @@ def test_dropouts_at_each_stage_leave_a_correct_sum(kind: str) -> None:
 
 
 class _Only:
+    name = "only"
+
     def __init__(self, inner: Engine, clients: set[int]) -> None:
         self.inner, self.clients = inner, clients
 
