@@ -364,9 +364,9 @@ class ClockedEngine:
             seconds = clock.task_seconds(task.client_id, _bytes_down(task, blobs), up, epochs)
             finish = start + seconds
             leaves = clock.online_until(task.client_id, start)
-            if leaves is None or leaves < finish:
-                self._dropouts += 1
-                ends.append(start if leaves is None else min(leaves, deadline))
+            if leaves is None or leaves < min(finish, deadline):
+                self._dropouts += 1  # gone before it was done, or before the deadline cut it
+                ends.append(start if leaves is None else leaves)
             elif finish > deadline:
                 self._stragglers += 1
                 ends.append(deadline)

@@ -17,8 +17,13 @@ client finishes is the virtual clock's answer (``fedloom.server.clock``: its spe
 and availability). The round plays the events forward until K updates have arrived; every
 client that started during it started from the same version, so they all train in one engine
 batch, and the results of those still in flight when the server steps are kept in the strategy
-state (``fedbuff/pending``) with the version and time they arrive at. The schedule depends only on
-the clock and the seeded selection, so every engine gives the same run.
+state (``fedbuff/pending``) with the version they started from and the time they arrive. The
+schedule depends only on the clock and the seeded selection, so every engine gives the same run.
+
+Choices the paper leaves open: a client trains at most once per model version (a second run
+from the same model would repeat the first), so a round also ends when no idle client is ever
+online again, with fewer than K updates; the mean divides by the updates the buffer holds (K,
+unless one failed or was rejected); an update that a client's departure cut short is lost.
 
 Not here: FedBuff in a deployment, which needs a server without a round barrier.
 """
@@ -130,13 +135,18 @@ class FedBuff(Strategy):
         bytes_down = len(ctx.model.payload)
         bytes_up = ctx.upload().max_bytes()
 
+        def idle() -> list[int]:
+            # a client trains at most once per model version: a second run from the same
+            # model would only repeat its first
+            busy = {f.client for f in flights} | {f.client for f in fresh}
+            return [c for c in ctx.eligible if c not in busy]
+
         def start_clients(t: float) -> None:
             free = self.concurrency - len(flights)
-            busy = {f.client for f in flights}
-            idle = [c for c in clock.available(ctx.eligible, t) if c not in busy]
-            if free <= 0 or not idle:
+            online = clock.available(idle(), t)
+            if free <= 0 or not online:
                 return
-            chosen = ctx.rng.choice(np.asarray(idle), size=min(free, len(idle)), replace=False)
+            chosen = ctx.rng.choice(np.asarray(online), size=min(free, len(online)), replace=False)
             for cid in sorted(int(c) for c in chosen):
                 epochs = clock.local_epochs(cid, base_epochs)
                 finish = t + clock.task_seconds(cid, bytes_down, bytes_up, epochs)
@@ -148,13 +158,16 @@ class FedBuff(Strategy):
 
         buffer: list[_Flight] = []
         dropouts = 0
+        short = False  # the buffer cannot fill: no idle client is ever online again
         start_clients(now)
         while len(buffer) < self.buffer_size:
             if not flights:
-                now = clock.next_online(ctx.eligible, now)
-                if not math.isfinite(now):
-                    log.error("fedbuff: no client is ever online again; the model is unchanged")
-                    return None
+                # nobody at work: wait for an idle client to come online, if one ever does
+                later = clock.next_online(idle(), now)
+                if not math.isfinite(later):
+                    short = True
+                    break
+                now = later
                 start_clients(now)
                 continue
             arrived = min(flights, key=_Flight.key)
@@ -193,14 +206,14 @@ class FedBuff(Strategy):
             return pending[f.row] if f.row >= 0 else uploads.get(f.client)
 
         usable = [(f, u) for f in buffer if (u := update_of(f)) is not None]
-        later = [(f, u) for f in flights if not f.dropped and (u := update_of(f)) is not None]
+        still = [(f, u) for f in flights if not f.dropped and (u := update_of(f)) is not None]
         ctx.state[PENDING] = (
-            np.stack([u for _, u in later]).astype(np.float32)
-            if later
+            np.stack([u for _, u in still]).astype(np.float32)
+            if still
             else np.zeros((0, ctx.spec.size), np.float32)
         )
         ctx.state[PENDING_META] = np.array(
-            [(f.client, f.version, f.finish) for f, _ in later], np.float64
+            [(f.client, f.version, f.finish) for f, _ in still], np.float64
         ).reshape(-1, 3)
         ctx.state[NOW] = np.array([now], np.float64)
         ctx.state[VERSION] = np.array([version + 1], np.int64)
@@ -209,8 +222,17 @@ class FedBuff(Strategy):
             sim_seconds=now - started,
             sim_time=now,
             dropouts=float(dropouts),
-            in_flight=float(len(later)),
+            in_flight=float(len(still)),
         )
+        if short:
+            log.warning(
+                "fedbuff: %d of %d updates arrived at model version %d: every other client has "
+                "trained on it or is never online again (strategy.buffer_size is more than the "
+                "clients can give)",
+                len(buffer),
+                self.buffer_size,
+                version,
+            )
         if len(usable) < max(1, self.min_fit_clients):
             log.error(
                 "fedbuff: %d usable updates in the buffer, min_fit_clients is %d; the global "
