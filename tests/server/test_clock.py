@@ -92,14 +92,14 @@ def test_a_bad_trace_is_a_config_error_naming_the_key(
     path.write_text(text)
     cfg = ClientsConfig(enabled=True, trace=str(path))
 
-    with pytest.raises(ConfigError, match="clients.trace") as err:
+    with pytest.raises(ConfigError, match=r"clients\.trace") as err:
         ClientClock.from_config(cfg, seed=0, num_examples={0: 1, 1: 1}, epochs=1)
     assert says in str(err.value)
 
 
 def test_a_missing_trace_file_is_a_config_error(tmp_path: Path) -> None:
     cfg = ClientsConfig(enabled=True, trace=str(tmp_path / "absent.csv"))
-    with pytest.raises(ConfigError, match="clients.trace .* does not exist"):
+    with pytest.raises(ConfigError, match=r"clients\.trace .* does not exist"):
         ClientClock.from_config(cfg, seed=0, num_examples={0: 1}, epochs=1)
 
 
