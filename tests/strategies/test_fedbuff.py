@@ -19,6 +19,7 @@ from fedloom.core.params import Params, ParamSpec
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
 from fedloom.server.coordinator import Coordinator, Population
+from fedloom.server.user_code import build_strategy
 from fedloom.simulation import Simulation
 from fedloom.strategies import FedBuff
 from fedloom.strategies.factory import make_strategy
@@ -144,6 +145,9 @@ def test_fedbuff_without_a_clock_or_with_synchronous_settings_is_refused() -> No
             make_strategy(cfg)
     with pytest.raises(ConfigError, match=r"deployment .* not implemented"):
         FedBuff().init_state(np.zeros(2, np.float32))
+    fedbuff = validate_config({**on, "strategy": {"name": "fedbuff"}})
+    with pytest.raises(ConfigError, match=r"deployment .* not implemented"):
+        build_strategy(fedbuff, None)  # what fedloom server builds its strategy with
 
 
 def _run(engine: str, tmp_path: Path) -> list[dict[str, Any]]:

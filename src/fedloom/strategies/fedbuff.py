@@ -54,6 +54,13 @@ PENDING_META = "fedbuff/pending_meta"
 """Per pending update: (client id, model version it started from, time it arrives)."""
 
 
+NO_ASYNC_DEPLOYMENT = (
+    "strategy.name=fedbuff runs in simulation only (fedloom run, fedloom.simulate), on the "
+    "virtual clock of the clients section; FedBuff in a deployment (a server without a round "
+    "barrier) is not implemented"
+)
+
+
 class VirtualClock(Protocol):
     """What FedBuff asks of simulated clients (``fedloom.server.clock.ClientClock``)."""
 
@@ -108,11 +115,7 @@ class FedBuff(Strategy):
 
     def init_state(self, params: np.ndarray) -> StrategyState:
         if self.clock is None:
-            raise ConfigError(
-                "strategy.name=fedbuff runs in simulation only (fedloom run, fedloom.simulate), "
-                "on the virtual clock of the clients section; FedBuff in a deployment (a server "
-                "without a round barrier) is not implemented"
-            )
+            raise ConfigError(NO_ASYNC_DEPLOYMENT)
         return {
             NOW: np.zeros(1, np.float64),
             VERSION: np.zeros(1, np.int64),
