@@ -114,14 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     summary: dict[str, Any] = {}
     for name, runs in histories.items():
-        to_target = sum(reach(h, args.target) for h in runs) / len(runs)
+        times = [reach(h, args.target) for h in runs]
+        to_target = sum(times) / len(runs)
+        reached = sum(math.isfinite(t) for t in times)
         final = sum(h[-1]["accuracy"] for h in runs) / len(runs)
         end = sum(h[-1]["sim_time"] for h in runs) / len(runs)
         per_step = sum(r["sim_seconds"] for h in runs for r in h) / sum(len(h) for h in runs)
         used = sum(r["returned"] for h in runs for r in h) / sum(len(h) for h in runs)
+        if reached == len(runs):
+            minutes, ratio = f"{to_target / 60:.1f}", f"{base / to_target:.2f}x"
+        else:  # a mean over seeds that reach it would flatter the row
+            minutes, ratio = f"— (reached in {reached} of {len(runs)} seeds)", "—"
         print(
-            f"| {name} | {to_target / 60:.1f} | {base / to_target:.2f}x | {final:.3f} "
-            f"({end / 60:.0f}) | {per_step:.1f} | {used:.1f} |"
+            f"| {name} | {minutes} | {ratio} | {final:.3f} ({end / 60:.0f}) | {per_step:.1f} "
+            f"| {used:.1f} |"
         )
         summary[name] = {"to_target_s": to_target, "final_accuracy": final, "end_s": end}
     if args.png:
