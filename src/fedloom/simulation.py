@@ -43,6 +43,7 @@ from fedloom.data import Dataset
 from fedloom.data.federated import ClientData, load_clients, local_arrays
 from fedloom.engines import Engine, SequentialEngine
 from fedloom.engines.base import ClientFn
+from fedloom.errors import ConfigError
 from fedloom.models import build_model
 from fedloom.server.clock import ClientClock, ClockedEngine, ClockedPopulation
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
@@ -117,6 +118,13 @@ def make_coordinator(
             num_examples=population.num_examples,
             epochs=cfg.client.epochs,
         )
+        if clock.varies and cfg.privacy.mechanism in ("central", "client"):
+            raise ConfigError(
+                f"privacy.mechanism={cfg.privacy.mechanism} accounts for clients sampled uniformly "
+                "from all of them; with clients coming and going (clients.mean_online_s or "
+                "online intervals in clients.trace) a round samples only those online, which "
+                "that analysis does not cover"
+            )
         if isinstance(strategy, FedBuff):
             if strategy.clock is None:
                 strategy = dataclasses.replace(strategy, clock=clock)

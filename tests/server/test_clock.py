@@ -28,7 +28,7 @@ from fedloom.server.clock import (
 )
 from fedloom.server.coordinator import Coordinator
 from fedloom.simulation import Simulation
-from fedloom.strategies import FedAvg
+from fedloom.strategies import FedAvg, FedSGD, Strategy
 
 
 def test_a_task_takes_its_bytes_over_the_bandwidth_plus_its_examples_over_the_speed() -> None:
@@ -198,11 +198,14 @@ class _Arrivals:
 
 
 def _sync_round(
-    clock: ClientClock, clients: dict[int, FixedClient], rounds: int = 1
+    clock: ClientClock,
+    clients: dict[int, FixedClient],
+    rounds: int = 1,
+    strategy: Strategy | None = None,
 ) -> tuple[Coordinator, list[int]]:
     arrivals = _Arrivals()
     coord = Coordinator(
-        strategy=FedAvg(client_config={"epochs": 3}),
+        strategy=strategy or FedAvg(client_config={"epochs": 3}),
         engine=ClockedEngine(SequentialEngine(clients.__getitem__), clock),
         spec=SPEC,
         params=np.zeros(2, np.float32),
@@ -253,6 +256,17 @@ def test_slow_clients_train_fewer_epochs_with_local_seconds() -> None:
     # Assert: 2, 1 and 1 epochs of the 3 asked; the slowest takes 2 + 4 s
     assert [clients[c].epochs for c in range(3)] == [[2], [1], [1]]
     assert coord.history[0]["sim_seconds"] == pytest.approx(6.0)
+
+
+def test_a_full_gradient_is_one_pass_over_the_examples_whatever_the_epochs() -> None:
+    # Prepare: FedSGD asks for gradients; the config still names 3 epochs
+    clients = {0: FixedClient([1, 0])}
+
+    # Execute
+    coord, _ = _sync_round(_clock([5.0]), clients, strategy=FedSGD(client_config={"epochs": 3}))
+
+    # Assert: 10 examples / 5 per s + 2 s of transfer
+    assert coord.history[0]["sim_seconds"] == pytest.approx(4.0)
 
 
 def test_a_client_that_goes_offline_mid_task_drops_out() -> None:
@@ -315,3 +329,16 @@ def test_a_clocked_synchronous_simulation_is_the_same_on_every_engine() -> None:
     assert sum(r["stragglers"] for r in sequential) > 0
     assert sum(r["dropouts"] for r in sequential) > 0
     assert not any("sim_time" in r for r in off)
+
+
+def test_central_dp_with_clients_coming_and_going_is_refused() -> None:
+    cfg = validate_config(
+        {
+            "partition": {"num_clients": 4},
+            "strategy": {"fraction_fit": 0.5, "sampling": "poisson"},
+            "privacy": {"mechanism": "central"},
+            "clients": {"enabled": True, "mean_online_s": 60.0},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"clients\.mean_online_s"):
+        Simulation(cfg).coordinator()

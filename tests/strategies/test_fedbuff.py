@@ -57,6 +57,8 @@ class FixedClient:
 class FixedClock:
     """Every client always online; client c's task takes ``seconds[c]``, whatever it sends."""
 
+    epochs = 1
+
     def __init__(self, seconds: dict[int, float], leaves: dict[int, float] | None = None) -> None:
         self.seconds, self.leaves = seconds, leaves or {}
 

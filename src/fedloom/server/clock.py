@@ -85,14 +85,14 @@ class Availability:
         self.seed = seed
         self.mean_online = mean_online
         self.mean_offline = mean_offline
-        self._fixed = {c: list(v) for c, v in (intervals or {}).items()}
+        self.fixed = {c: list(v) for c, v in (intervals or {}).items()}
         self._drawn: dict[int, list[tuple[float, float]]] = {}
         self._horizon: dict[int, float] = {}  # generated up to here (the end of an offline spell)
         self._rngs: dict[int, np.random.Generator] = {}
 
     def _intervals(self, client: int, until: float) -> list[tuple[float, float]]:
-        if client in self._fixed:
-            return self._fixed[client]
+        if client in self.fixed:
+            return self.fixed[client]
         if self.mean_online is None:
             return [(0.0, math.inf)]
         spans = self._drawn.setdefault(client, [])
@@ -141,6 +141,12 @@ class ClientClock:
     local_seconds: float | None = None
     deadline: float | None = None
     now: float = 0.0
+
+    @property
+    def varies(self) -> bool:
+        """Whether clients come and go (availability drawn or traced)."""
+        a = self.availability
+        return a.mean_online is not None or bool(a.fixed)
 
     @classmethod
     def from_config(
@@ -220,10 +226,10 @@ class ClientClock:
         never). The count grows only when a client comes online, so those are the times tried."""
         t = at
         while math.isfinite(t):
-            online = self.available(clients, t)
+            online = set(self.available(clients, t))
             if len(online) >= min(count, len(clients)):
                 return t
-            t = self.next_online([c for c in clients if c not in set(online)], t)
+            t = self.next_online([c for c in clients if c not in online], t)
         return math.inf
 
     def wait_for_online(self, count: int) -> None:
@@ -359,7 +365,7 @@ class ClockedEngine:
         ends = [start]
         for position, task in enumerate(timed):
             task = self._with_epochs(task)
-            epochs = int(task.config.get("epochs", clock.epochs)) if task.kind == FIT else 0
+            epochs = _passes(task, clock.epochs)
             up = 0 if task.upload is None else task.upload.max_bytes()
             seconds = clock.task_seconds(task.client_id, _bytes_down(task, blobs), up, epochs)
             finish = start + seconds
@@ -408,6 +414,16 @@ class ClockedEngine:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _passes(task: Task, epochs: int) -> int:
+    """The passes over its examples a task asks of a client: its epochs for training, one for a
+    full gradient (FedSGD), none for a stage that only exchanges values."""
+    if task.kind != FIT:
+        return 0
+    if task.config.get("mode") == "gradient":
+        return 1
+    return int(task.config.get("epochs", epochs))
 
 
 def _bytes_down(task: Task, blobs: Blobs) -> int:

@@ -64,6 +64,9 @@ NO_ASYNC_DEPLOYMENT = (
 class VirtualClock(Protocol):
     """What FedBuff asks of simulated clients (``fedloom.server.clock.ClientClock``)."""
 
+    epochs: int
+    """Local epochs when the task config names none."""
+
     def available(self, clients: Sequence[int], at: float) -> list[int]: ...
 
     def next_online(self, clients: Sequence[int], at: float) -> float: ...
@@ -134,7 +137,7 @@ class FedBuff(Strategy):
         ]
         fresh: list[_Flight] = []  # started this round, from ``version``
         config = self.fit_config(ctx)
-        base_epochs = int(config.get("epochs", 1))
+        base_epochs = int(config.get("epochs", clock.epochs))
         bytes_down = len(ctx.model.payload)
         bytes_up = ctx.upload().max_bytes()
 
