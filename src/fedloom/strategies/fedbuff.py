@@ -12,13 +12,14 @@ server steps, with no round barrier waiting for the slowest client:
     aggregate = (1 / K) * sum_i s(tau_i) * delta_i,   s(tau) = 1 / sqrt(1 + tau)
     w' = server_optimizer(w, -aggregate)              (SGD with server_lr: w + eta_g * aggregate)
 
-One coordinator round is one server step. In simulation, when a
-client finishes is the virtual clock's answer (``fedloom.server.clock``: its speed, bandwidth
-and availability). The round plays the events forward until K updates have arrived; every
-client that started during it started from the same version, so they all train in one engine
-batch, and the results of those still in flight when the server steps are kept in the strategy
-state (``fedbuff/pending``) with the version they started from and the time they arrive. The
-schedule depends only on the clock and the seeded selection, so every engine gives the same run.
+One coordinator round is one server step. In simulation, when a client finishes is the virtual
+clock's answer (``fedloom.server.clock``: its speed, bandwidth and availability). The round plays
+the events forward until K updates have arrived. A client is trained when it starts, and its
+update is held until the time it arrives: every client that started during the round started
+from the same version, so they all train in one engine batch, and the updates of those still in
+flight when the server steps are kept in the strategy state (``fedbuff/pending``) with the
+version they started from and the time they arrive. The schedule depends only on the clock and
+the seeded selection, so every engine gives the same run.
 
 Choices the paper leaves open: a client trains at most once per model version (a second run
 from the same model would repeat the first), so a round also ends when no idle client is ever
