@@ -156,7 +156,6 @@ class ClientClock:
         seed: int,
         num_examples: Mapping[int, int],
         epochs: int,
-        base_dir: Path | None = None,
     ) -> ClientClock:
         """The clock of the ``clients`` section over a population with these training-set sizes.
         ``ConfigError`` for a trace file that is missing, malformed or names unknown clients."""
@@ -164,8 +163,6 @@ class ClientClock:
         trace: dict[int, TraceEntry] = {}
         if cfg.trace is not None:
             path = Path(cfg.trace)
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
             trace = read_trace(path)
             unknown = sorted(set(trace) - set(ids))
             if unknown:
