@@ -75,6 +75,7 @@ _RECORDED_SECTIONS = (
     "rounds",
     "strategy",
     "client",
+    "clients",
     "engine",
     "eval",
     "transport",

@@ -60,7 +60,9 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl", "fedbuff"] = (
+        "fedavg"
+    )
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
@@ -84,6 +86,12 @@ class StrategyConfig(_Section):
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term")
     q: float = Field(
         1.0, ge=0, description="qffl: fairness exponent; 0 is FedAvg's objective, larger is fairer"
+    )
+    buffer_size: int = Field(
+        10, ge=1, description="fedbuff: K, client updates buffered before each server step"
+    )
+    concurrency: int = Field(
+        20, ge=1, description="fedbuff: C, clients training at once (at most the clients online)"
     )
     sampling: Literal["fixed", "poisson"] = Field(
         "fixed",
@@ -118,6 +126,46 @@ class ClientConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+
+
+class ClientsConfig(_Section):
+    """Realistic client behaviour in simulation, on a virtual clock (README, "Client behaviour
+    and asynchronous FL"). Off by default; ``fedloom server`` ignores it (real clients have real
+    speeds)."""
+
+    enabled: bool = Field(False, description="simulate client speeds, bandwidth and time")
+    speed: float = Field(
+        100.0, gt=0, description="median training speed, examples per second (one pass of one)"
+    )
+    speed_sigma: float = Field(
+        0.0, ge=0, description="lognormal sigma of speed across clients (0: all equal)"
+    )
+    bandwidth_mbps: float = Field(
+        10.0, gt=0, description="median network bandwidth, megabits per second, each direction"
+    )
+    bandwidth_sigma: float = Field(
+        0.0, ge=0, description="lognormal sigma of bandwidth across clients (0: all equal)"
+    )
+    trace: str | None = Field(
+        None,
+        description="CSV or JSON file of client_id with speed and/or bandwidth_mbps (and, in "
+        "JSON, online intervals); its values replace the drawn ones",
+    )
+    mean_online_s: float | None = Field(
+        None, gt=0, description="availability: mean seconds a client stays online (null: always)"
+    )
+    mean_offline_s: float = Field(
+        600.0, gt=0, description="availability: mean seconds a client stays away"
+    )
+    deadline_s: float | None = Field(
+        None, gt=0, description="synchronous rounds keep only clients done within this many seconds"
+    )
+    local_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="variable local work: each client trains the whole epochs that fit in this "
+        "time at its speed (at least 1, at most client.epochs); null: client.epochs for all",
+    )
 
 
 class EngineConfig(_Section):
@@ -442,6 +490,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     transport: TransportConfig = Field(default_factory=TransportConfig)
@@ -537,6 +586,15 @@ class Config(_Section):
                 f"secure_aggregation: a cohort of {cohort} clients overflows Z_2^"
                 f"{sa.modulus_bits} at {sa.quantization_bits} quantisation bits (at most {most}); "
                 "raise modulus_bits or lower quantization_bits"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fedbuff_on_the_clock(self) -> Config:
+        if self.strategy.name == "fedbuff" and not self.clients.enabled:
+            raise ValueError(
+                "strategy.name=fedbuff runs on the virtual clock of simulated clients: set "
+                "clients.enabled=true (and their speeds in the clients section)"
             )
         return self
 

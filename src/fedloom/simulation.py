@@ -8,6 +8,7 @@ same engine, coordinator and driver, so both write the same results folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,10 +43,12 @@ from fedloom.data import Dataset
 from fedloom.data.federated import ClientData, load_clients, local_arrays
 from fedloom.engines import Engine, SequentialEngine
 from fedloom.engines.base import ClientFn
+from fedloom.errors import ConfigError
 from fedloom.models import build_model
+from fedloom.server.clock import ClientClock, ClockedEngine, ClockedPopulation
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
 from fedloom.server.pruning import pruning_schedule
-from fedloom.strategies import Strategy
+from fedloom.strategies import FedBuff, Strategy
 from fedloom.strategies.factory import make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 from fedloom.tracking.summary import ProgressListener, RecorderListener, summarize
@@ -95,13 +98,42 @@ def make_coordinator(
     population: Population,
     central_eval: CentralEvaluator | None,
     listeners: Sequence[RoundListener] = (),
+    wrap_engine: Callable[[Engine], Engine] | None = None,
 ) -> Coordinator:
     """A coordinator over the config's engine, codec and evaluation schedule.
+
+    With ``clients.enabled`` the clients behave as the ``clients`` section says, on a virtual
+    clock (``fedloom.server.clock``): FedBuff reads the clock itself; a synchronous strategy
+    selects among the clients online and runs through a ``ClockedEngine``, outside
+    ``wrap_engine`` (simulated attackers).
 
     The engine is built last, after everything that can refuse the config: a Ray engine starts a
     cluster, and only an engine that a built coordinator holds gets closed.
     """
-    return Coordinator(
+    clock: ClientClock | None = None
+    if cfg.clients.enabled:
+        clock = ClientClock.from_config(
+            cfg.clients,
+            seed=cfg.seed,
+            num_examples=population.num_examples,
+            epochs=cfg.client.epochs,
+        )
+        if clock.varies and cfg.privacy.mechanism in ("central", "client"):
+            raise ConfigError(
+                f"privacy.mechanism={cfg.privacy.mechanism} accounts for clients sampled uniformly "
+                "from all of them; with clients coming and going (clients.mean_online_s or "
+                "online intervals in clients.trace) a round samples only those online, which "
+                "that analysis does not cover"
+            )
+        if isinstance(strategy, FedBuff):
+            if strategy.clock is None:
+                strategy = dataclasses.replace(strategy, clock=clock)
+        else:
+            clock.wait_for_online(strategy.min_fit_clients)
+            population = ClockedPopulation(
+                population.num_examples, population.has_test_data, clock=clock
+            )
+    coordinator = Coordinator(
         strategy=strategy,
         spec=spec,
         params=init_params.copy(),
@@ -119,6 +151,11 @@ def make_coordinator(
         listeners=list(listeners),
         engine=make_engine(cfg.engine, client_fn),
     )
+    if wrap_engine is not None:
+        coordinator.engine = wrap_engine(coordinator.engine)
+    if clock is not None and isinstance(coordinator.population, ClockedPopulation):
+        coordinator.engine = ClockedEngine(coordinator.engine, clock, strategy.min_fit_clients)
+    return coordinator
 
 
 class Simulation:
@@ -217,7 +254,7 @@ class Simulation:
         return PoisonedEngine(engine, self.malicious, attack.kind, attack.scale, self.cfg.seed)
 
     def coordinator(self, listeners: Sequence[RoundListener] | None = None) -> Coordinator:
-        coordinator = make_coordinator(
+        return make_coordinator(
             self.cfg,
             strategy=make_strategy(self.cfg),
             client_fn=self.client,
@@ -226,9 +263,8 @@ class Simulation:
             population=self.population(),
             central_eval=self.central_eval,
             listeners=listeners or (),
+            wrap_engine=self._attacked,
         )
-        coordinator.engine = self._attacked(coordinator.engine)
-        return coordinator
 
     def summary(
         self, history: list[dict[str, Any]], wall_seconds: float, out: Path

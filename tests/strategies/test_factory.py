@@ -27,6 +27,7 @@ from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
 from fedloom.strategies import (
     QFFL,
     FedAvg,
+    FedBuff,
     FedNova,
     FedProx,
     FedSGD,
@@ -62,7 +63,10 @@ def _context() -> RoundContext:
 
 def test_every_configurable_name_builds_its_strategy() -> None:
     assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
-    built = {name: type(_strategy(f"strategy.name={name}")) for name in STRATEGY_NAMES}
+    built = {
+        name: type(_strategy(f"strategy.name={name}", "clients.enabled=true"))
+        for name in STRATEGY_NAMES
+    }
     assert built == {
         "fedavg": FedAvg,
         "fedsgd": FedSGD,
@@ -70,6 +74,7 @@ def test_every_configurable_name_builds_its_strategy() -> None:
         "scaffold": Scaffold,
         "fednova": FedNova,
         "qffl": QFFL,
+        "fedbuff": FedBuff,
     }
 
 

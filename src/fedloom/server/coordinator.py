@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -76,6 +76,14 @@ class RoundListener(Protocol):
     def on_result(self, result: Result) -> None: ...
 
     def on_round_end(self, record: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ReportsRound(Protocol):
+    """An engine with facts of its own for each round's record (the virtual clock's simulated
+    time, ``fedloom.server.clock``)."""
+
+    def round_metrics(self) -> dict[str, float]: ...
 
 
 @dataclass
@@ -262,6 +270,8 @@ class Coordinator:
             "bytes_down": tally.bytes_down,
             "bytes_up": tally.bytes_up,
         }
+        if isinstance(self.engine, ReportsRound):
+            record.update(self.engine.round_metrics())
         if aggregate is not None:
             with tally.phase("aggregation"):
                 params = self._step(r, aggregate, ctx, tally)

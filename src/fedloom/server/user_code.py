@@ -24,6 +24,7 @@ from fedloom.server.coordinator import CentralEvaluator
 from fedloom.simulation import Simulation
 from fedloom.strategies import Strategy
 from fedloom.strategies.factory import make_strategy
+from fedloom.strategies.fedbuff import NO_ASYNC_DEPLOYMENT
 
 
 @dataclass
@@ -197,6 +198,8 @@ def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
     """The strategy from ``--strategy module:function`` (called with the Config, or with no
     arguments), or the config's ``strategy`` section."""
     if entry_point is None:
+        if cfg.strategy.name == "fedbuff":
+            raise ConfigError(NO_ASYNC_DEPLOYMENT)
         return make_strategy(cfg)
     factory = load_entry_point(entry_point, "--strategy")
     strategy = call_factory(factory, cfg, "--strategy", entry_point)

@@ -2,6 +2,7 @@
 
 from fedloom.strategies.base import Exchange, RoundContext, Strategy
 from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fedbuff import FedBuff
 from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
@@ -12,6 +13,7 @@ __all__ = [
     "QFFL",
     "Exchange",
     "FedAvg",
+    "FedBuff",
     "FedNova",
     "FedProx",
     "FedSGD",

@@ -28,6 +28,7 @@ from fedloom.secagg import Settings as SecAggSettings
 from fedloom.strategies.base import Strategy
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
+from fedloom.strategies.fedbuff import FedBuff
 from fedloom.strategies.fednova import FedNova
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
@@ -39,7 +40,7 @@ __all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strate
 
 log = logging.getLogger("fedloom")
 
-STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl")
+STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl", "fedbuff")
 
 
 def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
@@ -135,12 +136,33 @@ def make_strategy(cfg: Config) -> Strategy:
         return FedNova(**common)
     if s.name == "qffl":
         return QFFL(q=s.q, **common)
+    if s.name == "fedbuff":
+        return fedbuff(cfg, common)
     if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":
         return FedAvg(**common)
     # Config validates the name; this guards a name added there but not here.
     raise ConfigError(f"strategy.name={s.name!r}: allowed {', '.join(map(repr, STRATEGY_NAMES))}")
+
+
+def fedbuff(cfg: Config, common: dict[str, Any]) -> FedBuff:
+    """FedBuff with ``strategy.buffer_size`` and ``strategy.concurrency``; refuses the settings
+    of synchronous selection and robust aggregation, which it has no use for. The simulation
+    gives it its virtual clock (``fedloom.server.clock``)."""
+    s = cfg.strategy
+    if s.aggregator != "mean":
+        raise ConfigError(
+            f"strategy.aggregator={s.aggregator!r}: fedbuff takes the staleness-weighted mean "
+            "of its buffer; use aggregator=mean"
+        )
+    if s.fraction_fit != 1 or s.sampling != "fixed":
+        raise ConfigError(
+            "strategy.fraction_fit and strategy.sampling select a synchronous round's cohort; "
+            "fedbuff keeps strategy.concurrency clients at work instead: leave them at their "
+            "defaults (1.0, fixed)"
+        )
+    return FedBuff(buffer_size=s.buffer_size, concurrency=s.concurrency, **common)
 
 
 def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
