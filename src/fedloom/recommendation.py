@@ -190,7 +190,9 @@ class RecommendationSimulation:
             alone = [u for u in self.users if len(u.ratings_train)]
             for i, user in enumerate(alone):
                 if not quiet:
-                    print(f"local-only baseline: user {i + 1}/{len(alone)}", end="\r", file=sys.stderr)
+                    print(
+                        f"local-only baseline: user {i + 1}/{len(alone)}", end="\r", file=sys.stderr
+                    )
                 final = self._train_alone(user.user, [user], self.client(user.user))
                 metrics = {k.removeprefix("fed_"): final[k] for k in POOLED_KEYS if k in final}
                 finals.append((len(user.ratings_test), metrics))

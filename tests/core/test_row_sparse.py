@@ -32,12 +32,10 @@ FLOAT32 = get_codec("float32")
 
 
 def test_the_layout_of_a_model_whose_tensors_share_their_rows() -> None:
-    assert ROWS == RowSparse(5, (3, 1))
+    assert (ROWS.rows, ROWS.widths) == (5, (3, 1))
     assert (ROWS.size, ROWS.mask_bytes) == (20, 1)
-    assert ROWS.support(TOUCHED).tolist() == (
-        [False] * 3 + [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
-        + [False, True, False, True, False]
-    )  # fmt: skip
+    expected = [False] * 3 + [True] * 3 + [False] * 3 + [True] * 3 + [False] * 3
+    assert ROWS.support(TOUCHED).tolist() == [*expected, False, True, False, True, False]
     with pytest.raises(ValueError, match="same number of rows"):
         RowSparse.of(ParamSpec(("q", "w"), ((5, 3), (4,)), ("float32", "float32")))
 

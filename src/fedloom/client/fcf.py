@@ -143,20 +143,23 @@ def row_mean_epoch(
     from the same ``q, b`` (:func:`user_step`), and each item row moves by the mean of the
     changes of the users who rated it. Returns the mean squared error before it, over all
     ratings. With one user this is that user's own step."""
-    dq = np.zeros_like(q)
-    db = np.zeros_like(b)
-    raters = np.zeros(len(b), np.int64)
+    # only the rated rows are worked on: a user rates a few dozen of thousands of items
+    rated = np.unique(np.concatenate([items for items, _ in data])) if data else np.zeros(0, int)
+    dq = np.zeros((len(rated), q.shape[1]), np.float32)
+    db = np.zeros(len(rated), np.float32)
+    raters = np.zeros(len(rated), np.int64)
     sse, count = 0.0, 0
     for k, (items, ratings) in enumerate(data):
         users[k], dq_u, db_u, mse = user_step(users[k], q, b, items, ratings, lr=lr, reg=reg)
-        dq[items] += dq_u
-        db[items] += db_u
-        raters[items] += 1
+        at = np.searchsorted(rated, items)
+        dq[at] += dq_u
+        db[at] += db_u
+        raters[at] += 1
         sse += mse * len(items)
         count += len(items)
-    scale = 1.0 / np.maximum(raters, 1)
-    q += dq * scale[:, None].astype(np.float32)
-    b += db * scale.astype(np.float32)
+    scale = (1.0 / raters).astype(np.float32)
+    q[rated] += dq * scale[:, None]
+    b[rated] += db * scale
     return sse / count if count else 0.0
 
 

@@ -265,7 +265,7 @@ def encode_row_sparse(
         )
     support = rows.support(touched)
     if np.any(vec[~support]):
-        moved = sorted({int(r) for r in np.flatnonzero(~touched) if _row_moved(vec, rows, r)})
+        moved = sorted(int(r) for r in np.flatnonzero(~touched) if _row_moved(vec, rows, int(r)))
         raise ValueError(
             f"the update changes rows it does not declare as touched: {moved[:10]}"
             f"{' ...' if len(moved) > 10 else ''}"

@@ -72,8 +72,13 @@ MAX_LOSS = float(np.finfo(np.float32).max)
 
 
 def update_norm(vec: np.ndarray) -> float:
-    """The L2 norm of an update, computed in float64 (float32 overflows for huge values)."""
-    return float(np.linalg.norm(vec.astype(np.float64, copy=False)))
+    """The L2 norm of an update, computed in float64 (float32 overflows for huge values).
+
+    ``einsum`` rather than ``np.linalg.norm``: the latter is a threaded BLAS dot, which on a
+    loaded 2-core machine took 16 ms for 154,122 values against 0.5 ms single-threaded, and the
+    coordinator takes one norm per update."""
+    v = vec.astype(np.float64, copy=False)
+    return math.sqrt(float(np.einsum("i,i->", v, v)))
 
 
 def bound_norm(vec: np.ndarray, max_norm: float | None, action: str = "clip") -> np.ndarray:

@@ -59,7 +59,8 @@ class RowMean:
     def finish(self) -> np.ndarray:
         """The mean per row over the clients that touched it; zero for rows nobody touched."""
         per_value = np.concatenate([np.repeat(self._touches, w) for w in self.rows.widths])
-        return (self._sum / np.maximum(per_value, 1)).astype(np.float32)
+        mean: np.ndarray = (self._sum / np.maximum(per_value, 1)).astype(np.float32)
+        return mean
 
 
 @dataclass
