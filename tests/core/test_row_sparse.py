@@ -53,6 +53,10 @@ def test_an_upload_is_the_row_bitmask_then_the_touched_rows_values_only() -> Non
     assert touched.tolist() == TOUCHED.tolist() == touched_rows(payload, ROWS).tolist()
     # the most an upload may take: the bitmask and every row
     assert Upload("float32", 20, rows=ROWS).max_bytes() == 1 + 80
+    # the values go through the upload codec: float16 halves them
+    half = encode_row_sparse(get_codec("float16"), VEC, TOUCHED, ROWS)
+    assert len(half) == 1 + 8 * 2
+    np.testing.assert_array_equal(decode_row_sparse(get_codec("float16"), half, ROWS)[0], VEC)
 
 
 def test_an_update_that_changes_an_undeclared_row_is_refused_on_the_client() -> None:

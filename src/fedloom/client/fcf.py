@@ -10,8 +10,10 @@ The prediction of user ``u``'s rating of item ``i`` is ``b_u + b_i + p_u . q_i``
 travels is the item-factor matrix ``Q`` (``num_items x rank``) and the item biases ``b``; the user
 factor ``p_u`` and user bias ``b_u`` live in the client state (``ClientContext.state``, kept by the
 engine between rounds and never uploaded). A local epoch is one full-batch gradient step on the
-user's squared errors with L2 penalty ``reg``: the user's parameters step on the mean over its
-ratings, each rated item's row on the gradient of its one rating, both with learning rate ``lr``.
+user's squared errors with the L2 penalty ``reg`` on the user factor, item factors and item biases
+(the user bias starts at the user's mean rating and is not penalised): the user's parameters step
+on the mean over its ratings, each rated item's row on the gradient of its one rating, both with
+learning rate ``lr``.
 Items the user did not rate do not change and are not sent.
 
 A client may hold several users (:class:`FCFClient` takes a list): the centralised baseline is one
