@@ -154,3 +154,17 @@ def test_ranking_metrics_by_hand() -> None:
     # item 2 is at rank 2: (1 / log2 3) / (1 / log2 2 + 1 / log2 3)
     expected = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
     assert abs(out["ndcg_at_2"] - expected) < 1e-12
+
+
+def test_a_user_with_a_single_rating_trains_and_has_nothing_to_evaluate() -> None:
+    params = init_item_params(3, 2, seed=0)
+    single = UserRatings(0, np.array([1]), _vec(4.0), np.array([], np.int64), _vec())
+    client = FCFClient([single], lr=0.4)
+    context = ClientContext()
+
+    fit = client.fit(params, {}, context)
+    ev = client.evaluate(params, {}, context)
+
+    assert fit.num_examples == 1 and fit.rows is not None
+    assert fit.rows.tolist() == [False, True, False]
+    assert (ev.num_examples, ev.loss, ev.metrics) == (0, 0.0, {})
