@@ -67,7 +67,7 @@ class RowMean:
 class FederatedCF(Strategy):
     """FedAvg whose clients upload only the item rows they touched, averaged per row."""
 
-    name = "fedavg"
+    name = "fcf"
     mode = "train"
 
     def configure_fit(self, ctx: RoundContext) -> list[Task]:
