@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"strategies", "attacks"},
     {"server"},
     {"simulation"},
+    {"recommendation"},
     {"baselines"},
     {"api"},
     {"cli"},

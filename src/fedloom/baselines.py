@@ -18,6 +18,8 @@ a baseline client does ``1 / fraction_fit`` times the federated run's work per c
 final round is evaluated, centrally; the sequential engine runs them (one client at a time).
 ``run_with_baselines`` writes them into ``summary.json`` as ``baselines: {local: ..., central:
 ...}`` beside the federated ``final`` metrics (``fedloom run --baselines local,central``).
+MovieLens (``dataset.name: movielens``) has its own two, evaluated on the users' held-out ratings
+as its federated run is (``fedloom.recommendation``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fedloom.config import Config, EngineConfig, EvalConfig
 from fedloom.data.federated import ClientData
 from fedloom.engines.base import ClientFn
 from fedloom.errors import ConfigError
+from fedloom.recommendation import RecommendationSimulation
 from fedloom.server.coordinator import Population
 from fedloom.simulation import Simulation, make_coordinator, make_strategy, run_recorded
 from fedloom.tracking.summary import final_metrics
@@ -155,6 +158,8 @@ def render_baselines(summary: Mapping[str, Any], console: Console | None = None)
     for name, _ in shown:
         table.add_column(name, justify="right")
     keys = [k for k, v in final.items() if _is_scalar(v) and k != "train_loss"]
+    if baselines:  # the metrics the baselines report too (movielens: the pooled ones)
+        keys = [k for k in keys if any(k in b for b in baselines.values())]
     for key in keys:
         cells = []
         for _, values in shown:
@@ -171,8 +176,13 @@ def run_with_baselines(
     ``baselines: {kind: final metrics}`` beside ``final``. Returns the summary."""
     started = time.perf_counter()
     out = Path(out_dir)
-    sim = Simulation(cfg)
-    baselines = {kind: run_baseline(sim, kind, quiet=quiet) for kind in parse_baselines(kinds)}
+    sim: Simulation | RecommendationSimulation
+    if cfg.dataset.name == "movielens":  # its baselines are the same MF with every user's factor
+        sim = RecommendationSimulation(cfg)
+        baselines = {kind: sim.baseline(kind, quiet=quiet) for kind in parse_baselines(kinds)}
+    else:
+        sim = Simulation(cfg)
+        baselines = {kind: run_baseline(sim, kind, quiet=quiet) for kind in parse_baselines(kinds)}
 
     def summary_of(history: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         summary = sim.summary(history, wall, out)

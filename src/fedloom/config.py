@@ -24,7 +24,7 @@ class _Section(BaseModel):
 class DatasetConfig(_Section):
     name: Literal[
         "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
-            "pima", "credit_default", "credit_data", "shakespeare",
+            "pima", "credit_default", "credit_data", "shakespeare", "movielens",
     ] = "digits"  # fmt: skip
     test_fraction: float = Field(0.2, gt=0, lt=1)
     data_dir: str | None = None
@@ -34,7 +34,10 @@ class DatasetConfig(_Section):
     seq_len: int = Field(80, ge=1, description="shakespeare: characters per input sequence")
     stride: int = Field(1, ge=1, description="shakespeare: keep every stride-th target character")
     max_clients: int | None = Field(
-        None, ge=1, description="shakespeare: a seeded sample of this many (play, role) clients"
+        None,
+        ge=1,
+        description="shakespeare, movielens: a seeded sample of this many (play, role) or user "
+        "clients",
     )
 
 
@@ -48,8 +51,9 @@ class PartitionConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["mlp", "cnn", "linear", "logistic", "char_lstm"] = "mlp"
+    name: Literal["mlp", "cnn", "linear", "logistic", "char_lstm", "mf"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [64])
+    rank: int = Field(16, ge=1, description="mf: factors per user and per item")
 
     @field_validator("hidden")
     @classmethod
@@ -508,6 +512,16 @@ class Config(_Section):
 
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @model_validator(mode="after")
+    def _matrix_factorisation_is_for_ratings(self) -> Config:
+        if (self.dataset.name == "movielens") != (self.model.name == "mf"):
+            raise ValueError(
+                "dataset.name=movielens trains a matrix factorisation and model.name=mf needs "
+                f"ratings: use them together (got dataset.name={self.dataset.name!r}, "
+                f"model.name={self.model.name!r})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _privacy_sampling(self) -> Config:

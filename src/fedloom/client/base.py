@@ -24,6 +24,9 @@ class FitResult:
     update: Params | np.ndarray
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    rows: np.ndarray | None = None
+    """For a task whose upload is row-sparse (``Upload.rows``): the rows this update touches, as
+    booleans over the rows or as row indices. Only they are sent; the update is zero elsewhere."""
 
 
 @dataclass

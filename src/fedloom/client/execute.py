@@ -33,6 +33,7 @@ from fedloom.core.task import (
     Blobs,
     Result,
     Task,
+    encode_row_sparse,
     gather,
     mask_support,
     resolve,
@@ -51,6 +52,8 @@ class StageOutput:
     num_examples: int
     metrics: dict[str, float]
     message: bytes | None = None
+    rows: np.ndarray | None = None
+    """The rows a row-sparse upload touches (``FitResult.rows``)."""
 
 
 StageHandler = Callable[[Client, Task, Params, ClientContext], StageOutput]
@@ -148,7 +151,8 @@ def _fit(client: Client, task: Task, params: Params, context: ClientContext) -> 
         vec = ParamSpec.of(params).flatten(update)
         if size is not None and vec.shape[0] != size:
             raise ValueError(f"the update has {vec.shape[0]} values, the task expects {size}")
-    return StageOutput(vec, int(fit.num_examples), dict(fit.metrics))  # type: ignore[attr-defined]
+    rows = getattr(fit, "rows", None)
+    return StageOutput(vec, int(fit.num_examples), dict(fit.metrics), rows=rows)  # type: ignore[attr-defined]
 
 
 def _evaluate(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
@@ -331,10 +335,13 @@ def execute_task(
                 [transform_rng(task, noise_secret)],
             )
             codec = None if task.upload.codec == MESSAGE else get_codec(task.upload.codec)
-            support = upload_support(task, blobs, decoded)
-            payload = encode_uploads(
-                codec, vec, [task], [context.state], support, [out.num_examples]
-            )[0]
+            if task.upload.rows is not None and codec is not None:
+                payload = _row_sparse_upload(codec, vec[0], out.rows, task)
+            else:
+                support = upload_support(task, blobs, decoded)
+                payload = encode_uploads(
+                    codec, vec, [task], [context.state], support, [out.num_examples]
+                )[0]
         return Result(
             task,
             num_examples=out.num_examples,
@@ -347,6 +354,26 @@ def execute_task(
         )
     except Exception as exc:  # one client's failure must not stop the round
         return error_result(task, exc, time.perf_counter() - start)
+
+
+def _row_sparse_upload(codec: Codec, vec: np.ndarray, rows: np.ndarray | None, task: Task) -> bytes:
+    """The upload of a task that asks for one sparse over the rows the client touched."""
+    layout = task.upload.rows if task.upload is not None else None
+    assert layout is not None
+    if rows is None:
+        raise ValueError(
+            "this task asks for an upload of the touched rows only; the client's FitResult "
+            "must name them (FitResult.rows)"
+        )
+    if task.config.get("error_feedback"):
+        raise ValueError("a row-sparse upload keeps no error-feedback residual")
+    flags = np.asarray(rows)
+    if flags.dtype != np.bool_:
+        flags = np.zeros(layout.rows, dtype=bool)
+        flags[np.asarray(rows, dtype=np.int64)] = True
+    return encode_row_sparse(
+        codec, vec, flags, layout, codec_rng(task) if codec.stochastic else None
+    )
 
 
 def _changed(before: State, after: State) -> bool:

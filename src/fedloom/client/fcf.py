@@ -3,34 +3,41 @@
 Ammad-ud-din, Ivannikova, Khan, Oyomno, Fu, Tan and Flanagan, "Federated Collaborative Filtering
 for Privacy-Preserving Personalized Recommendation System", arXiv:1901.09888, 2019. The server
 holds the item factors; each user's client updates its own user factor locally, computes the
-gradient of its loss with respect to the item factors, and sends only that; the server adds the
-users' gradients up and steps the item factors.
+change of the item factors its ratings call for, and sends only that, for only the items it
+rated (``FitResult.rows``: the upload is row-sparse, :class:`fedloom.strategies.fcf.FederatedCF`).
 
-Differences here: explicit ratings with biases (the paper's experiments use implicit feedback);
-the user factor takes gradient steps instead of the paper's closed-form least-squares update; and
-a client may run several local epochs and sends the change of the item parameters (with one epoch
-that change is ``-lr`` times the paper's gradient). The prediction of user
-``u``'s rating of item ``i`` is ``b_u + b_i + p_u . q_i``. The model that travels is the item-factor
-matrix ``Q`` (``num_items x rank``) and the item biases ``b``; the user factor ``p_u`` and user bias
-``b_u`` live in the client state (``ClientContext.state``, kept by the engine between rounds and
-never uploaded). A local epoch is one full-batch gradient step on the user's squared errors with L2
-penalty ``reg``: the user's parameters step on the mean over its ratings (``user_lr``), the item rows
-it rated on the sum (``lr``), as one epoch of stochastic gradient descent over ratings moves them.
-Items the user did not rate do not change, so their delta is zero (the upload is dense: sending
-only the touched rows is not implemented). The server sums the deltas (the paper's
-``Q <- Q - gamma * sum_u grad_u``): FedAvg with an unweighted mean and a server learning rate equal
-to the number of clients of a round (``bench/movielens.py``). With every user in every round and one local epoch this is exactly
-full-batch training on the pooled ratings (:func:`central_epoch`), the paper's point.
+The prediction of user ``u``'s rating of item ``i`` is ``b_u + b_i + p_u . q_i``. The model that
+travels is the item-factor matrix ``Q`` (``num_items x rank``) and the item biases ``b``; the user
+factor ``p_u`` and user bias ``b_u`` live in the client state (``ClientContext.state``, kept by the
+engine between rounds and never uploaded). A local epoch is one full-batch gradient step on the
+user's squared errors with the L2 penalty ``reg`` on the user factor, item factors and item biases
+(the user bias starts at the user's mean rating and is not penalised): the user's parameters step
+on the mean over its ratings, each rated item's row on the gradient of its one rating, both with
+learning rate ``lr``.
+Items the user did not rate do not change and are not sent.
 
-Evaluation reports ``sse`` (summed squared error on the user's held-out ratings), ``rmse``
-(the user's own) and ``mae``; a pooled RMSE is ``sqrt(sum sse / sum n)``. It also ranks every item
-the user did not rate in training by its prediction and reports ``hit_rate_at_10`` and
-``ndcg_at_10`` of the held-out items (:func:`ranking_metrics`).
+A client may hold several users (:class:`FCFClient` takes a list): the centralised baseline is one
+client holding every user. An epoch of such a client steps every user from the same item
+parameters and moves each item row by the mean of the changes of the users who rated it
+(:func:`row_mean_epoch`), which is what one round of ``FederatedCF`` does with every user taking
+part and one local epoch (tested): federated training with full participation is centralised
+full-batch training.
+
+Differences from the paper: explicit ratings with biases (its experiments use implicit feedback);
+the user factor takes gradient steps instead of its closed-form least-squares update; the server
+averages each item row over the users who rated it instead of summing (``fedloom.strategies.fcf``
+says why); and a client may run several local epochs.
+
+Evaluation reports, over the client's held-out ratings, ``loss`` (MSE), ``rmse`` and ``mae``, and
+ranks every item a user did not rate in training by its prediction for ``hit_rate_at_10`` and
+``ndcg_at_10`` of the user's held-out items (:func:`ranking_metrics`). A client with several users
+pools them as federated evaluation pools clients (``fedloom.metrics.pooled_metrics``: means weighted
+by held-out ratings; RMSE as the root of the pooled MSE).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +46,7 @@ import numpy.typing as npt
 
 from fedloom.client.base import ClientContext, EvalResult, FitResult
 from fedloom.core.params import Params
+from fedloom.metrics.pooled import pooled_metrics
 
 __all__ = [
     "ITEM_BIAS",
@@ -46,10 +54,12 @@ __all__ = [
     "USER_BIAS",
     "USER_FACTOR",
     "FCFClient",
-    "central_epoch",
+    "UserRatings",
     "init_item_params",
-    "local_epoch",
+    "init_user",
     "ranking_metrics",
+    "row_mean_epoch",
+    "user_step",
 ]
 
 ITEM_FACTORS = "item_factors"
@@ -93,109 +103,141 @@ def predict(
     return np.asarray(out, np.float32)
 
 
-def local_epoch(
-    user: dict[str, np.ndarray],
+def user_step(
+    user: Mapping[str, np.ndarray],
     q: FloatArray,
     b: FloatArray,
     items: IntArray,
     ratings: FloatArray,
     *,
     lr: float,
-    user_lr: float,
     reg: float,
-) -> float:
-    """One full-batch step on one user's ratings, in place on ``user``, ``q`` and ``b`` (the rows
-    in ``items`` only; a user rates an item once). Returns the mean squared error before it."""
+) -> tuple[dict[str, np.ndarray], FloatArray, FloatArray, float]:
+    """One full-batch step on one user's ratings (a user rates an item once): the user's new
+    parameters, the changes of the rows ``items`` of ``q`` and ``b``, and the mean squared error
+    before the step. Nothing is changed in place."""
     p, bu = user[USER_FACTOR], user[USER_BIAS]
     qi = q[items]
     err = ratings - (bu[0] + b[items] + qi @ p)
     n = max(len(items), 1)
     grad_p = -(err @ qi) / n + reg * p
     grad_bu = -float(err.sum()) / n
-    q[items] = qi - lr * (-err[:, None] * p[None, :] + reg * qi)
-    b[items] = b[items] + lr * err
-    user[USER_FACTOR] = (p - user_lr * grad_p).astype(np.float32)
-    user[USER_BIAS] = (bu - user_lr * grad_bu).astype(np.float32)
-    return float((err**2).mean()) if len(items) else 0.0
+    dq = -lr * (-err[:, None] * p[None, :] + reg * qi)
+    db = lr * (err - reg * b[items])
+    new = {
+        USER_FACTOR: (p - lr * grad_p).astype(np.float32),
+        USER_BIAS: (bu - lr * grad_bu).astype(np.float32),
+    }
+    mse = float((err**2).mean()) if len(items) else 0.0
+    return new, dq.astype(np.float32), db.astype(np.float32), mse
 
 
-def central_epoch(
+def row_mean_epoch(
     users: list[dict[str, np.ndarray]],
     q: FloatArray,
     b: FloatArray,
-    data: list[tuple[IntArray, FloatArray]],
+    data: Sequence[tuple[IntArray, FloatArray]],
     *,
     lr: float,
-    user_lr: float,
     reg: float,
-) -> None:
-    """One epoch of the same steps on the pooled ratings: every user steps from the same ``q, b``
-    and the item changes are summed (centralised full-batch training)."""
-    dq = np.zeros_like(q)
-    db = np.zeros_like(b)
-    for user, (items, ratings) in zip(users, data, strict=True):
-        lq, lb = q.copy(), b.copy()
-        local_epoch(user, lq, lb, items, ratings, lr=lr, user_lr=user_lr, reg=reg)
-        dq[items] += lq[items] - q[items]
-        db[items] += lb[items] - b[items]
-    q += dq
-    b += db
+) -> float:
+    """One epoch over several users, in place on ``users``, ``q`` and ``b``: every user steps
+    from the same ``q, b`` (:func:`user_step`), and each item row moves by the mean of the
+    changes of the users who rated it. Returns the mean squared error before it, over all
+    ratings. With one user this is that user's own step."""
+    # only the rated rows are worked on: a user rates a few dozen of thousands of items
+    rated = np.unique(np.concatenate([items for items, _ in data])) if data else np.zeros(0, int)
+    dq = np.zeros((len(rated), q.shape[1]), np.float32)
+    db = np.zeros(len(rated), np.float32)
+    raters = np.zeros(len(rated), np.int64)
+    sse, count = 0.0, 0
+    for k, (items, ratings) in enumerate(data):
+        users[k], dq_u, db_u, mse = user_step(users[k], q, b, items, ratings, lr=lr, reg=reg)
+        at = np.searchsorted(rated, items)
+        dq[at] += dq_u
+        db[at] += db_u
+        raters[at] += 1
+        sse += mse * len(items)
+        count += len(items)
+    scale = (1.0 / raters).astype(np.float32)
+    q[rated] += dq * scale[:, None]
+    b[rated] += db * scale
+    return sse / count if count else 0.0
 
 
-@dataclass
-class FCFClient:
-    """One user's client. ``config`` keys: ``epochs`` (local epochs), ``lr``, ``user_lr``, ``reg``,
-    ``rank`` and ``seed`` (for the first user factor); all have defaults here."""
+@dataclass(frozen=True)
+class UserRatings:
+    """One user's training and held-out ratings (item indices and values)."""
 
     user: int
     items_train: IntArray
     ratings_train: FloatArray
     items_test: IntArray
     ratings_test: FloatArray
+
+
+@dataclass
+class FCFClient:
+    """The client of one user (or, for the centralised baseline, of several). ``config`` keys:
+    ``epochs`` (local epochs), ``lr`` and ``reg`` (the L2 penalty); the fields are defaults."""
+
+    users: Sequence[UserRatings]
     epochs: int = 1
-    lr: float = 0.01
-    user_lr: float = 0.1
+    lr: float = 0.5
     reg: float = 0.05
     seed: int = 0
 
-    def _user(self, rank: int, context: ClientContext) -> dict[str, np.ndarray]:
+    def _users(self, rank: int, context: ClientContext) -> list[dict[str, np.ndarray]]:
         if USER_FACTOR in context.state:
-            return {USER_FACTOR: context.state[USER_FACTOR], USER_BIAS: context.state[USER_BIAS]}
-        return init_user(rank, self.seed, self.user, self.ratings_train)
+            factors, biases = context.state[USER_FACTOR], context.state[USER_BIAS]
+            return [
+                {USER_FACTOR: factors[k], USER_BIAS: biases[k : k + 1]}
+                for k in range(len(self.users))
+            ]
+        return [init_user(rank, self.seed, u.user, u.ratings_train) for u in self.users]
 
     def fit(self, params: Params, config: Mapping[str, Any], context: ClientContext) -> FitResult:
         q0, b0 = params[ITEM_FACTORS], params[ITEM_BIAS]
         q, b = q0.astype(np.float32, copy=True), b0.astype(np.float32, copy=True)
-        user = self._user(q.shape[1], context)
+        users = self._users(q.shape[1], context)
+        data = [(u.items_train, u.ratings_train) for u in self.users]
         loss = 0.0
         for _ in range(int(config.get("epochs", self.epochs))):
-            loss = local_epoch(
-                user, q, b, self.items_train, self.ratings_train,
-                lr=float(config.get("lr", self.lr)),
-                user_lr=float(config.get("user_lr", self.user_lr)),
-                reg=float(config.get("reg", self.reg)),
+            loss = row_mean_epoch(
+                users, q, b, data,
+                lr=float(config.get("lr", self.lr)), reg=float(config.get("reg", self.reg)),
             )  # fmt: skip
-        context.state.update(user)  # the user's parameters stay here
+        # the users' parameters stay here, in the client state
+        context.state[USER_FACTOR] = np.stack([u[USER_FACTOR] for u in users])
+        context.state[USER_BIAS] = np.concatenate([u[USER_BIAS] for u in users])
+        touched = np.zeros(len(b), dtype=bool)
+        for items, _ in data:
+            touched[items] = True
         return FitResult(
             update={ITEM_FACTORS: q - q0, ITEM_BIAS: b - b0},
-            num_examples=len(self.ratings_train),
-            metrics={"loss": loss},
+            num_examples=sum(len(u.ratings_train) for u in self.users),
+            metrics={"train_loss": loss},
+            rows=touched,
         )
 
     def evaluate(
         self, params: Params, config: Mapping[str, Any], context: ClientContext
     ) -> EvalResult:
         q, b = params[ITEM_FACTORS], params[ITEM_BIAS]
-        user = self._user(q.shape[1], context)
-        err = self.ratings_test - predict(user, q, b, self.items_test)
-        n = len(err)
-        sse = float((err**2).sum())
-        mse = sse / n if n else 0.0
-        metrics = {"sse": sse, "rmse": mse**0.5, "mae": float(np.abs(err).mean()) if n else 0.0}
-        if n:
+        per_user = []
+        for user, data in zip(self._users(q.shape[1], context), self.users, strict=True):
+            n = len(data.ratings_test)
+            if n == 0:
+                continue
+            err = data.ratings_test - predict(user, q, b, data.items_test)
+            mse = float((err**2).mean())
+            metrics = {"loss": mse, "rmse": mse**0.5, "mae": float(np.abs(err).mean())}
             scores = predict(user, q, b, np.arange(len(b)))
-            metrics.update(ranking_metrics(scores, self.items_train, self.items_test, TOP_K))
-        return EvalResult(loss=mse, num_examples=n, metrics=metrics)
+            metrics.update(ranking_metrics(scores, data.items_train, data.items_test, TOP_K))
+            per_user.append((n, metrics))
+        pooled = pooled_metrics(per_user)
+        n_test = sum(n for n, _ in per_user)
+        return EvalResult(loss=pooled.pop("loss", 0.0), num_examples=n_test, metrics=pooled)
 
 
 def ranking_metrics(

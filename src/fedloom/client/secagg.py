@@ -33,15 +33,19 @@ from fedloom.secagg import (
 
 
 def _advertise(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
-    return StageOutput(None, 0, {}, client_advertise(context.state, task.config))
+    return StageOutput(None, 0, {}, message=client_advertise(context.state, task.config))
 
 
 def _share(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
-    return StageOutput(None, 0, {}, client_share(context.state, task.config, task.client_id))
+    return StageOutput(
+        None, 0, {}, message=client_share(context.state, task.config, task.client_id)
+    )
 
 
 def _unmask(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
-    return StageOutput(None, 0, {}, client_unmask(context.state, task.config, task.client_id))
+    return StageOutput(
+        None, 0, {}, message=client_unmask(context.state, task.config, task.client_id)
+    )
 
 
 def _mask(update: np.ndarray, num_examples: int, state: State, task: Task) -> bytes:

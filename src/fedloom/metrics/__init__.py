@@ -10,6 +10,7 @@ from fedloom.metrics.classification import (
     threshold_metrics,
 )
 from fedloom.metrics.fairness import fairness_summary
+from fedloom.metrics.pooled import pooled_metrics
 from fedloom.metrics.regression import regression_metrics
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "classification_metrics",
     "confusion_matrix",
     "fairness_summary",
+    "pooled_metrics",
     "positive_scores",
     "regression_metrics",
     "threshold_metrics",

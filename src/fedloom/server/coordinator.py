@@ -54,7 +54,7 @@ from fedloom.core.validation import (
 )
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
-from fedloom.metrics import fairness_summary
+from fedloom.metrics import fairness_summary, pooled_metrics
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
@@ -549,7 +549,9 @@ class Coordinator:
         return total
 
     def evaluate(self, r: int) -> tuple[dict[str, Any], int]:
-        """Central evaluation on the held-out set, and federated evaluation on clients' splits.
+        """Central evaluation on the held-out set, and federated evaluation on clients' splits:
+        each client metric pooled over their examples (``fed_<k>``, ``metrics.pooled_metrics``)
+        and its spread over clients (``fed_<k>_<stat>``, ``metrics.fairness_summary``).
 
         Returns the metrics and the bytes sent down for federated evaluation.
         """
@@ -569,6 +571,7 @@ class Coordinator:
             self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx
         )
         per_metric: dict[str, list[float]] = {}
+        per_client: list[tuple[int, dict[str, float]]] = []
         for result in self.engine.run(tasks, blobs):
             if not result.ok:
                 if result.rejected is None:  # a rejection was logged where it was received
@@ -589,7 +592,9 @@ class Coordinator:
                 )
             for k, v in kept.items():
                 per_metric.setdefault(k, []).append(v)
-        out: dict[str, Any] = {}
+            per_client.append((result.num_examples, kept))
+        # pooled over every client's test examples (fed_loss, fed_rmse); then the spread
+        out: dict[str, Any] = {f"fed_{k}": v for k, v in pooled_metrics(per_client).items()}
         for k, values in per_metric.items():
             higher = k not in ("loss", "rmse", "mae")
             for stat, v in fairness_summary(values, higher_is_better=higher).items():
