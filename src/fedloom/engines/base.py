@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from fedloom.client.base import Client
-from fedloom.client.execute import DecodedBlobs, error_result, execute_task
+from fedloom.client.execute import DecodedBlobs, error_result, execute_task, state_round
 from fedloom.client.state import ClientStateStore
 from fedloom.core.task import Blobs, Result, Task
 
@@ -88,7 +88,7 @@ def run_one(
             client = client_fn(task.client_id)
         except Exception as exc:  # a broken client factory fails that client only
             return error_result(task, exc)
-    state = states.get(task.client_id, task.round)
+    state = states.get(task.client_id, state_round(task))
     return keep_state(states, execute_task(client, task, blobs, state, decoded))
 
 

@@ -49,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedloom.client.execute import DecodedBlobs, error_result, execute_task
+from fedloom.client.execute import DecodedBlobs, error_result, execute_task, state_round
 from fedloom.client.state import ClientStateStore, State
 from fedloom.core.task import Blob, Blobs, Result, Task
 from fedloom.engines.base import ClientFn, keep_state
@@ -265,7 +265,7 @@ class RayEngine:
                 return
             batch, retry = queue[pick]
             del queue[pick]
-            with_state = [(t, self.states.get(t.client_id, t.round)) for t in batch]
+            with_state = [(t, self.states.get(t.client_id, state_round(t))) for t in batch]
             in_flight[actor.run.remote(refs, with_state)] = _Call(actor, batch, retry)
             busy[id(actor)] = n + 1
 

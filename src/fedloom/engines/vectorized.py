@@ -334,6 +334,9 @@ class VectorizedEngine:
                 if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
                     global_params = probed.model.spec.unflatten(vec.numpy())
                     starts = [j.client.training_loss(global_params) for j in chunk]
+                spec = probed.model.spec
+                global_np = vec.numpy()
+                personal = [hooks.personalize(spec, global_np, st) for st in states]
                 outcome = train_chunk(
                     probed.model,
                     vec,
@@ -344,6 +347,10 @@ class VectorizedEngine:
                     hooks,
                     extra,
                     states,
+                    personal if hooks.start_personal else None,
+                )
+                personal_losses = self._personal_pass(
+                    probed, vec, chunk, training, hooks, extra, personal, outcome.states
                 )
                 tasks = [j.task for j in chunk]
                 specs = tasks[0].config.get("transforms") or []  # one pipeline a group
@@ -370,9 +377,49 @@ class VectorizedEngine:
                     metrics={
                         "train_loss": outcome.losses[row],
                         **job.hooks.metrics(job.steps, starts[row]),
+                        **(
+                            {}
+                            if personal_losses is None
+                            else {"personal_train_loss": personal_losses[row]}
+                        ),
                     },
                     seconds=seconds,
                 )
+
+    @staticmethod
+    def _personal_pass(
+        probed: _Probed,
+        vec: torch.Tensor,
+        chunk: Sequence[_Job],
+        training: LocalTraining,
+        hooks: LocalHooks,
+        extra: Mapping[str, torch.Tensor],
+        personal: Sequence[np.ndarray | None],
+        states: Sequence[dict[str, np.ndarray]],
+    ) -> list[float] | None:
+        """The hooks' second pass (Ditto's personal models) for the chunk, as ``TorchClient.fit``
+        runs it: from each client's personal model (or the global one), on the same minibatches;
+        the trained models go into ``states``. Returns the pass's losses (None: no pass)."""
+        second = hooks.personal_pass()
+        if second is None:
+            return None
+        outcome = train_chunk(
+            probed.model,
+            vec,
+            [j.client for j in chunk],
+            [j.seed for j in chunk],
+            training,
+            False,
+            second,
+            extra,
+            None,
+            personal,
+        )
+        spec, global_np = probed.model.spec, vec.numpy()
+        for row, state in enumerate(states):
+            trained = global_np + outcome.updates[row, : spec.size]
+            state.update(hooks.keep_personal(spec, trained.astype(np.float32)))
+        return outcome.losses
 
     def _note_too_large(self, size: int) -> None:
         """A deliberate choice, not a failure: say it once, in the log."""

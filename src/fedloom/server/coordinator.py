@@ -43,7 +43,6 @@ from fedloom.core.validation import (
 )
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
-from fedloom.metrics import fairness_summary
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
@@ -151,6 +150,7 @@ class Coordinator:
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
+        self.strategy.check(self.spec, len(self.population.eligible) or None)
         self.strategy_state = self.strategy.init_state(self.params)
         if self.server_transforms and build_pipeline(self.server_transforms).draws:
             # a bad pipeline fails here, not in round 1
@@ -535,9 +535,11 @@ class Coordinator:
         rng = np.random.default_rng([self.seed, r, 1])
         ctx = self._context(r, rng, sorted(self.population.has_test_data))
         tasks, blobs = self._prepare(
-            self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx
+            self.strategy.configure_evaluate(ctx),
+            blob_table(*self.strategy.evaluation_blobs(ctx)),
+            ctx,
         )
-        per_metric: dict[str, list[float]] = {}
+        per_client: list[tuple[int, dict[str, float]]] = []
         for result in self.engine.run(tasks, blobs):
             if not result.ok:
                 if result.rejected is None:  # a rejection was logged where it was received
@@ -556,13 +558,8 @@ class Coordinator:
                     result.task.client_id,
                     describe_dropped(dropped),
                 )
-            for k, v in kept.items():
-                per_metric.setdefault(k, []).append(v)
-        out: dict[str, Any] = {}
-        for k, values in per_metric.items():
-            higher = k not in ("loss", "rmse", "mae")
-            for stat, v in fairness_summary(values, higher_is_better=higher).items():
-                out[f"fed_{k}_{stat}"] = v
+            per_client.append((result.task.client_id, kept))
+        out = self.strategy.evaluation_metrics(per_client) if per_client else {}
         return out, self._transfer(Transfer(self._sent(tasks, blobs), 0)).bytes_down
 
     def _transfer(self, assumed: Transfer) -> Transfer:
