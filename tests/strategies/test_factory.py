@@ -25,9 +25,12 @@ from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
 from fedloom.strategies import (
+    IFCA,
     QFFL,
+    Ditto,
     FedAvg,
     FedNova,
+    FedPer,
     FedProx,
     FedSGD,
     RoundContext,
@@ -62,7 +65,11 @@ def _context() -> RoundContext:
 
 def test_every_configurable_name_builds_its_strategy() -> None:
     assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
-    built = {name: type(_strategy(f"strategy.name={name}")) for name in STRATEGY_NAMES}
+    extra = {"fedper": ["strategy.personal_layers=[net.2]"]}  # fedper needs its layers named
+    built = {
+        name: type(_strategy(f"strategy.name={name}", *extra.get(name, [])))
+        for name in STRATEGY_NAMES
+    }
     assert built == {
         "fedavg": FedAvg,
         "fedsgd": FedSGD,
@@ -70,6 +77,9 @@ def test_every_configurable_name_builds_its_strategy() -> None:
         "scaffold": Scaffold,
         "fednova": FedNova,
         "qffl": QFFL,
+        "ifca": IFCA,
+        "fedper": FedPer,
+        "ditto": Ditto,
     }
 
 

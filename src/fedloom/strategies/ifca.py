@@ -22,16 +22,27 @@ a deployment (the models are cached by hash, so nothing is downloaded twice).
 
 Federated evaluation (``ifca_evaluate``) sends the ``k`` models too: each client scores the model
 of the cluster it estimates on its training data, on its test split. The round record reports
-each client's cluster (``clusters``: client id -> cluster, at fit and at evaluation), the clients
-per cluster, and each cluster's mean of every evaluation metric (``cluster<j>_fed_<metric>_mean``).
+each client's cluster (``clusters``: client id -> cluster for the round's clients, and
+``eval_clusters`` for the evaluated ones), the clients per cluster (``cluster<j>_clients``,
+``cluster<j>_eval_clients``), and each cluster's mean of every evaluation metric
+(``cluster<j>_fed_<metric>_mean``).
+
+Initialisation, a choice beyond the paper (whose analysis assumes initial models near the
+clusters' optima): with ``k`` random models one of
+them usually fits every client best at first, takes all the updates, and the clusters never
+separate (or separate along chance lines and lock there, as each client keeps pulling its cluster
+towards itself). So round 1 is a single exchange: every selected client trains the run's initial
+model, the server clusters their updates (scaled to unit length) by k-means with seeded k-means++
+starts (the updates of clients with different data point different ways), and each cluster's
+model becomes the initial model plus its members' mean update. This buffers round 1's updates
+(one model-sized vector per client); from round 2 on, IFCA runs as in the paper and streams. A
+cluster with no member in round 1 starts from a seeded permutation of the entries of each tensor
+of the initial model (a random model with the initial weights' distribution).
 
 Strategy state: the ``k`` models (``ifca/model<j>``), checkpointed with the run and restored on
-resume. Cluster 0 starts at the run's initial model and cluster ``j > 0`` at a seeded permutation
-of each of its tensors (the same distribution of initial weights, so the paper's random
-initialisation for any model without knowing its initialiser). The run's global model
-(central evaluation, ``model.safetensors``) is the model of the cluster that most training
-examples chose in the round. Server momentum and adaptive server optimisers have no meaning per
-cluster here and are refused.
+resume. The run's global model (central evaluation, ``model.safetensors``) is the model of the
+cluster that most training examples chose in the round. Server momentum and adaptive server
+optimisers have no meaning per cluster here and are refused.
 """
 
 from __future__ import annotations
@@ -75,6 +86,7 @@ def cluster_role(j: int) -> str:
 
 
 def state_key(j: int) -> str:
+    """The strategy-state name of cluster ``j``'s model."""
     return f"ifca/model{j}"
 
 
@@ -143,6 +155,36 @@ def initial_models(spec: ParamSpec, params: np.ndarray, k: int, seed: int) -> li
     return models
 
 
+def cluster_updates(rows: np.ndarray, k: int, seed: int, iterations: int = 100) -> list[int]:
+    """k-means (Lloyd, with k-means++ seeding from a generator seeded by ``seed``) of the rows
+    scaled to unit length: each row's cluster, in ``[0, min(k, rows))``. Deterministic; a
+    cluster left without rows keeps its centre."""
+    n = len(rows)
+    if n == 0:
+        return []
+    k = min(k, n)
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1, keepdims=True)
+    points = rows.astype(np.float64) / np.where(norms > 0, norms, 1.0)
+    rng = np.random.default_rng([seed, 0x6B6D65616E73])
+    centres = [points[int(rng.integers(n))]]
+    for _ in range(1, k):
+        d2 = np.min([((points - c) ** 2).sum(1) for c in centres], axis=0)
+        total = d2.sum()
+        pick = int(rng.choice(n, p=d2 / total)) if total > 0 else len(centres) % n
+        centres.append(points[pick])
+    centre = np.stack(centres)
+    labels = np.full(n, -1)
+    for _ in range(iterations):
+        new = ((points[:, None, :] - centre[None, :, :]) ** 2).sum(2).argmin(1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            if (labels == j).any():
+                centre[j] = points[labels == j].mean(0)
+    return [int(x) for x in labels]
+
+
 @dataclass
 class IFCA(FedAvg):
     """``k`` cluster models, each averaged from the clients that chose it."""
@@ -169,13 +211,6 @@ class IFCA(FedAvg):
                 "training data: some clusters could never have a member; lower strategy.clusters"
             )
 
-    def models(self, ctx: RoundContext) -> list[np.ndarray]:
-        """The cluster models in ``ctx.state``, made (seeded) on first use."""
-        if state_key(0) not in ctx.state:
-            for j, m in enumerate(initial_models(ctx.spec, ctx.params, self.clusters, ctx.seed)):
-                ctx.state[state_key(j)] = m
-        return [ctx.state[state_key(j)] for j in range(self.clusters)]
-
     def _tasks(self, tasks: list[Task], blobs: Sequence[Blob], kind: str) -> list[Task]:
         roles = {cluster_role(j): b.digest for j, b in enumerate(blobs)}
         return [
@@ -186,7 +221,9 @@ class IFCA(FedAvg):
         ]
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        models = self.models(ctx)
+        if state_key(0) not in ctx.state:
+            return (yield from self._first_round(ctx))
+        models = [ctx.state[state_key(j)] for j in range(self.clusters)]
         blobs = [ctx.blob(m) for m in models]
         planned = self.configure_fit(ctx)
         picks: dict[int, int] = {}
@@ -197,15 +234,14 @@ class IFCA(FedAvg):
                 picks[result.task.client_id] = pick
 
         yield Exchange(self._tasks(planned, blobs, SELECT), blobs, on_pick)
-        aggs = [self.aggregator() for _ in range(self.clusters)]
-        for agg in aggs:
-            agg.begin(ctx.spec.size)
-        examples = [0] * self.clusters
+        aggs = self._begin(ctx)
         fit = [
             replace(t, blobs={**t.blobs, MODEL: blobs[picks[t.client_id]].digest})
             for t in planned
             if t.client_id in picks
         ]
+
+        examples = [0] * self.clusters
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
             assert vec is not None  # fit results carry an update
@@ -215,16 +251,54 @@ class IFCA(FedAvg):
 
         used = [blobs[j] for j in sorted(set(picks.values()))]
         yield Exchange(fit, used, on_result)
-        return self._finish(ctx, models, aggs, examples, picks)
+        return self._finish(ctx, models, aggs, picks, examples)
+
+    def _first_round(self, ctx: RoundContext) -> RoundPlan:
+        """Round 1: every selected client trains the initial model; their normalised updates,
+        clustered by k-means, give each cluster its members and its first model."""
+        updates: dict[int, tuple[np.ndarray, int]] = {}
+
+        def keep(result: Result, vec: np.ndarray | None) -> None:
+            assert vec is not None  # fit results carry an update
+            updates[result.task.client_id] = (np.array(vec, np.float32), result.num_examples)
+
+        yield Exchange(self.configure_fit(ctx), [ctx.model], keep)
+        ids = sorted(updates)
+        labels = cluster_updates(
+            np.stack([updates[c][0] for c in ids]) if ids else np.zeros((0, ctx.spec.size)),
+            self.clusters,
+            ctx.seed,
+        )
+        picks = dict(zip(ids, labels, strict=True))
+        aggs, examples = self._begin(ctx), [0] * self.clusters
+        for cid in ids:
+            vec, n = updates[cid]
+            aggs[picks[cid]].add(vec, n)
+            examples[picks[cid]] += n
+        # members trained the initial model; a cluster without any waits at a random start
+        starts = initial_models(ctx.spec, ctx.params, self.clusters, ctx.seed)
+        models = [
+            ctx.params.copy() if agg.count else m for agg, m in zip(aggs, starts, strict=True)
+        ]
+        return self._finish(ctx, models, aggs, picks, examples)
+
+    def _begin(self, ctx: RoundContext) -> list[Aggregator]:
+        aggs = [self.aggregator() for _ in range(self.clusters)]
+        for agg in aggs:
+            agg.begin(ctx.spec.size)
+        return aggs
 
     def _finish(
         self,
         ctx: RoundContext,
         models: list[np.ndarray],
         aggs: list[Aggregator],
-        examples: list[int],
         picks: Mapping[int, int],
+        examples: Sequence[int],
     ) -> np.ndarray | None:
+        """Each cluster's model plus ``server_lr`` times its members' mean update (unchanged
+        without members) into ``ctx.state``; the aggregate that moves the run's model to the
+        cluster with the most examples."""
         count = sum(a.count for a in aggs)
         if count < self.min_fit_clients:
             log.error(
@@ -235,6 +309,7 @@ class IFCA(FedAvg):
             return None
         lr = self.server_optimizer.lr  # type: ignore[attr-defined]  # ServerSGD (checked)
         for j, agg in enumerate(aggs):
+            ctx.state[state_key(j)] = models[j]
             if not agg.count:
                 continue
             try:
@@ -246,7 +321,7 @@ class IFCA(FedAvg):
         ctx.metrics["clusters"] = {str(c): j for c, j in sorted(picks.items())}
         for j in range(self.clusters):
             ctx.metrics[f"cluster{j}_clients"] = sum(1 for p in picks.values() if p == j)
-        largest = int(np.argmax(examples))
+        largest = int(np.argmax(examples))  # the first of equals
         # the coordinator's model mirrors the largest cluster's: ``pseudo_gradient`` undoes lr
         return (ctx.state[state_key(largest)] - ctx.params).astype(np.float32)
 
