@@ -204,6 +204,12 @@ class IFCA(FedAvg):
                 "strategy.server_momentum"
             )
 
+    @property
+    def _server_lr(self) -> float:
+        opt = self.server_optimizer
+        assert isinstance(opt, ServerSGD)  # __post_init__ refuses the others
+        return float(opt.lr)
+
     def check(self, spec: ParamSpec, num_clients: int | None) -> None:
         if num_clients is not None and self.clusters > num_clients:
             raise ConfigError(
@@ -307,7 +313,7 @@ class IFCA(FedAvg):
                 self.min_fit_clients,
             )
             return None
-        lr = self.server_optimizer.lr  # type: ignore[attr-defined]  # ServerSGD (checked)
+        lr = self._server_lr
         for j, agg in enumerate(aggs):
             ctx.state[state_key(j)] = models[j]
             if not agg.count:
@@ -323,10 +329,11 @@ class IFCA(FedAvg):
             ctx.metrics[f"cluster{j}_clients"] = sum(1 for p in picks.values() if p == j)
         largest = int(np.argmax(examples))  # the first of equals
         # the coordinator's model mirrors the largest cluster's: ``pseudo_gradient`` undoes lr
-        return (ctx.state[state_key(largest)] - ctx.params).astype(np.float32)
+        mirror: np.ndarray = ctx.state[state_key(largest)] - ctx.params
+        return mirror.astype(np.float32)
 
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
-        lr = self.server_optimizer.lr  # type: ignore[attr-defined]
+        lr = self._server_lr
         return (-aggregate / lr).astype(np.float32)
 
     def evaluation_blobs(self, ctx: RoundContext) -> list[Blob]:
