@@ -85,3 +85,15 @@ def test_the_config_key_is_lambda() -> None:
         validate_config({"strategy": {"name": "ditto", "lambda": -1}})
     with pytest.raises(ConfigError, match=r"strategy\.lambda must be a finite number >= 0"):
         Ditto(ditto_lambda=float("nan"))
+
+
+def test_the_server_averages_like_fedavg_and_sends_lambda_to_fit_and_evaluation() -> None:
+    from tests.strategies.test_fedavg_fedsgd import _context, _one_round
+
+    strategy = Ditto(ditto_lambda=0.25)
+    ctx = _context(2, [0], seed=3)
+
+    assert strategy.configure_fit(ctx)[0].config["local"] == {"name": "ditto", "lambda": 0.25}
+    assert strategy.configure_evaluate(ctx)[0].config["local"] == {"name": "ditto", "lambda": 0.25}
+    # the fixed clients keep no personal model: the server side is FedAvg's weighted mean
+    np.testing.assert_allclose(_one_round(Ditto(ditto_lambda=0.25)), [1.5, 5.0])

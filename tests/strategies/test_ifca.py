@@ -287,3 +287,20 @@ def test_the_cluster_models_are_checkpointed_and_a_resumed_run_goes_on_alike() -
             resumed.strategy_state[state_key(j)], straight.strategy_state[state_key(j)]
         )
     np.testing.assert_array_equal(resumed.params, straight.params)
+
+
+def test_a_run_config_with_too_many_clusters_or_unknown_layers_is_refused() -> None:
+    from fedloom.config import load_config
+    from fedloom.simulation import Simulation
+
+    def build(*keys: str) -> None:
+        Simulation(load_config(None, ["partition.num_clients=5", "rounds=1", *keys])).coordinator()
+
+    with pytest.raises(ConfigError, match=r"strategy\.clusters=6 is more than the 5 clients"):
+        build("strategy.name=ifca", "strategy.clusters=6")
+    with pytest.raises(ConfigError, match=r"personal_layers names \['net\.5'\]"):
+        build("strategy.name=fedper", "strategy.personal_layers=[net.5]")
+    with pytest.raises(ConfigError, match=r"personal_layers applies to fedper only"):
+        build("strategy.name=ditto", "strategy.personal_layers=[net.2]")
+    with pytest.raises(ConfigError, match=r"pruning\.enabled prunes the one global model"):
+        build("strategy.name=ifca", "pruning.enabled=true", "pruning.start_round=1")

@@ -150,7 +150,11 @@ class Coordinator:
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
-        self.strategy.check(self.spec, len(self.population.eligible) or None)
+        try:  # a model or population the strategy cannot run on (unknown personal layers)
+            self.strategy.check(self.spec, len(self.population.eligible) or None)
+        except ConfigError:
+            self.engine.close()  # nobody else holds it yet (a Ray engine started a cluster)
+            raise
         self.strategy_state = self.strategy.init_state(self.params)
         if self.server_transforms and build_pipeline(self.server_transforms).draws:
             # a bad pipeline fails here, not in round 1
