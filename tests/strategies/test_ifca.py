@@ -90,14 +90,10 @@ class NearestClient:
 
     def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
         assert float(params["w"][0]) == self.target  # the model of the cluster it chose
-        return FitResult(update={"w": np.array(self.update, np.float32)}, num_examples=self.n)
-
-    @property
-    def n(self) -> int:
-        return self.num_examples
+        return FitResult({"w": np.array(self.update, np.float32)}, self.num_examples)
 
     def evaluate(self, params: Params, config: Mapping[str, Any]) -> EvalResult:
-        return EvalResult(loss=0.0, num_examples=self.n)
+        return EvalResult(loss=0.0, num_examples=self.num_examples)
 
 
 def _round(server_lr: float = 1.0) -> tuple[Coordinator, dict[str, Any]]:
