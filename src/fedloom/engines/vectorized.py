@@ -11,7 +11,8 @@ What runs vectorised: fit tasks of unmodified ``TorchClient``s whose model, loss
 pass a one-off probe (vmapped gradients equal eager ones on a real minibatch), with whatever local
 hooks (FedProx, SCAFFOLD, FedPer's per-client starting points, Ditto's second pass) and update
 transforms their task config names: the engine vmaps the same hook and transform functions
-``TorchClient`` runs eagerly, and keeps each client's state in its ``ClientStateStore``. Everything else runs exactly as the sequential engine runs it, after one
+``TorchClient`` runs eagerly, and keeps each client's state in its ``ClientStateStore``.
+Everything else runs exactly as the sequential engine runs it, after one
 ``VectorizationFallbackWarning`` per cause:
 
 - clients that are not ``TorchClient`` or override its training;
