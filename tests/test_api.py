@@ -387,7 +387,8 @@ BAD_INPUTS: dict[str, Callable[[list[Arrays], Arrays], Case]] = {
     "unknown strategy name": lambda c, t: (
         {"strategy": "fedx"},
         ConfigError,
-        "strategy.name: got 'fedx'; allowed: 'fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', 'qffl' or 'fedbuff'",
+        "strategy.name: got 'fedx'; allowed: 'fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', "
+        "'qffl', 'fedbuff', 'ifca', 'fedper' or 'ditto'",
     ),
     "strategy keys with a strategy instance": lambda c, t: (
         {"strategy": FedProx(), "config": {"strategy.proximal_mu": 0.5}},
@@ -398,8 +399,8 @@ BAD_INPUTS: dict[str, Callable[[list[Arrays], Arrays], Case]] = {
     "strategy of the wrong type": lambda c, t: (
         {"strategy": 3},
         TypeError,
-        "strategy must be a name ('fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', 'qffl', 'fedbuff') or a "
-        "fedloom.strategies.Strategy instance, got int",
+        "strategy must be a name ('fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', 'qffl', "
+        "'fedbuff', 'ifca', 'fedper', 'ditto') or a fedloom.strategies.Strategy instance, got int",
     ),
 }
 

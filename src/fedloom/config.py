@@ -64,9 +64,21 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl", "fedbuff"] = (
-        "fedavg"
-    )
+    # ``lambda`` (Ditto) is a Python keyword: the field is ditto_lambda, its key either name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True)
+
+    name: Literal[
+        "fedavg",
+        "fedsgd",
+        "fedprox",
+        "scaffold",
+        "fednova",
+        "qffl",
+        "fedbuff",
+        "ifca",
+        "fedper",
+        "ditto",
+    ] = "fedavg"
     fraction_fit: float = Field(1.0, gt=0, le=1)
     min_fit_clients: int = Field(1, ge=1)
     fraction_evaluate: float = Field(1.0, gt=0, le=1)
@@ -96,6 +108,17 @@ class StrategyConfig(_Section):
     )
     concurrency: int = Field(
         20, ge=1, description="fedbuff: C, clients training at once (at most the clients online)"
+    )
+    clusters: int = Field(2, ge=1, description="ifca: k, the number of cluster models")
+    personal_layers: list[str] = Field(
+        default_factory=list,
+        description="fedper: parameters or modules (e.g. net.2) that stay on each client",
+    )
+    ditto_lambda: float = Field(
+        0.1,
+        ge=0,
+        alias="lambda",
+        description="ditto: pull of each personal model towards the global one (key: lambda)",
     )
     sampling: Literal["fixed", "poisson"] = Field(
         "fixed",
@@ -197,6 +220,9 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1)
     federated: bool = False
     client_test_fraction: float = Field(0.2, gt=0, lt=1)
+    finetune_epochs: int = Field(
+        0, ge=0, description="federated evaluation: local epochs each client trains first"
+    )
 
 
 class TransportConfig(_Section):

@@ -55,7 +55,8 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
         ("strategy.fraction_fit=1.5", "strategy.fraction_fit: got 1.5"),
         (
             "strategy.name=fedx",
-            "allowed: 'fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', 'qffl' or 'fedbuff'",
+            "allowed: 'fedavg', 'fedsgd', 'fedprox', 'scaffold', 'fednova', 'qffl', 'fedbuff', "
+            "'ifca', 'fedper' or 'ditto'",
         ),
         ("strategy.aggregation=sum", "strategy.aggregation='sum' applies to fedsgd only"),
         ("client.epochs=0", "client.epochs: got 0"),

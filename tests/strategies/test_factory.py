@@ -25,10 +25,13 @@ from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
 from fedloom.strategies import (
+    IFCA,
     QFFL,
+    Ditto,
     FedAvg,
     FedBuff,
     FedNova,
+    FedPer,
     FedProx,
     FedSGD,
     RoundContext,
@@ -63,8 +66,9 @@ def _context() -> RoundContext:
 
 def test_every_configurable_name_builds_its_strategy() -> None:
     assert typing.get_args(StrategyConfig.model_fields["name"].annotation) == STRATEGY_NAMES
+    extra = {"fedper": ["strategy.personal_layers=[net.2]"]}  # fedper needs its layers named
     built = {
-        name: type(_strategy(f"strategy.name={name}", "clients.enabled=true"))
+        name: type(_strategy(f"strategy.name={name}", "clients.enabled=true", *extra.get(name, [])))
         for name in STRATEGY_NAMES
     }
     assert built == {
@@ -75,6 +79,9 @@ def test_every_configurable_name_builds_its_strategy() -> None:
         "fednova": FedNova,
         "qffl": QFFL,
         "fedbuff": FedBuff,
+        "ifca": IFCA,
+        "fedper": FedPer,
+        "ditto": Ditto,
     }
 
 

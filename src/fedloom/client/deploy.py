@@ -44,12 +44,18 @@ import grpc
 import numpy as np
 
 from fedloom.client.base import Client
-from fedloom.client.execute import STAGES, DecodedBlobs, error_result, execute_task
+from fedloom.client.execute import (
+    DecodedBlobs,
+    error_result,
+    execute_task,
+    stage_kinds,
+    state_round,
+)
 from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
 from fedloom.client.torch_client import dataset_client
 from fedloom.config import Config
-from fedloom.core.task import MODEL, Blob, Blobs, Result, Task, state_round
+from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
 from fedloom.data import load_dataset
 from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
@@ -367,7 +373,7 @@ class DeploymentClient:
                 conn.close()
 
     def _session(self, conn: Connection) -> int:
-        joined = conn.join(self.opts.name, self.token, sorted(STAGES))
+        joined = conn.join(self.opts.name, self.token, stage_kinds())
         self.backoff.reset()
         self.unreachable_since = None
         cfg = Config.model_validate_json(joined.config_json)
@@ -459,9 +465,9 @@ class DeploymentClient:
         result = execute_task(
             self.client, task, blobs, before, self._decoded, noise_secret=self._noise_secret
         )
-        # Only a task that changed the state writes a version: an evaluation after the round's
-        # fit starts from the state before the round, and storing that back under the same round
-        # would undo what the fit left.
+        # Only a task that changed the state writes a version: a stage that starts from the
+        # state before the round must not store it back under the same round and undo what the
+        # round's fit left.
         if result.ok and result.state is not None and _changed(before, result.state):
             self.states.put(task.client_id, task.round, result.state)
             self._save_state()

@@ -10,6 +10,7 @@ kinds it has handlers for when it joins).
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import time
 import traceback
@@ -24,6 +25,7 @@ from fedloom.client.state import State
 from fedloom.core.codec import Codec, get_codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import (
+    CONTINUES,
     EVALUATE,
     FIT,
     MASK,
@@ -60,9 +62,47 @@ StageHandler = Callable[[Client, Task, Params, ClientContext], StageOutput]
 STAGES: dict[str, StageHandler] = {}
 
 
-def register_stage(kind: str, handler: StageHandler) -> None:
-    """Let clients run tasks of ``kind`` (a stage of a multi-stage protocol)."""
+# Stages of built-in algorithms live beside their server half (one file per algorithm) and are
+# imported when a task first names them, as the local-training hooks are (``client.local``).
+_BUILTIN_STAGES = {
+    "ifca_select": "fedloom.strategies.ifca",
+    "ifca_evaluate": "fedloom.strategies.ifca",
+}
+
+
+EVALUATION_KINDS = {EVALUATE, "ifca_evaluate"}
+"""Task kinds that evaluate a round's outcome, after its training (see ``state_round``)."""
+
+
+def register_stage(kind: str, handler: StageHandler, *, evaluation: bool = False) -> None:
+    """Let clients run tasks of ``kind`` (a stage of a multi-stage protocol); ``evaluation``:
+    the kind evaluates the round's outcome, after its training (``state_round``)."""
     STAGES[kind] = handler
+    if evaluation:
+        EVALUATION_KINDS.add(kind)
+
+
+def state_round(task: Task) -> int:
+    """The ``round_num`` to read a task's client state with (``ClientStateStore.get``): a task of
+    round ``r`` starts from the state rounds before ``r`` left (a retried round starts where its
+    first attempt did), except an evaluation, which runs after round ``r``'s training and sees
+    the state it left (a personalised model trained in round ``r``), and a later stage of a
+    multi-stage round (``CONTINUES``: secure aggregation's), which sees what the round's earlier
+    stages wrote."""
+    after = task.kind in EVALUATION_KINDS or bool(task.config.get(CONTINUES))
+    return task.round + 1 if after else task.round
+
+
+def stage_handler(kind: str) -> StageHandler | None:
+    """The handler of task kind ``kind`` (importing a built-in algorithm's), or None."""
+    if kind not in STAGES and kind in _BUILTIN_STAGES:
+        importlib.import_module(_BUILTIN_STAGES[kind])
+    return STAGES.get(kind)
+
+
+def stage_kinds() -> list[str]:
+    """Every task kind this process can run: the registered ones and the built-in ones."""
+    return sorted({*STAGES, *_BUILTIN_STAGES})
 
 
 MessageEncoder = Callable[[np.ndarray, int, State, Task], bytes]
@@ -298,7 +338,7 @@ def execute_task(
     start = time.perf_counter()
     decoded = decoded or DecodedBlobs()
     try:
-        handler = STAGES.get(task.kind)
+        handler = stage_handler(task.kind)
         if handler is None:
             raise ValueError(f"this client does not handle task kind {task.kind!r}")
         # a protocol stage (secure aggregation's key exchange) may need no model

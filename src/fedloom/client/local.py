@@ -87,6 +87,15 @@ def client_seed(seed: int, round_num: int, client_id: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def finetune_seed(seed: int, round_num: int, client_id: int) -> int:
+    """The seed of a client's fine-tuning before evaluation (``eval.finetune_epochs``) in one
+    round: apart from the round's training seed (``client_seed``)."""
+    state = np.random.SeedSequence([seed, round_num, client_id, 0x66696E65]).generate_state(
+        2, np.uint32
+    )
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
 def local_steps(n: int, training: LocalTraining) -> int:
     """Optimiser steps of one client with ``n`` examples: ``epochs * ceil(n / batch_size)``."""
     return training.epochs * -(-n // training.batch_size)
@@ -310,6 +319,30 @@ class LocalHooks:
         (``start_loss``: see the class attribute, else None); none for plain training."""
         return {}
 
+    # -- personalisation (FedPer, Ditto): numpy-level, per client, outside any vmap -------------
+
+    start_personal: ClassVar[bool] = False
+    """Local training starts from ``personalize``'s model instead of the global one (FedPer)."""
+
+    def personalize(
+        self, spec: ParamSpec, global_vec: np.ndarray, state: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        """This client's personalised model (flat, ``spec`` order) from the global model and its
+        state: what federated evaluation scores, and where training starts when
+        ``start_personal``. None: the global model itself (plain training)."""
+        return None
+
+    def personal_pass(self) -> LocalHooks | None:
+        """The hooks of a second local pass after the first (Ditto's personal model): it starts
+        from ``personalize``'s model (or the global one), trains on the same minibatches, uploads
+        nothing, and ``keep_personal`` turns the model it ends with into client state. None: no
+        second pass."""
+        return None
+
+    def keep_personal(self, spec: ParamSpec, personal: np.ndarray) -> dict[str, np.ndarray]:
+        """The client-state entries that hold the personal pass's trained model (flat)."""
+        raise NotImplementedError
+
     def key(self) -> tuple[Any, ...]:
         """Hooks with equal keys compute the same functions (clients that share them can train in
         one vectorised cohort)."""
@@ -322,6 +355,8 @@ HOOKS: dict[str, HooksFactory] = {}
 # when first named, so the client layer does not import the strategies at start-up.
 _BUILTIN = {
     "fedprox": "fedloom.strategies.fedprox",
+    "fedper": "fedloom.strategies.fedper",
+    "ditto": "fedloom.strategies.ditto",
     "scaffold": "fedloom.strategies.scaffold",
     "fednova": "fedloom.strategies.fednova",
     "qffl": "fedloom.strategies.qffl",

@@ -11,6 +11,7 @@ same ones the vectorized engine runs for a whole cohort.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +26,7 @@ from fedloom.client.local import (
     Tensors,
     client_seed,
     clip_and_noise,
+    finetune_seed,
     flat_part,
     hooks_for,
     local_steps,
@@ -72,6 +74,23 @@ def default_loss(task: TaskType) -> LossFn:
     if task == "regression":
         return lambda out, y: nn.functional.mse_loss(out.reshape(y.shape), y)
     return nn.functional.cross_entropy
+
+
+@torch.no_grad()
+def mean_loss(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, loss_fn: LossFn, batch_size: int = 2048
+) -> float:
+    """The mean of ``loss_fn`` over (x, y) in eval mode, in batches: ``evaluate_model``'s loss
+    without its other metrics (IFCA asks for it k times a client and round)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size])
+        yb = torch.from_numpy(y[start : start + batch_size])
+        total += float(loss_fn(model(xb), yb)) * len(xb)
+    model.train(was_training)
+    return total / max(len(x), 1)
 
 
 @torch.no_grad()
@@ -199,7 +218,11 @@ class TorchClient:
                 metrics={"train_loss": loss},
             )
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        global_vec = torch.from_numpy(spec.flatten(params))
+        global_np = spec.flatten(params)
+        global_vec = torch.from_numpy(global_np)
+        personal = hooks.personalize(spec, global_np, context.state)
+        if hooks.start_personal and personal is not None:  # FedPer: from its own layers
+            set_params(self.model, spec.unflatten(personal))
         shared = {"global": named_views(spec, names, global_vec)}
         for role in hooks.blobs:
             if role not in context.blobs:
@@ -225,32 +248,43 @@ class TorchClient:
             [flat_part(spec, part, full_delta if i == 0 else zeros) for i, part in enumerate(parts)]
         )
         context.state.update(state_arrays(new_state))
-        return FitResult(
-            update=upload.numpy(),
-            num_examples=self.num_examples,
-            metrics={"train_loss": loss, **hooks.metrics(num_steps, start_loss)},
-        )
+        metrics = {"train_loss": loss, **hooks.metrics(num_steps, start_loss)}
+        second = hooks.personal_pass()
+        if second is not None:  # Ditto: the personal model, from where it was before the round
+            set_params(self.model, spec.unflatten(global_np if personal is None else personal))
+            metrics["personal_train_loss"] = self._train(training, seed, second, shared, {}, masks)
+            trained = spec.flatten(get_params(self.model))
+            context.state.update(hooks.keep_personal(spec, trained))
+        return FitResult(update=upload.numpy(), num_examples=self.num_examples, metrics=metrics)
 
     def training_loss(self, params: Params | None = None) -> float:
         """The mean loss of the model (at ``params``, if given) on the local training data."""
         if params is not None:
             set_params(self.model, params)
-        metrics = evaluate_model(
-            self.model,
-            self.x_train,
-            self.y_train,
-            task=self.task,
-            num_classes=self.num_classes,
-            target_scale=self.target_scale,
-            loss_fn=self.loss_fn,
-        )
-        return float(metrics["loss"])
+        return mean_loss(self.model, self.x_train, self.y_train, self.loss_fn)
 
     def evaluate(
         self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None
     ) -> EvalResult:
-        """Evaluate the global model on the local test split (the training data if there is none)."""
-        set_params(self.model, params)
+        """Evaluate the global model on the local test split (the training data if there is none).
+
+        A task whose config names personalisation hooks (``config["local"]``: FedPer, Ditto)
+        evaluates this client's personalised model from its state instead; with
+        ``config["finetune_epochs"]`` the model is first trained that many epochs on the local
+        training data (with the config's local-training settings), and the fine-tuned model is
+        dropped after the evaluation.
+        """
+        state = context.state if context is not None else {}
+        training = self.training.updated(config)
+        spec = ParamSpec.of(params)
+        personal = hooks_for(config, training).personalize(spec, spec.flatten(params), state)
+        set_params(self.model, params if personal is None else spec.unflatten(personal))
+        epochs = int(config.get("finetune_epochs", 0))
+        if epochs > 0 and self.num_examples:
+            seed = finetune_seed(
+                int(config.get("seed", self.seed)), int(config.get("round", 0)), self.client_id
+            )
+            self._train(replace(training, epochs=epochs), seed, LocalHooks(), {}, {})
         x, y = (
             (self.x_test, self.y_test) if self.x_test is not None else (self.x_train, self.y_train)
         )

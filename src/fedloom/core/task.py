@@ -36,7 +36,8 @@ the most bytes it may take, and its bytes are read by the stage that asked for i
 into a vector."""
 CONTINUES = "continues_round"
 """Task-config flag of a later stage of a multi-stage round: the client starts from the state the
-round's earlier stages left (``state_round``), not from the state before the round."""
+round's earlier stages left (``client.execute.state_round``), not from the state before the
+round."""
 MASK = "mask"
 """The blob role of a pruning mask (a 0/1 vector over the model, ``bitmask``-encoded): blobs and
 uploads that name it carry only the values where it is 1."""
@@ -136,13 +137,6 @@ class Task:
             raise ValueError(
                 f"{self.kind} task of client {self.client_id} names no model"
             ) from None
-
-
-def state_round(task: Task) -> int:
-    """The round to look client state up before (``ClientStateStore.get``): the task's round, so
-    that a retried round starts from the state before it, or for a later stage of a multi-stage
-    round (``CONTINUES``), the round after, so it sees what the earlier stages wrote."""
-    return task.round + 1 if task.config.get(CONTINUES) else task.round
 
 
 @dataclass(frozen=True)

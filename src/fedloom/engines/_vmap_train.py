@@ -148,13 +148,16 @@ def train_chunk(
     hooks: LocalHooks | None = None,
     blobs: Mapping[str, torch.Tensor] | None = None,
     states: Sequence[State] | None = None,
+    starts: Sequence[np.ndarray | None] | None = None,
 ) -> ChunkOutcome:
     """Run ``TorchClient.fit`` for every client of the chunk at once.
 
     Returns, per client in the given order, what ``hooks.final`` uploads (the delta
     ``local - global`` for plain training) or the full local gradient (gradient mode), the
     ``train_loss`` metric, and the client's new state. ``blobs`` are the task's extra payloads by
-    role (flat vectors), ``states`` each client's state before the round.
+    role (flat vectors), ``states`` each client's state before the round. ``starts``: where each
+    client's training starts (a flat model vector, or None: the global model); the updates are
+    still ``local - global``.
     """
     hooks = hooks or LocalHooks()
     steps = [client_steps(c.num_examples, training, gradient) for c in clients]
@@ -186,6 +189,11 @@ def train_chunk(
 
     trainable, consts = model.split(global_vec)
     params = model.stack(trainable, num)
+    if starts is not None:  # personalised starting points (FedPer, Ditto's personal pass)
+        for row, i in enumerate(order):
+            start = starts[i]
+            if start is not None:
+                _write_row(params, row, model.split(torch.from_numpy(start))[0])
     accumulated = [torch.zeros_like(p) for p in params] if gradient else params
     losses = torch.zeros((total_steps, num), dtype=trainable.dtype)
     if total_steps:
@@ -262,6 +270,16 @@ def train_chunk(
     for row, i in enumerate(order):
         states_out[i] = {**(states[i] if states else {}), **new_states[row]}
     return ChunkOutcome(unsorted, loss_out.tolist(), states_out)
+
+
+def _write_row(params: Sequence[torch.Tensor], row: int, flat: torch.Tensor) -> None:
+    """Write ``flat`` (one client's trainable vector) into row ``row`` of the stacked tensors."""
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            size = p[row].numel()
+            p[row].copy_(flat[offset : offset + size].view(p[row].shape))
+            offset += size
 
 
 def _bind(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from fedloom.client.base import Client
-from fedloom.client.execute import DecodedBlobs, error_result, execute_task
+from fedloom.client.execute import DecodedBlobs, error_result, execute_task, state_round
 from fedloom.client.state import ClientStateStore
-from fedloom.core.task import Blobs, Result, Task, state_round
+from fedloom.core.task import Blobs, Result, Task
 
 ClientFn = Callable[[int], Client]
 

@@ -49,9 +49,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedloom.client.execute import DecodedBlobs, error_result, execute_task
+from fedloom.client.execute import DecodedBlobs, error_result, execute_task, state_round
 from fedloom.client.state import ClientStateStore, State
-from fedloom.core.task import Blob, Blobs, Result, Task, state_round
+from fedloom.core.task import Blob, Blobs, Result, Task
 from fedloom.engines.base import ClientFn, keep_state
 from fedloom.errors import ConfigError
 

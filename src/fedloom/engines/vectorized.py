@@ -9,9 +9,10 @@ same optimiser recipe (see ``fedloom.engines._vmap_train``).
 
 What runs vectorised: fit tasks of unmodified ``TorchClient``s whose model, loss and data shapes
 pass a one-off probe (vmapped gradients equal eager ones on a real minibatch), with whatever local
-hooks (FedProx, SCAFFOLD) and update transforms their task config names: the engine vmaps the
-same hook and transform functions ``TorchClient`` runs eagerly, and keeps each client's state in its
-``ClientStateStore``. Everything else runs exactly as the sequential engine runs it, after one
+hooks (FedProx, SCAFFOLD, FedPer's per-client starting points, Ditto's second pass) and update
+transforms their task config names: the engine vmaps the same hook and transform functions
+``TorchClient`` runs eagerly, and keeps each client's state in its ``ClientStateStore``.
+Everything else runs exactly as the sequential engine runs it, after one
 ``VectorizationFallbackWarning`` per cause:
 
 - clients that are not ``TorchClient`` or override its training;
@@ -46,6 +47,7 @@ from fedloom.client.execute import (
     dense_upload_size,
     encode_uploads,
     error_result,
+    state_round,
     transform_rng,
     upload_support,
 )
@@ -54,7 +56,7 @@ from fedloom.client.state import ClientStateStore
 from fedloom.client.torch_client import TorchClient
 from fedloom.core.codec import get_codec
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import BASE, FIT, MESSAGE, MODEL, Blobs, Result, Task, resolve, state_round
+from fedloom.core.task import BASE, FIT, MESSAGE, MODEL, Blobs, Result, Task, resolve
 from fedloom.engines._vmap_model import (
     CohortModel,
     NotVectorizable,
@@ -334,6 +336,9 @@ class VectorizedEngine:
                 if hooks.start_loss:  # each client's loss at the global model, as TorchClient's
                     global_params = probed.model.spec.unflatten(vec.numpy())
                     starts = [j.client.training_loss(global_params) for j in chunk]
+                spec = probed.model.spec
+                global_np = vec.numpy()
+                personal = [hooks.personalize(spec, global_np, st) for st in states]
                 outcome = train_chunk(
                     probed.model,
                     vec,
@@ -344,6 +349,10 @@ class VectorizedEngine:
                     hooks,
                     extra,
                     states,
+                    personal if hooks.start_personal else None,
+                )
+                personal_losses = self._personal_pass(
+                    probed, vec, chunk, training, hooks, extra, personal, outcome.states
                 )
                 tasks = [j.task for j in chunk]
                 specs = tasks[0].config.get("transforms") or []  # one pipeline a group
@@ -377,9 +386,49 @@ class VectorizedEngine:
                     metrics={
                         "train_loss": outcome.losses[row],
                         **job.hooks.metrics(job.steps, starts[row]),
+                        **(
+                            {}
+                            if personal_losses is None
+                            else {"personal_train_loss": personal_losses[row]}
+                        ),
                     },
                     seconds=seconds,
                 )
+
+    @staticmethod
+    def _personal_pass(
+        probed: _Probed,
+        vec: torch.Tensor,
+        chunk: Sequence[_Job],
+        training: LocalTraining,
+        hooks: LocalHooks,
+        extra: Mapping[str, torch.Tensor],
+        personal: Sequence[np.ndarray | None],
+        states: Sequence[dict[str, np.ndarray]],
+    ) -> list[float] | None:
+        """The hooks' second pass (Ditto's personal models) for the chunk, as ``TorchClient.fit``
+        runs it: from each client's personal model (or the global one), on the same minibatches;
+        the trained models go into ``states``. Returns the pass's losses (None: no pass)."""
+        second = hooks.personal_pass()
+        if second is None:
+            return None
+        outcome = train_chunk(
+            probed.model,
+            vec,
+            [j.client for j in chunk],
+            [j.seed for j in chunk],
+            training,
+            False,
+            second,
+            extra,
+            None,
+            personal,
+        )
+        spec, global_np = probed.model.spec, vec.numpy()
+        for row, state in enumerate(states):
+            trained = global_np + outcome.updates[row, : spec.size]
+            state.update(hooks.keep_personal(spec, trained.astype(np.float32)))
+        return outcome.losses
 
     def _note_too_large(self, size: int) -> None:
         """A deliberate choice, not a failure: say it once, in the log."""

@@ -54,7 +54,7 @@ from fedloom.core.validation import (
 )
 from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
-from fedloom.metrics import fairness_summary, pooled_metrics
+from fedloom.metrics import pooled_metrics
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
@@ -170,6 +170,11 @@ class Coordinator:
     def __post_init__(self) -> None:
         self.params = np.ascontiguousarray(self.params, dtype=np.float32)
         self.opt_state = self.strategy.server_optimizer.init(self.params)
+        try:  # a model or population the strategy cannot run on (unknown personal layers)
+            self.strategy.check(self.spec, len(self.population.eligible) or None)
+        except ConfigError:
+            self.engine.close()  # nobody else holds it yet (a Ray engine started a cluster)
+            raise
         self.strategy_state = self.strategy.init_state(self.params)
         if self.server_transforms and build_pipeline(self.server_transforms).draws:
             # a bad pipeline fails here, not in round 1
@@ -568,10 +573,12 @@ class Coordinator:
         rng = np.random.default_rng([self.seed, r, 1])
         ctx = self._context(r, rng, sorted(self.population.has_test_data))
         tasks, blobs = self._prepare(
-            self.strategy.configure_evaluate(ctx), blob_table(ctx.model), ctx
+            self.strategy.configure_evaluate(ctx),
+            blob_table(*self.strategy.evaluation_blobs(ctx)),
+            ctx,
         )
-        per_metric: dict[str, list[float]] = {}
-        per_client: list[tuple[int, dict[str, float]]] = []
+        per_client: list[tuple[int, dict[str, float]]] = []  # (client id, metrics)
+        sizes: list[tuple[int, dict[str, float]]] = []  # (test examples, metrics)
         for result in self.engine.run(tasks, blobs):
             if not result.ok:
                 if result.rejected is None:  # a rejection was logged where it was received
@@ -590,15 +597,13 @@ class Coordinator:
                     result.task.client_id,
                     describe_dropped(dropped),
                 )
-            for k, v in kept.items():
-                per_metric.setdefault(k, []).append(v)
-            per_client.append((result.num_examples, kept))
-        # pooled over every client's test examples (fed_loss, fed_rmse); then the spread
-        out: dict[str, Any] = {f"fed_{k}": v for k, v in pooled_metrics(per_client).items()}
-        for k, values in per_metric.items():
-            higher = k not in ("loss", "rmse", "mae")
-            for stat, v in fairness_summary(values, higher_is_better=higher).items():
-                out[f"fed_{k}_{stat}"] = v
+            per_client.append((result.task.client_id, kept))
+            sizes.append((result.num_examples, kept))
+        # pooled over every client's test examples (fed_loss, fed_rmse); then the strategy's
+        # spread over clients (fed_<metric>_<stat>)
+        out: dict[str, Any] = {f"fed_{k}": v for k, v in pooled_metrics(sizes).items()}
+        if per_client:
+            out.update(self.strategy.evaluation_metrics(per_client))
         return out, self._transfer(Transfer(self._sent(tasks, blobs), 0)).bytes_down
 
     def _transfer(self, assumed: Transfer) -> Transfer:

@@ -31,6 +31,7 @@ from fedloom.core.codec import Codec
 from fedloom.core.params import ParamSpec
 from fedloom.core.selection import poisson_sample, sample_clients
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Result, Task, Upload
+from fedloom.metrics import fairness_summary
 from fedloom.optim import ServerOptimizer, ServerSGD
 from fedloom.secagg import Settings as SecAggSettings
 
@@ -62,9 +63,9 @@ class RoundContext:
     support: np.ndarray | None = None
     """``mask`` as booleans over the model."""
     encode_seconds: float = 0.0  # spent in ``blob``: the coordinator counts it as download time
-    metrics: dict[str, float] = field(default_factory=dict)
-    """What the strategy reports about the round (``epsilon``, ``clip_norm``): added to the
-    round's record when the round succeeds."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """What the strategy reports about the round (``epsilon``, ``clip_norm``, IFCA's clusters):
+    added to the round's record when the round succeeds."""
     diagnostics: dict[str, float] = field(default_factory=dict)
     """What the strategy reports about the round whether or not it succeeds (which clients a
     protocol lost at which stage): added to the round's record either way."""
@@ -126,6 +127,9 @@ class Strategy(ABC):
     # Secure aggregation (``fedloom.strategies.secagg``): the server sees only the sum of the
     # updates. None: updates arrive one by one, in the clear (inside TLS).
     secure_aggregation: SecAggSettings | None = None
+    finetune_epochs: int = 0
+    """Local epochs each client trains on its own data before federated evaluation scores it
+    (``eval.finetune_epochs``; the fine-tuned model is dropped afterwards)."""
 
     name = "strategy"
     mode = "train"
@@ -200,11 +204,37 @@ class Strategy(ABC):
         clients the next round selects from."""
         return None
 
+    def check(self, spec: ParamSpec, num_clients: int | None) -> None:
+        """Raise ``ConfigError`` if this strategy cannot run on a model of ``spec`` with
+        ``num_clients`` eligible clients (None: not known yet, as in a deployment before clients
+        join). The coordinator calls it once, before round 1."""
+        return None
+
+    def evaluate_config(self, ctx: RoundContext) -> dict[str, Any]:
+        """The config every federated-evaluation task carries (with ``finetune_epochs``, the
+        local-training settings the fine-tuning uses)."""
+        config: dict[str, Any] = {"round": ctx.round, "seed": ctx.seed}
+        if self.finetune_epochs > 0:
+            config = {**self.client_config, **config, "finetune_epochs": self.finetune_epochs}
+        return config
+
+    def evaluation_blobs(self, ctx: RoundContext) -> list[Blob]:
+        """Every blob the tasks of ``configure_evaluate`` name (the global model by default)."""
+        return [ctx.model]
+
     def configure_evaluate(self, ctx: RoundContext) -> list[Task]:
         """Select clients for federated evaluation on their local test splits."""
         chosen = sample_clients(ctx.eligible, self.fraction_evaluate, 1, ctx.rng)
-        config = {"round": ctx.round, "seed": ctx.seed}
+        config = self.evaluate_config(ctx)
         return [Task(EVALUATE, ctx.round, cid, config, {MODEL: ctx.model.digest}) for cid in chosen]
+
+    def evaluation_metrics(
+        self, per_client: Sequence[tuple[int, dict[str, float]]]
+    ) -> dict[str, Any]:
+        """The round record's federated-evaluation entries from each evaluated client's
+        ``(client id, metrics)``: ``fed_<metric>_<stat>`` for every metric, with the spread
+        statistics of ``fairness_summary`` (mean, std, min, max, worst10)."""
+        return fairness_metrics(per_client)
 
     def aggregator(self) -> Aggregator:
         if self.aggregator_factory is not None:
@@ -214,6 +244,23 @@ class Strategy(ABC):
     @abstractmethod
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         """Turn the aggregated client updates into the gradient the server optimiser steps on."""
+
+
+def fairness_metrics(
+    per_client: Sequence[tuple[int, Mapping[str, float]]], prefix: str = "fed_"
+) -> dict[str, float]:
+    """``{prefix}<metric>_<stat>`` over the clients' values of every metric (a loss, RMSE or MAE
+    is worse when higher, so its worst10 is its highest decile)."""
+    values: dict[str, list[float]] = {}
+    for _, metrics in per_client:
+        for key, value in metrics.items():
+            values.setdefault(key, []).append(value)
+    out: dict[str, float] = {}
+    for key, column in values.items():
+        higher = key not in ("loss", "rmse", "mae")
+        for stat, v in fairness_summary(column, higher_is_better=higher).items():
+            out[f"{prefix}{key}_{stat}"] = v
+    return out
 
 
 def positive_metric(result: Result, key: str, round_num: int) -> float | None:

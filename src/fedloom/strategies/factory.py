@@ -26,12 +26,15 @@ from fedloom.optim import make_server_optimizer
 from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
 from fedloom.secagg import Settings as SecAggSettings
 from fedloom.strategies.base import Strategy
+from fedloom.strategies.ditto import Ditto
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
 from fedloom.strategies.fedbuff import FedBuff
 from fedloom.strategies.fednova import FedNova
+from fedloom.strategies.fedper import FedPer
 from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
+from fedloom.strategies.ifca import IFCA
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
 from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
@@ -40,7 +43,10 @@ __all__ = ["STRATEGY_NAMES", "aggregator_factory", "client_config", "make_strate
 
 log = logging.getLogger("fedloom")
 
-STRATEGY_NAMES = ("fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl", "fedbuff")
+STRATEGY_NAMES = (
+    "fedavg", "fedsgd", "fedprox", "scaffold", "fednova", "qffl", "fedbuff", "ifca", "fedper",
+    "ditto",
+)  # fmt: skip
 
 
 def client_config(client: ClientConfig, dp_sgd: DPSGDConfig | None = None) -> dict[str, Any]:
@@ -115,6 +121,7 @@ def make_strategy(cfg: Config) -> Strategy:
         max_update_norm_action=s.max_update_norm_action,
         aggregator_factory=aggregator_factory(cfg),
         secure_aggregation=secure_aggregation(cfg),
+        finetune_epochs=cfg.eval.finetune_epochs,
     )
     if s.name == "fedsgd" and s.aggregation == "sum" and s.aggregator != "mean":
         raise ConfigError(
@@ -138,6 +145,8 @@ def make_strategy(cfg: Config) -> Strategy:
         return QFFL(q=s.q, **common)
     if s.name == "fedbuff":
         return fedbuff(cfg, common)
+    if s.name in ("ifca", "fedper", "ditto"):
+        return personalised(cfg, common)
     if s.name == "fedavg" and cfg.privacy.mechanism != "none":
         return dp_fedavg(cfg, common)
     if s.name == "fedavg":
@@ -209,3 +218,24 @@ def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
                 "calibrates it) or privacy.max_epsilon"
             )
     return strategy
+
+
+def personalised(cfg: Config, common: dict[str, Any]) -> Strategy:
+    """IFCA, FedPer or Ditto (``strategy.clusters``, ``personal_layers``, ``lambda``). Each keeps
+    per-client or per-cluster models that a pruning mask of the one global model does not cover,
+    so pruning is refused with them."""
+    s = cfg.strategy
+    if cfg.pruning.enabled:
+        raise ConfigError(
+            f"pruning.enabled prunes the one global model; strategy.name={s.name} keeps "
+            "personal or cluster models beside it: turn pruning off"
+        )
+    if s.personal_layers and s.name != "fedper":
+        raise ConfigError(
+            f"strategy.personal_layers applies to fedper only, got strategy.name={s.name!r}"
+        )
+    if s.name == "ifca":
+        return IFCA(clusters=s.clusters, **common)
+    if s.name == "fedper":
+        return FedPer(personal_layers=tuple(s.personal_layers), **common)
+    return Ditto(ditto_lambda=s.ditto_lambda, **common)
