@@ -24,13 +24,44 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def fixed_update(cid: int, size: int, seed: int) -> np.ndarray:
+    """Client ``cid``'s update under ``--no-train``: N(0, 0.1^2) float32 from PCG64 seeded by
+    (seed, cid), the same vector bench/flower_secagg.py's clients return."""
+    rng = np.random.default_rng([seed, cid])
+    return (rng.standard_normal(size) * 0.1).astype(np.float32)
+
+
+class FixedUpdateClient:
+    """A client that trains nothing: ``fit`` returns its fixed update (``--no-train``), so the
+    round's time is the framework's and the aggregation protocol's."""
+
+    def __init__(self, cid: int, size: int, seed: int) -> None:
+        self.update = fixed_update(cid, size, seed)
+
+    def fit(self, params: Any, config: Any) -> Any:
+        from fedloom.client.base import FitResult
+
+        return FitResult(update=self.update.copy(), num_examples=1)
+
+    def evaluate(self, params: Any, config: Any) -> Any:
+        from fedloom.client.base import EvalResult
+
+        return EvalResult(loss=0.0, num_examples=1)
+
+
 def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    if mode.startswith("flower-"):
+        return flower_row(mode, args)
     from fedloom.config import load_config
-    from fedloom.simulation import Simulation
+    from fedloom.server.coordinator import Population
+    from fedloom.simulation import Simulation, make_coordinator
+    from fedloom.strategies.factory import make_strategy
 
     overrides = [
         f"partition.num_clients={args.clients}",
@@ -44,7 +75,20 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
     if mode != "plain":
         overrides += ["secure_aggregation.enabled=true", f"secure_aggregation.mode={mode}"]
     sim = Simulation(load_config(None, overrides))
-    coordinator = sim.coordinator()
+    if args.no_train:
+        size = sim.spec.size
+        updates = {cid: FixedUpdateClient(cid, size, args.seed) for cid in range(args.clients)}
+        coordinator = make_coordinator(
+            sim.cfg,
+            strategy=make_strategy(sim.cfg),
+            client_fn=updates.__getitem__,
+            spec=sim.spec,
+            init_params=sim.init_params,
+            population=Population(num_examples=dict.fromkeys(updates, 1)),
+            central_eval=None,
+        )
+    else:
+        coordinator = sim.coordinator()
     try:
         history = coordinator.run(args.rounds)
     finally:
@@ -57,7 +101,7 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
 
     row: dict[str, Any] = {
         "mode": mode,
-        "engine": engine,
+        "engine": engine + ("/no-train" if args.no_train else ""),
         "params": sim.spec.size,
         "seconds": statistics.median(r["seconds"] for r in steady),
         "up_bytes": statistics.median(per_client(r, "bytes_up") for r in steady),
