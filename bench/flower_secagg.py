@@ -47,7 +47,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import numpy as np
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Context, FitIns, FitRes, Message, Parameters, Scalar
+from flwr.common import (
+    Context,
+    FitIns,
+    FitRes,
+    Message,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+)
 from flwr.common.serde import message_to_proto
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.client_manager import ClientManager
@@ -180,9 +188,7 @@ def main() -> None:
         fraction_evaluate=0.0,
         min_fit_clients=args.clients,
         min_available_clients=args.clients,
-        initial_parameters=Parameters(
-            tensors=[a.tobytes() for a in init], tensor_type="numpy.ndarray"
-        ),
+        initial_parameters=ndarrays_to_parameters(init),
     )
     if args.mode == "secagg_plus":
         fit_workflow = TimedSecAggPlus(
