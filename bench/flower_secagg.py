@@ -1,7 +1,8 @@
 """Flower's SecAgg+ against Flower's plaintext FedAvg round, run with Flower's own virtualenv.
 
     .venv-flower/bin/python bench/flower_secagg.py --mode secagg_plus [--clients 100]
-        [--hidden 1300] [--rounds 3] [--num-shares 21] [--threshold 11] [--seed 0] [--cpus 2]
+        [--hidden 1300] [--rounds 3] [--num-shares 21] [--threshold 11] [--max-weight 1000]
+        [--seed 0] [--cpus 2]
 
 ``bench/secagg.py --modes ...,flower-plain,flower-secagg_plus`` runs this script in a subprocess
 (see bench/README.md, "Secure aggregation"). Flower 1.x's Message API:
@@ -25,7 +26,9 @@ nodes in a shuffled order; fedloom's is a random ``k``-regular graph.
 Prints one line ``RESULT {json}``: seconds of each round (``configure_fit`` to the end of
 ``aggregate_fit``), the time of each SecAgg+ stage per round, and per round the bytes of every
 message the ServerApp sent (down) and received (up), each serialised with Flower's own protobuf
-(``flwr.common.serde.message_to_proto``): what a deployment's gRPC messages carry, framing aside.
+(``flwr.common.serde.message_to_proto``): what a deployment's gRPC messages carry, framing aside;
+and ``max_error``, the largest difference between the last round's aggregate (FedAvg of weights:
+the clients' updates are the weights they return) and the exact mean of the fixed updates.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from flwr.common import (
     Parameters,
     Scalar,
     ndarrays_to_parameters,
+    parameters_to_ndarrays,
 )
 from flwr.common.serde import message_to_proto
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
@@ -103,6 +107,7 @@ class TimedFedAvg(FedAvg):
         super().__init__(**kwargs)
         self.starts: dict[int, float] = {}
         self.ends: dict[int, float] = {}
+        self.last: list[np.ndarray] = []
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -118,6 +123,8 @@ class TimedFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         out = super().aggregate_fit(server_round, results, failures)
         self.ends[server_round] = time.perf_counter()
+        if out[0] is not None:
+            self.last = parameters_to_ndarrays(out[0])
         return out
 
 
@@ -173,6 +180,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--num-shares", type=int, default=21)
     p.add_argument("--threshold", type=int, default=11)
+    p.add_argument("--max-weight", type=float, default=1000.0, help="Flower's default: 1000")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus", type=int, default=2, help="Ray CPUs: clients run in parallel")
     args = p.parse_args()
@@ -195,6 +203,7 @@ def main() -> None:
             stage_seconds,
             num_shares=args.num_shares,
             reconstruction_threshold=args.threshold,
+            max_weight=args.max_weight,
         )
         settings = {
             k: getattr(fit_workflow, k)
@@ -241,6 +250,9 @@ def main() -> None:
         },
     )
     rounds = sorted(strategy.ends)
+    updates = [fixed_update(cid, args.hidden, args.seed) for cid in range(args.clients)]
+    mean = [np.mean([u[i].astype(np.float64) for u in updates], axis=0) for i in range(len(init))]
+    error = max(float(np.max(np.abs(a - m))) for a, m in zip(strategy.last, mean, strict=True))
     import flwr
 
     out = {
@@ -251,6 +263,8 @@ def main() -> None:
         "stage_seconds": dict(stage_seconds),
         "bytes": [bytes_by_round[str(r)] for r in rounds],
         "settings": settings,
+        "max_error": error,
+        "dtypes": sorted({str(a.dtype) for a in strategy.last}),
     }
     print("RESULT " + json.dumps(out), flush=True)
 

@@ -86,6 +86,7 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
     if mode != "plain":
         overrides += ["secure_aggregation.enabled=true", f"secure_aggregation.mode={mode}"]
     sim = Simulation(load_config(None, overrides))
+    updates: dict[int, FixedUpdateClient] = {}
     if args.no_train:
         size = sim.spec.size
         updates = {cid: FixedUpdateClient(cid, size, args.seed) for cid in range(args.clients)}
@@ -101,10 +102,16 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         coordinator = sim.coordinator()
     try:
-        history = coordinator.run(args.rounds)
+        coordinator.run(args.rounds - 1)
+        before = coordinator.params.astype(np.float64)
+        history = coordinator.run(args.rounds, start_round=args.rounds)
     finally:
         coordinator.engine.close()
     steady = history[1:] or history
+    error = None
+    if args.no_train:  # the last round's step against the exact mean of the fixed updates
+        mean = np.mean([u.update.astype(np.float64) for u in updates.values()], axis=0)
+        error = float(np.max(np.abs(coordinator.params - before - mean)))
     n = args.clients
 
     def per_client(record: dict[str, Any], key: str) -> float:
@@ -121,6 +128,7 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
             per_client(r, "bytes_down") + per_client(r, "secagg_bytes_down") for r in steady
         ),
         "accuracy": history[-1].get("accuracy"),
+        "max_error": error,
         "status": [r["status"] for r in history],
     }
     if mode != "plain":
@@ -173,6 +181,7 @@ def flower_row(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         up_bytes=statistics.median(b["up"] / n for b in result["bytes"][steady]),
         down_bytes=statistics.median(b["down"] / n for b in result["bytes"][steady]),
         accuracy=None,
+        max_error=result["max_error"],
         settings=result["settings"],
     )
     if flower_mode == "secagg_plus":
@@ -185,8 +194,8 @@ def flower_row(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| engine | mode | k | t | s/round | × plain | advertise | share | masked | unmask "
-        "| up B/client | down B/client | bytes × plain | accuracy |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| up B/client | down B/client | bytes × plain | accuracy | max error |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     out = [head]
     plain = {r["engine"]: r for r in rows if r["mode"] == "plain" and "unavailable" not in r}
@@ -196,6 +205,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             continue
         base = plain.get(r["engine"], r)
         accuracy = "—" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        error = "—" if r.get("max_error") is None else f"{r['max_error']:.2g}"
         failed = [i + 1 for i, s in enumerate(r.get("status", [])) if s != "ok"]
         mode = r["mode"] + (f" (rounds {failed} FAILED)" if failed else "")
         total = r["up_bytes"] + r["down_bytes"]
@@ -205,7 +215,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {int(r.get('threshold', 0)) or ''} | {r['seconds']:.2f} "
             f"| {r['seconds'] / base['seconds']:.2f} | {' | '.join(stages)} "
             f"| {r['up_bytes']:,.0f} | {r['down_bytes']:,.0f} "
-            f"| {total / (base['up_bytes'] + base['down_bytes']):.3f} | {accuracy} |"
+            f"| {total / (base['up_bytes'] + base['down_bytes']):.3f} | {accuracy} | {error} |"
         )
     return "\n".join(out)
 
