@@ -20,8 +20,8 @@ SecAgg+ settings: ``clipping_range``, ``quantization_range``, ``modulus_range`` 
 ``max_weight`` are Flower's defaults (8.0, 2^22, 2^32, 1000). ``num_shares`` and
 ``reconstruction_threshold`` have no default in Flower; the defaults here match fedloom's
 defaults at 100 clients (k = 20 neighbours plus the client's own share: 21 shares, t = 11), so
-both protocols do the same secret sharing. Flower's graph is a ring of the ``num_shares`` nearest
-nodes in a shuffled order; fedloom's is a random ``k``-regular graph.
+both protocols do the same secret sharing over the same kind of graph (the clients on a ring in a
+random order, each joined to the k/2 nearest on either side).
 
 Prints one line ``RESULT {json}``: seconds of each round (``configure_fit`` to the end of
 ``aggregate_fit``), the time of each SecAgg+ stage per round, and per round the bytes of every
