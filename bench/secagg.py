@@ -101,17 +101,19 @@ def run_row(mode: str, engine: str, args: argparse.Namespace) -> dict[str, Any]:
         )
     else:
         coordinator = sim.coordinator()
+    error = None
     try:
-        coordinator.run(args.rounds - 1)
-        before = coordinator.params.astype(np.float64)
-        history = coordinator.run(args.rounds, start_round=args.rounds)
+        if args.no_train:  # the last round's step against the exact mean of the fixed updates
+            coordinator.run(args.rounds - 1)
+            before = coordinator.params.astype(np.float64)
+            history = coordinator.run(args.rounds, start_round=args.rounds)
+            mean = np.mean([u.update.astype(np.float64) for u in updates.values()], axis=0)
+            error = float(np.max(np.abs(coordinator.params - before - mean)))
+        else:
+            history = coordinator.run(args.rounds)
     finally:
         coordinator.engine.close()
     steady = history[1:] or history
-    error = None
-    if args.no_train:  # the last round's step against the exact mean of the fixed updates
-        mean = np.mean([u.update.astype(np.float64) for u in updates.values()], axis=0)
-        error = float(np.max(np.abs(coordinator.params - before - mean)))
     n = args.clients
 
     def per_client(record: dict[str, Any], key: str) -> float:
