@@ -41,7 +41,7 @@ from fedloom.errors import ConfigError
 from fedloom.metrics import pooled_metrics
 from fedloom.optim import make_server_optimizer
 from fedloom.server.coordinator import Coordinator, Population, RoundListener
-from fedloom.simulation import make_coordinator, run_recorded
+from fedloom.simulation import make_coordinator, run_simulation
 from fedloom.strategies.fcf import FederatedCF
 from fedloom.tracking.summary import final_metrics, summarize
 
@@ -246,15 +246,5 @@ def run(
     """``fedloom.simulation.run`` for ``dataset.name: movielens``: the run's results folder and
     summary."""
     started = time.perf_counter()
-    out = Path(out_dir)
     sim = RecommendationSimulation(cfg)
-    return run_recorded(
-        sim.coordinator(listeners),
-        cfg.rounds,
-        out,
-        quiet=quiet,
-        summary_of=lambda history, wall: sim.summary(history, wall, out),
-        started=started,
-        tracking=cfg.tracking,
-        run_config=cfg.model_dump(mode="json"),
-    )
+    return run_simulation(sim, cfg, Path(out_dir), started, quiet, listeners)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -354,8 +354,26 @@ def run(
     curves.png to ``out_dir``. Returns the summary. ``listeners`` also observe every round (a
     dashboard's live feed)."""
     started = time.perf_counter()
-    out = Path(out_dir)
-    sim = Simulation(cfg)
+    return run_simulation(Simulation(cfg), cfg, Path(out_dir), started, quiet, listeners)
+
+
+class _Simulated(Protocol):
+    def coordinator(self, listeners: Sequence[RoundListener] = ...) -> Coordinator: ...
+
+    def summary(self, history: list[dict[str, Any]], wall: float, out: Path) -> dict[str, Any]: ...
+
+
+def run_simulation(
+    sim: _Simulated,
+    cfg: Config,
+    out: Path,
+    started: float,
+    quiet: bool = False,
+    listeners: Sequence[RoundListener] = (),
+) -> dict[str, Any]:
+    """Run ``sim`` (a ``Simulation``, or another with its ``coordinator`` and ``summary``) for
+    ``cfg.rounds`` and record it in ``out``, as ``run`` does; ``started`` is when the command
+    began."""
     return run_recorded(
         sim.coordinator(listeners),
         cfg.rounds,
