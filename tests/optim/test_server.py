@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 
@@ -101,3 +103,16 @@ def test_make_server_optimizer_defaults_and_options() -> None:
         0.1, beta1=0.0, tau=0.01
     )
     assert make_server_optimizer("adam", 0.1, beta2=0.9) == ServerAdam(0.1, beta2=0.9)
+
+
+def test_an_adaptive_optimiser_at_sgds_server_lr_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fedloom"):
+        make_server_optimizer("adam", 1.0)
+    assert "server_lr=1 with server_optimizer=adam" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedloom"):
+        make_server_optimizer("yogi", 0.1)
+        make_server_optimizer("sgd", 1.0)
+    assert caplog.text == ""

@@ -20,12 +20,15 @@ momentum. State is a plain dict of arrays, so it can be checkpointed with the mo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from fedloom.errors import ConfigError
+
+log = logging.getLogger("fedloom")
 
 OptState = dict[str, np.ndarray]
 
@@ -159,5 +162,19 @@ def make_server_optimizer(
             f"strategy.beta2={beta2} applies to server_optimizer=adam or yogi; adagrad sums the "
             "squared pseudo-gradients without decay: remove strategy.beta2"
         )
+    if lr > ADAPTIVE_LR_WARNING:
+        # an adaptive step moves every coordinate by about lr whatever the update's size
+        log.warning(
+            "strategy.server_lr=%g with server_optimizer=%s: an adaptive server optimiser moves "
+            "each weight by about server_lr a round, so the default 1.0 (right for sgd) usually "
+            "diverges; Reddi et al. 2021 tune it in [1e-3, 1e-1] (bench/heterogeneity.py chose "
+            "0.1)",
+            lr,
+            name,
+        )
     options = {"beta1": beta1, "beta2": beta2, "tau": tau}
     return _ADAPTIVE[name](lr=lr, **{k: v for k, v in options.items() if v is not None})
+
+
+ADAPTIVE_LR_WARNING = 0.3
+"""A server_lr above this with an adaptive server optimiser gets a warning."""
