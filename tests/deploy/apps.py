@@ -101,10 +101,11 @@ def slow_unmask_client(cfg: Config) -> TorchClient:
     """A demo client whose secure-aggregation unmask stage starts by saying so in its log and
     then waits ``FEDLOOM_TEST_UNMASK_DELAY`` seconds (in the rounds ``FEDLOOM_TEST_DELAY_ROUNDS``
     lists), so a test can kill it after it uploaded its masked input and before it reveals."""
-    from fedloom.client.execute import STAGES, register_stage
+    from fedloom.client.execute import register_stage, stage_handler
     from fedloom.secagg import UNMASK
 
-    unmask = STAGES[UNMASK]
+    unmask = stage_handler(UNMASK)
+    assert unmask is not None
     delay = float(os.environ.get("FEDLOOM_TEST_UNMASK_DELAY", "0"))
     listed = os.environ.get("FEDLOOM_TEST_DELAY_ROUNDS")
     rounds = frozenset(int(r) for r in listed.split(",")) if listed else None

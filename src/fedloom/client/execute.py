@@ -41,6 +41,8 @@ from fedloom.core.task import (
     resolve,
     scatter,
 )
+from fedloom.secagg import ADVERTISE, SHARE, UNMASK
+from fedloom.secagg import CONFIG_KEY as SECAGG_CONFIG
 from fedloom.transforms import apply_to_rows
 
 
@@ -67,6 +69,9 @@ STAGES: dict[str, StageHandler] = {}
 _BUILTIN_STAGES = {
     "ifca_select": "fedloom.strategies.ifca",
     "ifca_evaluate": "fedloom.strategies.ifca",
+    ADVERTISE: "fedloom.client.secagg",
+    SHARE: "fedloom.client.secagg",
+    UNMASK: "fedloom.client.secagg",
 }
 
 
@@ -117,13 +122,20 @@ def register_message_encoder(config_key: str, encoder: MessageEncoder) -> None:
     MESSAGE_ENCODERS[config_key] = encoder
 
 
+# Encoders of built-in protocols, imported when a task's config first names them (as stages are).
+_BUILTIN_ENCODERS = {SECAGG_CONFIG: "fedloom.client.secagg"}
+
+
 def _message_encoder(task: Task) -> MessageEncoder:
+    for key, module in _BUILTIN_ENCODERS.items():
+        if key in task.config and key not in MESSAGE_ENCODERS:
+            importlib.import_module(module)
     for key, encoder in MESSAGE_ENCODERS.items():
         if key in task.config:
             return encoder
     raise ValueError(
         f"the {task.kind} task asks for a message upload but its config names no protocol "
-        f"that makes one (known: {sorted(MESSAGE_ENCODERS)})"
+        f"that makes one (known: {sorted({*MESSAGE_ENCODERS, *_BUILTIN_ENCODERS})})"
     )
 
 
@@ -427,8 +439,3 @@ def error_result(task: Task, exc: BaseException, seconds: float = 0.0) -> Result
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" at {where.filename}:{where.lineno}" if where else ""
     return Result(task, error=f"{type(exc).__name__}: {exc}{at}", seconds=seconds)
-
-
-# Secure aggregation's client stages register themselves with the functions above; importing them
-# here gives every engine and the deployment client the same stages.
-from fedloom.client import secagg as _secagg  # noqa: E402,F401

@@ -69,7 +69,6 @@ def secure_fit(
     def stage(
         name: str, tasks: list[Task], receive: Callable[[int, bytes], None]
     ) -> Generator[Exchange, None, set[int]]:
-        nonlocal received
         start = time.perf_counter()
         done: set[int] = set()
 
