@@ -60,11 +60,12 @@ def start_deployment(
     processes: int,
     log: IO[bytes],
     env: dict[str, str] | None = None,
+    extra_worker_args: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], list[subprocess.Popen[bytes]]]:
     """Start ``fedloom server`` (TLS + mTLS on a free loopback port, certificates in
     ``work/certs``, output to ``log``) and ``processes`` worker processes of ``script`` hosting
-    ``clients`` clients between them, all with ``env`` added to the environment; returns the
-    server and the workers."""
+    ``clients`` clients between them (given ``extra_worker_args`` too), all with ``env`` added to
+    the environment; returns the server and the workers."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     certs = str(work / "certs")
@@ -108,6 +109,7 @@ def start_deployment(
                 str(min(per, clients - first)),
                 "--total",
                 str(clients),
+                *(extra_worker_args or []),
             ],
             cwd=REPO,
             env=env,

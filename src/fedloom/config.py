@@ -629,15 +629,6 @@ class Config(_Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _fedbuff_on_the_clock(self) -> Config:
-        if self.strategy.name == "fedbuff" and not self.clients.enabled:
-            raise ValueError(
-                "strategy.name=fedbuff runs on the virtual clock of simulated clients: set "
-                "clients.enabled=true (and their speeds in the clients section)"
-            )
-        return self
-
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"a.b=[1,2]"`` -> (["a", "b"], [1, 2]). The value is parsed as YAML."""

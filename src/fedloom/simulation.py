@@ -133,6 +133,12 @@ def make_coordinator(
             population = ClockedPopulation(
                 population.num_examples, population.has_test_data, clock=clock
             )
+    if isinstance(strategy, FedBuff) and strategy.clock is None:
+        raise ConfigError(
+            "strategy.name=fedbuff simulates asynchrony on the virtual clock of simulated "
+            "clients: set clients.enabled=true (and their speeds in the clients section); "
+            "fedloom server runs it on real time"
+        )
     coordinator = Coordinator(
         strategy=strategy,
         spec=spec,

@@ -16,6 +16,7 @@ import torch
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.config import validate_config
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import Blobs, Result, Task
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
 from fedloom.server.coordinator import Coordinator, Population
@@ -134,8 +135,9 @@ def test_a_client_that_leaves_mid_task_sends_nothing_and_frees_its_slot() -> Non
 
 
 def test_fedbuff_without_a_clock_or_with_synchronous_settings_is_refused() -> None:
+    # a simulation without the virtual clock: nothing would say when a client finishes
     with pytest.raises(ConfigError, match=r"clients\.enabled=true"):
-        validate_config({"strategy": {"name": "fedbuff"}})
+        Simulation(validate_config({"strategy": {"name": "fedbuff"}})).coordinator()
     on = {"clients": {"enabled": True}}
     cases: list[tuple[dict[str, Any], str]] = [
         ({"aggregator": "median"}, "strategy.aggregator"),
@@ -145,11 +147,143 @@ def test_fedbuff_without_a_clock_or_with_synchronous_settings_is_refused() -> No
         cfg = validate_config({**on, "strategy": {"name": "fedbuff", **strategy}})
         with pytest.raises(ConfigError, match=re.escape(key)):
             make_strategy(cfg)
-    with pytest.raises(ConfigError, match=r"deployment .* not implemented"):
-        FedBuff().init_state(np.zeros(2, np.float32))
-    fedbuff = validate_config({**on, "strategy": {"name": "fedbuff"}})
-    with pytest.raises(ConfigError, match=r"deployment .* not implemented"):
-        build_strategy(fedbuff, None)  # what fedloom server builds its strategy with
+    # what fedloom server builds its strategy with: real time, no clock, no synchronous extras
+    fedbuff = {"strategy": {"name": "fedbuff"}}
+    built = build_strategy(validate_config(fedbuff), None)
+    assert isinstance(built, FedBuff) and built.clock is None
+    deployment_cases: list[tuple[dict[str, Any], str]] = [
+        (on, r"clients\.enabled: the clients section simulates"),
+        ({"server": {"over_selection": 0.5}}, r"server\.over_selection: fedbuff keeps"),
+        ({"pruning": {"enabled": True}}, r"pruning\.enabled: fedbuff's updates arrive"),
+    ]
+    for extra, message in deployment_cases:
+        with pytest.raises(ConfigError, match=message):
+            build_strategy(validate_config({**fedbuff, **extra}), None)
+    # without a clock, on an engine that runs each exchange to its end
+    coord = Coordinator(
+        strategy=FedBuff(buffer_size=1, concurrency=1),
+        engine=SequentialEngine(lambda cid: FixedClient([1, 0])),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population({0: 1}),
+    )
+    with pytest.raises(ConfigError, match=r"asynchronous engine .* 'sequential' engine"):
+        coord.run(1)
+
+
+class ScriptedEngine:
+    """An ``Asynchronous`` engine on logical time, for the deployment path: a task runs its
+    client when it starts and ends ``ticks[client]`` ticks later; ``arrivals`` moves time to the
+    next end and yields the tasks that end then, in the order they started."""
+
+    name = "scripted"
+
+    def __init__(self, clients: dict[int, FixedClient], ticks: dict[int, int]) -> None:
+        self.inner = SequentialEngine(clients.__getitem__)
+        self.ticks = ticks
+        self.now = 0
+        self.flying: list[tuple[int, Result]] = []  # (tick it ends at, result), by start
+        self.arrival_ticks: list[int] = []
+
+    def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        return self.inner.run(tasks, blobs)
+
+    def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
+        for result in self.inner.run(tasks, blobs):
+            self.flying.append((self.now + self.ticks[result.task.client_id], result))
+
+    def in_flight(self) -> list[Task]:
+        return [r.task for _, r in self.flying]
+
+    def arrivals(self, most: int) -> Iterator[Result]:
+        if not self.flying:
+            return
+        self.now = min(end for end, _ in self.flying)
+        ending = [(end, r) for end, r in self.flying if end == self.now][:most]
+        for item in ending:
+            self.flying.remove(item)
+            self.arrival_ticks.append(self.now)
+            yield item[1]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_in_a_deployment_the_server_steps_on_k_updates_and_the_rest_stay_in_flight() -> None:
+    # Prepare: K = 2, C = 3; tasks take 1, 2 and 5 ticks of real time, no clock
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
+    engine = ScriptedEngine(clients, {0: 1, 1: 2, 2: 5})
+    coord = Coordinator(
+        strategy=FedBuff(buffer_size=2, concurrency=3),
+        engine=engine,
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1)),
+    )
+
+    # Execute
+    coord.run(3)
+
+    # Assert, round by round. Round 1: all three start from w0 at tick 0; 0 ends at 1, 1 at 2:
+    # (1/2)([1, 0] + [0, 2]) -> w1 = [0.5, 1]; client 2 stays in flight.
+    # Round 2: 0 and 1 start from w1 at 2 (2 is busy); 0 ends at 3, 1 at 4: w2 = w1 + [0.5, 1].
+    # Round 3: 0 and 1 start from w2 at 4; at 5 client 2's task of round 1 (staleness 2) and
+    # client 0's end together: (1/2)([4, 4] / sqrt 3 + [1, 0]) -> w3 = w2 + that.
+    r3 = 3**0.5
+    w3 = np.array([1.0, 2.0]) + np.array([(4 / r3 + 1) / 2, (4 / r3) / 2])
+    np.testing.assert_allclose(coord.params, w3, rtol=1e-6)
+    assert engine.arrival_ticks == [1, 2, 3, 4, 5, 5]
+    assert [r["staleness_max"] for r in coord.history] == [0, 0, 2]
+    assert [r["selected"] for r in coord.history] == [3, 2, 2]
+    assert [r["returned"] for r in coord.history] == [2, 2, 2]
+    assert [r["in_flight"] for r in coord.history] == [1, 1, 1]  # 2, 2, then 1 (ends at 6)
+    assert clients[2].seen == [[0.0, 0.0]]
+    assert clients[0].seen == [[0, 0], [0.5, 1], [1, 2]]
+    assert coord.strategy_state["fedbuff/version"].tolist() == [3]
+
+
+def test_in_a_deployment_a_round_ends_short_when_no_client_is_left_to_start() -> None:
+    # Prepare: K = 3 but only two clients, each training at most once per model version
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2])}
+    coord = Coordinator(
+        strategy=FedBuff(buffer_size=3, concurrency=2),
+        engine=ScriptedEngine(clients, {0: 1, 1: 1}),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1)),
+    )
+
+    # Execute
+    (record,) = coord.run(1)
+
+    # Assert: the step takes the two updates it has, (1/2)([1, 0] + [0, 2])
+    assert record["status"] == "ok" and record["returned"] == 2 and record["in_flight"] == 0
+    np.testing.assert_allclose(coord.params, [0.5, 1.0])
+
+
+class CrashingClient(FixedClient):
+    def fit(self, params: Params, config: Mapping[str, Any]) -> FitResult:
+        raise RuntimeError("local training crashed (on purpose)")
+
+
+def test_in_a_deployment_a_client_whose_task_failed_is_not_asked_again_in_that_round() -> None:
+    # Prepare: K = 2, C = 3; client 2's task, of round 1, fails at tick 3, in round 2
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: CrashingClient([0, 0])}
+    coord = Coordinator(
+        strategy=FedBuff(buffer_size=2, concurrency=3),
+        engine=ScriptedEngine(clients, {0: 1, 1: 2, 2: 3}),
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1)),
+    )
+
+    # Execute
+    coord.run(3)
+
+    # Assert: round 2 started 0 and 1 only, and did not restart 2 when its failure came in
+    # with client 0's update at tick 3; round 3 asks it again
+    assert [r["selected"] for r in coord.history] == [3, 2, 3]
+    assert [(r["returned"], r["failed"]) for r in coord.history] == [(2, 0), (2, 1), (2, 0)]
 
 
 def _run(engine: str, tmp_path: Path) -> list[dict[str, Any]]:

@@ -196,6 +196,10 @@ class DeploymentClient:
         self.backoff = Backoff()
         self.tasks_done = 0
         self.unreachable_since: float | None = None
+        # set when a heartbeat hears that the run is over: a task still at work then (FedBuff
+        # keeps clients training across rounds) is not uploaded, and a server that has already
+        # stopped is not waited for
+        self.run_over = threading.Event()
         if opts.insecure:
             self.bundle: Bundle | None = None
             log.warning("--insecure: plaintext connection; nothing is encrypted or verified")
@@ -353,6 +357,12 @@ class DeploymentClient:
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
                     self._say("the server no longer knows this session; joining again")
                     continue
+                if self.run_over.is_set():
+                    self._say(
+                        f"run finished (the server stopped while this client was at work); "
+                        f"{self.tasks_done} tasks done"
+                    )
+                    return EXIT_FINISHED
                 now = time.monotonic()
                 since = self.unreachable_since = self.unreachable_since or now
                 if now - since > self.opts.give_up_after:
@@ -393,7 +403,9 @@ class DeploymentClient:
         )
         stop = threading.Event()
         beat = threading.Thread(
-            target=_heartbeat, args=(conn, joined.heartbeat_seconds, stop), daemon=True
+            target=_heartbeat,
+            args=(conn, joined.heartbeat_seconds, stop, self.run_over),
+            daemon=True,
         )
         beat.start()
         try:
@@ -429,9 +441,12 @@ class DeploymentClient:
         else:
             result = self._execute(task, blobs)
             self._hold_model(task, blobs)
+        what = f"round {task.round} {task.kind}"
+        if self.run_over.is_set():
+            self._say(f"{what} not uploaded: the run finished while this client was at work")
+            return
         reply = conn.upload(msg, result, chunk_bytes)
         self.tasks_done += 1
-        what = f"round {task.round} {task.kind}"
         if not result.ok:
             self._say(f"{what} failed locally: {result.error}")
         elif reply.accepted:
@@ -487,10 +502,13 @@ def _leave(conn: Connection) -> None:
         conn.leave()
 
 
-def _heartbeat(conn: Connection, every: float, stop: threading.Event) -> None:
+def _heartbeat(
+    conn: Connection, every: float, stop: threading.Event, run_over: threading.Event
+) -> None:
     while not stop.wait(every):
         try:
             if not conn.heartbeat():
+                run_over.set()
                 return
         except grpc.RpcError:
             pass  # the main loop notices a lost server on its next call

@@ -66,6 +66,26 @@ class OverSelects(Protocol):
         ...
 
 
+@runtime_checkable
+class Asynchronous(Protocol):
+    """An engine whose tasks may outlive the exchange that started them: a deployment without a
+    round barrier (FedBuff; ``Exchange.until``). The remote engine of ``fedloom server`` is one;
+    the simulation engines are not (FedBuff simulates asynchrony on a virtual clock instead)."""
+
+    def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
+        """Hand ``tasks`` to their clients and return at once."""
+        ...
+
+    def arrivals(self, most: int) -> Iterator[Result]:
+        """Wait until a started task ends (whichever exchange started it), then yield it and the
+        others that have ended, at most ``most``; nothing when no task is in flight."""
+        ...
+
+    def in_flight(self) -> list[Task]:
+        """The started tasks that have not ended."""
+        ...
+
+
 def keep_state(states: ClientStateStore, result: Result) -> Result:
     """Store the state a successful task left in ``states``; the Result no longer carries it."""
     if result.ok and result.state is not None:
@@ -93,6 +113,7 @@ def run_one(
 
 
 __all__ = [
+    "Asynchronous",
     "ClientFn",
     "Engine",
     "MeasuresTransfer",

@@ -16,6 +16,13 @@ it passes through here. It adds what only a real deployment needs:
 ``last_transfer()`` the payload bytes it actually streamed (``MeasuresTransfer``): the hub's traffic
 counters between the start and the end of the run. Bytes a straggler streams after its round closed
 count toward the next run.
+
+It is also ``Asynchronous``: tasks given to ``start`` stay in flight across exchanges and rounds
+(FedBuff without a round barrier), each until its result arrives, its client disconnects, or its
+own deadline (``deadline_s`` after it started) passes; ``arrivals`` waits for the next of them to
+end. ``last_stats`` then covers one ``start`` and the ``arrivals`` after it, and ``last_transfer()``
+the traffic since the previous ``arrivals`` ended (uploads that come in between exchanges count
+toward the next one).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np
 
 from fedloom.core.task import FIT, Blobs, Result, Task
 from fedloom.engines.base import Transfer
-from fedloom.transport.hub import Completion, Hub
+from fedloom.transport.hub import Batch, Completion, Hub
 
 
 @dataclass
@@ -66,6 +73,10 @@ class RemoteEngine:
         self.tick_s = tick_s
         self.last_stats = RemoteRunStats()
         self._transfer = Transfer(0, 0)
+        # asynchronous tasks: the batches of ``start`` with open tasks, one queue for them all
+        self._flying: list[Batch] = []
+        self._arrived: queue.Queue[Completion] = queue.Queue()
+        self._traffic0 = (0, 0)
 
     def last_transfer(self) -> Transfer:
         return self._transfer
@@ -76,11 +87,7 @@ class RemoteEngine:
         self._over_select_next = allowed
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
-        if any(t.upload is not None and t.upload.rows is not None for t in tasks):
-            raise ValueError(
-                "row-sparse uploads (Upload.rows: the rows a client touched, as federated "
-                "collaborative filtering sends) do not travel over gRPC yet; run them in simulation"
-            )
+        self._refuse_rows(tasks)
         stats = RemoteRunStats()
         self.last_stats = stats
         self._transfer = Transfer(0, 0)
@@ -116,6 +123,87 @@ class RemoteEngine:
                 pending.task,
                 error=f"no result before the round deadline ({self.deadline_s:g} s)",
             )
+
+    @staticmethod
+    def _refuse_rows(tasks: Sequence[Task]) -> None:
+        if any(t.upload is not None and t.upload.rows is not None for t in tasks):
+            raise ValueError(
+                "row-sparse uploads (Upload.rows: the rows a client touched, as federated "
+                "collaborative filtering sends) do not travel over gRPC yet; run them in simulation"
+            )
+
+    # -- asynchronous tasks (``Asynchronous``) -------------------------------------------------
+
+    def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
+        """Hand ``tasks`` to their clients; they run until they end, whatever exchange or round
+        the coordinator is in by then. No over-selection: an asynchronous strategy keeps its own
+        number of clients at work."""
+        self._refuse_rows(tasks)
+        self.last_stats = RemoteRunStats(dispatched=len(tasks))
+        if tasks:
+            self._flying.append(self.hub.dispatch(tasks, blobs, self.deadline_s, self._arrived))
+
+    def in_flight(self) -> list[Task]:
+        """The started tasks that have not ended, in the order they started."""
+        return [p.task for b in self._flying for p in b.pending.values() if not p.done]
+
+    def arrivals(self, most: int) -> Iterator[Result]:
+        """Wait until a started task ends, then yield it and the others that have ended, at most
+        ``most`` (the rest wait for the next call). A task ends with its result, or as dropped
+        when its client disconnects or ``deadline_s`` passes since it started. Yields nothing
+        when no task is in flight."""
+        stats = self.last_stats
+        yielded = 0
+        try:
+            while yielded < most:
+                self._expire()
+                try:
+                    done = self._arrived.get_nowait()
+                except queue.Empty:
+                    if yielded:
+                        break
+                    if not self.in_flight():
+                        try:  # one may have ended since the first look
+                            done = self._arrived.get_nowait()
+                        except queue.Empty:
+                            break
+                    else:
+                        try:
+                            done = self._arrived.get(timeout=self._until_next_deadline())
+                        except queue.Empty:
+                            self.hub.reap()
+                            continue
+                self._count(done, stats)
+                yielded += 1
+                yield done.result
+        finally:
+            self._release()
+            # since the previous arrivals: an upload that came in while the coordinator was
+            # between exchanges (stepping, evaluating) counts toward the next one
+            down, up = self.hub.traffic()
+            self._transfer = Transfer(down - self._traffic0[0], up - self._traffic0[1])
+            self._traffic0 = (down, up)
+
+    def _expire(self) -> None:
+        """End the tasks in flight for ``deadline_s`` as dropped (their uploads are refused from
+        now on)."""
+        now = time.monotonic()
+        for batch in [b for b in self._flying if now - b.started >= self.deadline_s]:
+            self._flying.remove(batch)
+            for p in self.hub.close_batch(batch):
+                error = f"no result within {self.deadline_s:g} s (server.round_deadline_s)"
+                self._arrived.put(Completion(p.task, Result(p.task, error=error), dropped=True))
+
+    def _until_next_deadline(self) -> float:
+        now = time.monotonic()
+        nearest = min(b.started + self.deadline_s for b in self._flying) - now
+        return max(min(nearest, self.tick_s), 0.001)
+
+    def _release(self) -> None:
+        """Close the batches whose tasks have all ended: their blobs are no longer served."""
+        for batch in [b for b in self._flying if b.open_tasks == 0]:
+            self.hub.close_batch(batch)
+            self._flying.remove(batch)
 
     def _count(self, done: Completion, stats: RemoteRunStats) -> None:
         if done.rejected is not None:

@@ -52,7 +52,7 @@ from fedloom.core.validation import (
     plausible_metrics,
     update_norm,
 )
-from fedloom.engines.base import Engine, MeasuresTransfer, OverSelects, Transfer
+from fedloom.engines.base import Asynchronous, Engine, MeasuresTransfer, OverSelects, Transfer
 from fedloom.errors import ConfigError, UpdateRejected
 from fedloom.metrics import pooled_metrics
 from fedloom.optim import OptState
@@ -387,6 +387,9 @@ class Coordinator:
             state=state,
             num_clients=len(self.population.eligible),
             num_examples=self.population.num_examples,
+            in_flight=(
+                tuple(self.engine.in_flight()) if isinstance(self.engine, Asynchronous) else ()
+            ),
             upload_codec=self.upload_codec,
             error_feedback=self.error_feedback,
             mask=mask,
@@ -407,7 +410,17 @@ class Coordinator:
             # stage must reach exactly the clients that took part in the stages before it.
             self.engine.allow_over_selection(first)
         bytes_up = 0
-        results = iter(self.engine.run(tasks, blobs))
+        if exchange.until is None:
+            results = iter(self.engine.run(tasks, blobs))
+        elif isinstance(self.engine, Asynchronous):
+            self.engine.start(tasks, blobs)
+            results = iter(self.engine.arrivals(exchange.until))
+        else:
+            raise ConfigError(
+                f"strategy {self.strategy.name!r} runs without a round barrier: its tasks stay in "
+                "flight across rounds, which needs an asynchronous engine (fedloom server's); "
+                f"the {self.engine.name!r} engine runs each exchange to its end"
+            )
         while True:
             with tally.phase("client_work"):
                 result = next(results, None)
@@ -415,6 +428,7 @@ class Coordinator:
                 break
             for listener in self.listeners:
                 listener.on_result(result)
+            exchange.ended.append(result.task)
             cid = result.task.client_id
             if result.rejected is not None:
                 tally.rejected += 1  # the receiver (the gRPC service) logged it with the reason
@@ -455,6 +469,8 @@ class Coordinator:
         transfer = self._transfer(Transfer(self._sent(tasks, blobs), bytes_up))
         tally.bytes_down += transfer.bytes_down
         tally.bytes_up += transfer.bytes_up
+        if isinstance(self.engine, Asynchronous):
+            exchange.in_flight = self.engine.in_flight()
 
     def _validate(
         self, r: int, result: Result, ctx: RoundContext

@@ -417,9 +417,24 @@ class _CountedEngine:
             yield from self.engine.run(tasks, blobs)
         finally:
             if any(t.kind != EVALUATE for t in tasks):
-                last = self.engine.last_stats
-                for f in dataclasses.fields(self.stats):
-                    setattr(self.stats, f.name, getattr(self.stats, f.name) + getattr(last, f.name))
+                self._add(self.engine.last_stats)
+
+    # asynchronous exchanges (FedBuff): training tasks only
+    def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
+        self.engine.start(tasks, blobs)
+
+    def arrivals(self, most: int) -> Iterator[Result]:
+        try:
+            yield from self.engine.arrivals(most)
+        finally:
+            self._add(self.engine.last_stats)
+
+    def in_flight(self) -> list[Task]:
+        return self.engine.in_flight()
+
+    def _add(self, last: RemoteRunStats) -> None:
+        for f in dataclasses.fields(self.stats):
+            setattr(self.stats, f.name, getattr(self.stats, f.name) + getattr(last, f.name))
 
     def allow_over_selection(self, allowed: bool) -> None:
         self.engine.allow_over_selection(allowed)

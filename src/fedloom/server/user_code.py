@@ -22,9 +22,8 @@ from fedloom.errors import ConfigError, DeploymentError
 from fedloom.plugins import call_factory, load_entry_point
 from fedloom.server.coordinator import CentralEvaluator
 from fedloom.simulation import Simulation
-from fedloom.strategies import Strategy
+from fedloom.strategies import FedBuff, Strategy
 from fedloom.strategies.factory import make_strategy
-from fedloom.strategies.fedbuff import NO_ASYNC_DEPLOYMENT
 
 
 @dataclass
@@ -197,10 +196,14 @@ def _read_eval_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
     """The strategy from ``--strategy module:function`` (called with the Config, or with no
     arguments), or the config's ``strategy`` section."""
+    if cfg.clients.enabled:
+        raise ConfigError(
+            "clients.enabled: the clients section simulates client speeds and availability on a "
+            "virtual clock (fedloom run); a deployment's clients are real processes. Remove it "
+            "from the server's config"
+        )
     if entry_point is None:
-        if cfg.strategy.name == "fedbuff":
-            raise ConfigError(NO_ASYNC_DEPLOYMENT)
-        return make_strategy(cfg)
+        return _deployable(cfg, make_strategy(cfg))
     factory = load_entry_point(entry_point, "--strategy")
     strategy = call_factory(factory, cfg, "--strategy", entry_point)
     if not isinstance(strategy, Strategy):
@@ -208,5 +211,30 @@ def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
             f"--strategy {entry_point} returned {type(strategy).__name__}, not a fedloom "
             "Strategy; return an instance of a subclass of fedloom.strategies.Strategy "
             "(FedAvg, Scaffold, or your own)"
+        )
+    return _deployable(cfg, strategy)
+
+
+def _deployable(cfg: Config, strategy: Strategy) -> Strategy:
+    """``strategy``, unless it is FedBuff (which runs without a round barrier in a deployment)
+    with deployment settings it has no use for."""
+    if not isinstance(strategy, FedBuff):
+        return strategy
+    if strategy.clock is not None:
+        raise ConfigError(
+            "--strategy returned a FedBuff with a virtual clock: a deployment runs on real time; "
+            "leave FedBuff.clock None"
+        )
+    if cfg.server.over_selection > 0:
+        raise ConfigError(
+            "server.over_selection: fedbuff keeps strategy.concurrency clients at work and "
+            "steps on the first strategy.buffer_size updates, so there are no stragglers to "
+            "stand in for; set it to 0"
+        )
+    if cfg.pruning.enabled:
+        raise ConfigError(
+            "pruning.enabled: fedbuff's updates arrive rounds after they started, under the "
+            "pruning mask of their own round, which a later mask would refuse; turn pruning "
+            "off with strategy.name=fedbuff in a deployment"
         )
     return strategy

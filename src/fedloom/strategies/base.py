@@ -69,6 +69,10 @@ class RoundContext:
     diagnostics: dict[str, float] = field(default_factory=dict)
     """What the strategy reports about the round whether or not it succeeds (which clients a
     protocol lost at which stage): added to the round's record either way."""
+    in_flight: Sequence[Task] = ()
+    """Tasks of earlier rounds still running on an ``Asynchronous`` engine (a deployment without
+    a round barrier), when the round starts; their results arrive in this round's asynchronous
+    exchanges (``Exchange.until``)."""
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
@@ -96,11 +100,20 @@ class Exchange:
 
     ``on_result(result, vec)`` is called for each result that passed validation, with its decoded
     upload (None for tasks that take no upload). Failed and rejected results never reach it.
+
+    With ``until`` the exchange is asynchronous (it needs an ``Asynchronous`` engine: ``fedloom
+    server``): its tasks start and it ends as soon as some task ends, at most ``until`` of them,
+    whether started by this exchange or by an earlier one, of this round or an earlier round.
+    The others stay in flight. The coordinator then sets ``ended`` (every task that ended, with
+    or without a usable result) and ``in_flight`` (the tasks still running).
     """
 
     tasks: list[Task]
     blobs: Sequence[Blob]
     on_result: OnResult
+    until: int | None = None
+    ended: list[Task] = field(default_factory=list)
+    in_flight: list[Task] = field(default_factory=list)
 
 
 RoundPlan = Generator[Exchange, None, "np.ndarray | None"]

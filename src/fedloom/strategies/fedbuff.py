@@ -21,12 +21,21 @@ flight when the server steps are kept in the strategy state (``fedbuff/pending``
 version they started from and the time they arrive. The schedule depends only on the clock and
 the seeded selection, so every engine gives the same run.
 
+In a deployment (``fedloom server``; no clock) the same algorithm runs on real time, without a
+round barrier. The remote engine is ``Asynchronous``: a task stays in flight across coordinator
+rounds until its client uploads, disconnects, or misses ``server.round_deadline_s``. Each round
+starts clients until C are at work and waits, one asynchronous exchange at a time
+(``Exchange.until``), for the next task to end, starting a new client for every one that ends,
+until K updates are buffered; the rest stay in flight into later rounds. A task records the model
+version it started from as its round: a deployment round either steps the model once or is
+retried as the same round from the same model, so an update's staleness is the current round
+minus its task's round. What is in flight when the server stops or crashes is lost (the clients'
+uploads for it are refused); a resumed run starts new clients from its last checkpoint.
+
 Choices the paper leaves open: a client trains at most once per model version (a second run
 from the same model would repeat the first), so a round also ends when no idle client is ever
 online again, with fewer than K updates; the mean divides by the updates the buffer holds (K,
 unless one failed or was rejected); an update that a client's departure cut short is lost.
-
-Not here: FedBuff in a deployment, which needs a server without a round barrier.
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ from typing import Protocol
 import numpy as np
 
 from fedloom.core.task import FIT, MODEL, Result, Task
-from fedloom.errors import ConfigError
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
 
 log = logging.getLogger("fedloom")
@@ -53,13 +61,6 @@ PENDING = "fedbuff/pending"
 """Updates still in flight, one row each: shape (P, model size)."""
 PENDING_META = "fedbuff/pending_meta"
 """Per pending update: (client id, model version it started from, time it arrives)."""
-
-
-NO_ASYNC_DEPLOYMENT = (
-    "strategy.name=fedbuff runs in simulation only (fedloom run, fedloom.simulate), on the "
-    "virtual clock of the clients section; FedBuff in a deployment (a server without a round "
-    "barrier) is not implemented"
-)
 
 
 class VirtualClock(Protocol):
@@ -118,8 +119,8 @@ class FedBuff(Strategy):
     mode = "train"
 
     def init_state(self, params: np.ndarray) -> StrategyState:
-        if self.clock is None:
-            raise ConfigError(NO_ASYNC_DEPLOYMENT)
+        if self.clock is None:  # a deployment: what is in flight lives in the engine
+            return {VERSION: np.zeros(1, np.int64)}
         return {
             NOW: np.zeros(1, np.float64),
             VERSION: np.zeros(1, np.int64),
@@ -128,8 +129,56 @@ class FedBuff(Strategy):
         }
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        clock = self.clock
-        assert clock is not None  # init_state refused to start without one
+        if self.clock is None:
+            return self._without_barrier(ctx)
+        return self._on_the_clock(ctx, self.clock)
+
+    def _without_barrier(self, ctx: RoundContext) -> RoundPlan:
+        """One server step in a deployment: keep C clients at work, each from the model current
+        when it starts, and step once K updates have arrived."""
+        version = int(ctx.state[VERSION][0])
+        config = self.fit_config(ctx)
+        updates: list[np.ndarray] = []
+        staleness: list[int] = []
+        kept: set[int] = set()
+
+        def keep(result: Result, vec: np.ndarray | None) -> None:
+            if vec is not None and result.task.kind == FIT:
+                updates.append(vec)
+                staleness.append(ctx.round - result.task.round)
+                kept.add(result.task.client_id)
+
+        flying = list(ctx.in_flight)
+        # a client trains at most once per model version, and one whose task failed (it
+        # disconnected, missed its deadline, sent an update that was refused) is not asked again
+        # before the next one
+        started = {t.client_id for t in flying if t.round == ctx.round}
+        short = False
+        while len(updates) < self.buffer_size:
+            busy = started | {t.client_id for t in flying}
+            idle = [c for c in ctx.eligible if c not in busy]
+            free = self.concurrency - len(flying)
+            chosen: list[int] = []
+            if free > 0 and idle:
+                picked = ctx.rng.choice(np.asarray(idle), size=min(free, len(idle)), replace=False)
+                chosen = sorted(int(c) for c in picked)
+            if not chosen and not flying:
+                short = True
+                break
+            started.update(chosen)
+            tasks = [
+                Task(FIT, ctx.round, cid, config, {MODEL: ctx.model.digest}, ctx.upload())
+                for cid in chosen
+            ]
+            exchange = Exchange(tasks, [ctx.model], keep, until=self.buffer_size - len(updates))
+            yield exchange
+            flying = exchange.in_flight
+            started.update(t.client_id for t in exchange.ended if t.client_id not in kept)
+        ctx.metrics.update(in_flight=float(len(flying)))
+        return self._step(ctx, version, updates, staleness, short)
+
+    def _on_the_clock(self, ctx: RoundContext, clock: VirtualClock) -> RoundPlan:
+        """One server step in simulation, played forward on the virtual clock."""
         version = int(ctx.state[VERSION][0])
         started = now = float(ctx.state[NOW][0])
         meta = ctx.state[PENDING_META]
@@ -223,7 +272,6 @@ class FedBuff(Strategy):
             [(f.client, f.version, f.finish) for f, _ in still], np.float64
         ).reshape(-1, 3)
         ctx.state[NOW] = np.array([now], np.float64)
-        ctx.state[VERSION] = np.array([version + 1], np.int64)
         staleness = [version - f.version for f, _ in usable]
         ctx.metrics.update(
             sim_seconds=now - started,
@@ -231,27 +279,42 @@ class FedBuff(Strategy):
             dropouts=float(dropouts),
             in_flight=float(len(still)),
         )
+        return self._step(ctx, version, [u for _, u in usable], staleness, short, len(buffer))
+
+    def _step(
+        self,
+        ctx: RoundContext,
+        version: int,
+        updates: list[np.ndarray],
+        staleness: list[int],
+        short: bool,
+        arrived: int | None = None,
+    ) -> np.ndarray | None:
+        """The buffered update of model version ``version`` (None: too few to step on).
+        ``short``: the buffer could not fill; ``arrived``: the updates that came back, usable or
+        not (default: the usable ones)."""
+        ctx.state[VERSION] = np.array([version + 1], np.int64)
         if short:
             log.warning(
                 "fedbuff: %d of %d updates arrived at model version %d: every other client has "
                 "trained on it or is never online again (strategy.buffer_size is more than the "
                 "clients can give)",
-                len(buffer),
+                len(updates) if arrived is None else arrived,
                 self.buffer_size,
                 version,
             )
-        if len(usable) < max(1, self.min_fit_clients):
+        if len(updates) < max(1, self.min_fit_clients):
             log.error(
                 "fedbuff: %d usable updates in the buffer, min_fit_clients is %d; the global "
                 "model is unchanged",
-                len(usable),
+                len(updates),
                 self.min_fit_clients,
             )
             return None
         ctx.metrics.update(
             staleness_mean=float(np.mean(staleness)), staleness_max=float(np.max(staleness))
         )
-        return buffered_update([u for _, u in usable], staleness)
+        return buffered_update(updates, staleness)
 
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         return -aggregate

@@ -89,13 +89,18 @@ class Completion:
 
 
 class Batch:
-    """The tasks of one ``Engine.run`` call, the queue their completions arrive on, and the blobs
-    (by digest) its handed-out tasks name."""
+    """The tasks of one ``Engine.run`` call (or of one ``start`` of an asynchronous engine), the
+    queue their completions arrive on, and the blobs (by digest) its handed-out tasks name.
+    Batches may share one queue: an asynchronous engine reads the completions of every batch it
+    started on one."""
 
-    def __init__(self) -> None:
-        self.completions: queue.Queue[Completion] = queue.Queue()
+    def __init__(self, completions: queue.Queue[Completion] | None = None) -> None:
+        self.completions: queue.Queue[Completion] = (
+            queue.Queue() if completions is None else completions
+        )
         self.pending: dict[str, PendingTask] = {}
         self.blobs: dict[str, Blob] = {}
+        self.started = time.monotonic()
 
     @property
     def open_tasks(self) -> int:
@@ -203,11 +208,18 @@ class Hub:
             return {s.client_id: s for s in self._sessions.values() if s.ready}
 
     # -- tasks ------------------------------------------------------------------------------
-    def dispatch(self, tasks: Sequence[Task], blobs: Blobs, deadline_seconds: float) -> Batch:
+    def dispatch(
+        self,
+        tasks: Sequence[Task],
+        blobs: Blobs,
+        deadline_seconds: float,
+        completions: queue.Queue[Completion] | None = None,
+    ) -> Batch:
         """Hand each task to its client's session; ``blobs`` holds every blob the tasks name, by
         digest. A task whose client is not connected, does not run its kind, or names a blob
-        that is not in ``blobs`` fails at once."""
-        batch = Batch()
+        that is not in ``blobs`` fails at once. Completions go to ``completions`` when given (a
+        queue several batches share), else to a queue of the batch's own."""
+        batch = Batch(completions)
         with self._lock:
             by_id = {s.client_id: s for s in self._sessions.values() if s.ready}
             for task in tasks:
@@ -256,7 +268,7 @@ class Hub:
 
     def close_batch(self, batch: Batch) -> list[PendingTask]:
         """Stop accepting results for ``batch`` and release its blobs; returns the tasks that
-        never completed."""
+        never completed (their clients' uploads for them are refused from now on)."""
         with self._lock:
             if batch in self._open:
                 self._open.remove(batch)
