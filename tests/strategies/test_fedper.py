@@ -12,8 +12,8 @@ import pytest
 from torch import nn
 
 from fedloom.client.base import ClientContext, EvalResult, FitResult
-from fedloom.client.torch_client import TorchClient
 from fedloom.client.execute import execute_task
+from fedloom.client.torch_client import TorchClient
 from fedloom.core.codec import get_codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import UPLOAD_PARAMS, Blob, Task, Upload
