@@ -32,6 +32,15 @@ def test_spec_rejects_wrong_shape_and_names() -> None:
         spec.as_vector(np.zeros(6, np.float32))
 
 
+def test_spec_support_marks_the_entries_of_the_named_parameters() -> None:
+    spec = ParamSpec.of(_params())
+
+    np.testing.assert_array_equal(spec.support(["b"]), [False, False, False, False, True])
+    np.testing.assert_array_equal(spec.support(["w", "b"]), [True] * 5)
+    with pytest.raises(ValueError, match=r"\['c'\] are not parameters of the model \['w', 'b'\]"):
+        spec.support(["c"])
+
+
 def test_codecs_report_exact_sizes_and_round_trip() -> None:
     vec = np.array([0.5, -1.25, 3.0], np.float32)
     assert len(Float32Codec().encode(vec)) == 12

@@ -26,7 +26,8 @@ class SlowClient:
     """A TorchClient that takes ``delay`` extra seconds per fit, and says in its log when a fit
     starts and when it has finished (its new client state is then about to be stored).
 
-    It passes the task's context on, so it runs algorithms with client state (SCAFFOLD)."""
+    It passes the task's context on, so it runs algorithms with client state (SCAFFOLD), and
+    declares its test examples, so federated evaluation scores it as it scores a demo client."""
 
     def __init__(
         self, inner: TorchClient, delay: float, rounds: frozenset[int] | None = None
@@ -35,6 +36,7 @@ class SlowClient:
         self.delay = delay
         self.rounds = rounds
         self.num_examples = inner.num_examples
+        self.num_test_examples = 0 if inner.x_test is None else len(inner.x_test)
 
     def fit(
         self, params: Params, config: Mapping[str, Any], context: ClientContext | None = None

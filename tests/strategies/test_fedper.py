@@ -4,6 +4,7 @@ server averages the base layers. Hand-computed on a two-weight model."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -11,12 +12,16 @@ import pytest
 from torch import nn
 
 from fedloom.client.base import ClientContext, EvalResult, FitResult
+from fedloom.client.execute import execute_task
 from fedloom.client.torch_client import TorchClient
+from fedloom.core.codec import get_codec
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.task import UPLOAD_PARAMS, Blob, Task, Upload
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.strategies import FedPer
+from fedloom.strategies.base import RoundContext
 from fedloom.strategies.fedper import personal_names
 
 # y = b * (a * x): "0.weight" is the base layer a, "1.weight" the personalisation layer b
@@ -82,7 +87,7 @@ class FixedClient:
         return EvalResult(loss=0.0, num_examples=self.n)
 
 
-def test_the_server_averages_the_base_layers_and_never_uses_the_head_entries() -> None:
+def test_the_server_averages_the_base_layers_and_never_receives_the_head() -> None:
     clients = {0: FixedClient([1.0, 5.0], 1), 1: FixedClient([3.0, 7.0], 3)}
     coord = Coordinator(
         strategy=FedPer(personal_layers=["1"]),
@@ -125,7 +130,67 @@ def test_over_rounds_heads_stay_on_their_clients_and_the_global_head_never_moves
     assert coord.params[1] == init[1]  # the global head is the initial one
     heads = [engine.states.get(cid, 4)[HEAD] for cid in range(2)]
     assert all(abs(float(h[0, 0]) - 0.5) > 1e-3 for h in heads)  # each client trained its own
-    assert len(uploads) == 6 and all(u[1] == 0.0 for u in uploads)
+    # every upload is the base layer's one value; round 1's is a's delta, -0.05 (see above)
+    assert [u.shape for u in uploads] == [(1,)] * 6
+    np.testing.assert_allclose(uploads[:2], [[-0.05], [-0.05]], rtol=1e-6)
+
+
+def test_the_fit_task_names_the_base_layers_and_its_upload_takes_their_values_only() -> None:
+    spec = ParamSpec(
+        names=("net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"),
+        shapes=((3, 2), (3,), (2, 3), (2,)),
+        dtypes=("<f4",) * 4,
+    )
+    params = np.zeros(spec.size, np.float32)
+    codec = get_codec("float32")
+    ctx = RoundContext(
+        1,
+        [0],
+        np.random.default_rng(0),
+        7,
+        spec,
+        codec,
+        params,
+        Blob.encode(spec, codec, params),
+        {},
+        1,
+    )
+
+    (task,) = FedPer(personal_layers=["net.2"]).configure_fit(ctx)
+
+    # base: 3 x 2 + 3 = 9 of the model's 17 values
+    assert task.config[UPLOAD_PARAMS] == ["net.0.weight", "net.0.bias"]
+    assert task.upload is not None and (task.upload.size, task.upload.mask) == (9, None)
+
+
+def test_the_client_uploads_the_named_parameters_only() -> None:
+    task = Task(
+        "fit", 1, 0, {**CONFIG, **LOCAL, UPLOAD_PARAMS: ["0.weight"]}, upload=Upload("float32", 1)
+    )
+    blob = Blob.encode(SPEC, get_codec("float32"), SPEC.flatten(GLOBAL))
+    state = {HEAD: np.full((1, 1), 2.0, np.float32)}
+
+    result = execute_task(
+        two_layer_client(), replace(task, blobs={"model": blob.digest}), {blob.digest: blob}, state
+    )
+
+    # a's delta only (-0.8, as above): 4 bytes, the head's trained 1.6 stays in the state
+    assert result.ok, result.error
+    assert result.payload is not None and len(result.payload) == 4
+    np.testing.assert_allclose(np.frombuffer(result.payload, "<f4"), [-0.8], rtol=1e-6)
+    assert result.state is not None
+    np.testing.assert_allclose(result.state[HEAD], [[1.6]], rtol=1e-6)
+
+
+def test_personal_layers_that_name_the_whole_model_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"name every parameter of the model"):
+        Coordinator(
+            strategy=FedPer(personal_layers=["0", "1"]),
+            engine=SequentialEngine(lambda cid: two_layer_client(cid)),
+            spec=SPEC,
+            params=SPEC.flatten(GLOBAL),
+            population=Population({0: 1}),
+        )
 
 
 def test_layer_names_that_the_model_lacks_are_a_config_error() -> None:

@@ -31,6 +31,7 @@ from fedloom.core.task import (
     MASK,
     MESSAGE,
     MODEL,
+    UPLOAD_PARAMS,
     Blob,
     Blobs,
     Result,
@@ -177,11 +178,13 @@ def call_with_context(
 
 def dense_upload_size(task: Task, model_size: int, mask: np.ndarray | None) -> int | None:
     """How many values a client's update has before it is encoded: the task's upload size, or for
-    an upload sparse under a pruning mask, that many model-sized parts (None: no upload)."""
+    an upload sparse under a pruning mask or over named parameters (``UPLOAD_PARAMS``), that many
+    model-sized parts (None: no upload). ``mask``: the upload's support (``upload_support``), or
+    the task's ``MASK`` blob."""
     upload = task.upload
     if upload is None or upload.codec == MESSAGE:
         return None  # a message's encoder checks the update it is given
-    if upload.mask is None:
+    if upload.mask is None and UPLOAD_PARAMS not in task.config:
         return upload.size
     kept = 0 if mask is None else int(mask_support(mask).sum())
     if kept == 0 or upload.size % kept:
@@ -191,16 +194,34 @@ def dense_upload_size(task: Task, model_size: int, mask: np.ndarray | None) -> i
     return upload.size // kept * model_size
 
 
+def named_support(task: Task, spec: ParamSpec) -> np.ndarray | None:
+    """The support (booleans over the model) of the parameters a task's upload carries
+    (``UPLOAD_PARAMS``), or None when the task names none."""
+    names = task.config.get(UPLOAD_PARAMS)
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"the task's {UPLOAD_PARAMS} must be parameter names, got {names!r}")
+    if task.upload is not None and task.upload.mask is not None:
+        raise ValueError(
+            f"the task's upload is sparse under a pruning mask and names {UPLOAD_PARAMS}; "
+            "an upload takes one or the other"
+        )
+    return spec.support(names)
+
+
 def _fit(client: Client, task: Task, params: Params, context: ClientContext) -> StageOutput:
     fit = call_with_context(client.fit, params, task, context)
-    size = dense_upload_size(task, ParamSpec.of(params).size, context.blobs.get(MASK))
+    spec = ParamSpec.of(params)
+    named = named_support(task, spec)
+    size = dense_upload_size(task, spec.size, context.blobs.get(MASK) if named is None else named)
     update = fit.update  # type: ignore[attr-defined]
     if isinstance(update, np.ndarray):
         if update.ndim != 1 or (size is not None and update.shape[0] != size):
             raise ValueError(f"the update has shape {update.shape}, the task expects {size} values")
         vec = update.astype(np.float32, copy=False)
     else:
-        vec = ParamSpec.of(params).flatten(update)
+        vec = spec.flatten(update)
         if size is not None and vec.shape[0] != size:
             raise ValueError(f"the update has {vec.shape[0]} values, the task expects {size}")
     rows = getattr(fit, "rows", None)
@@ -253,8 +274,9 @@ def encode_uploads(
     Tasks whose upload is a protocol ``MESSAGE`` (``codec`` None) are encoded by the protocol's
     encoder (``register_message_encoder``), which may also need each row's ``num_examples``.
 
-    With ``support`` (the tasks' pruning mask, as booleans over the model), each row sends only
-    its values under the mask (``gather``); the residual stays model-sized and zero off the mask.
+    With ``support`` (``upload_support``: the tasks' pruning mask or named parameters, as booleans
+    over the model), each row sends only its values under it (``gather``); the residual stays
+    model-sized and zero off the support.
 
     Error feedback (Stich et al. 2018, "Sparsified SGD with Memory"; Karimireddy et al. 2019,
     "Error Feedback Fixes SignSGD and other Gradient Compression Schemes"): the client adds the
@@ -293,8 +315,13 @@ def encode_uploads(
 
 
 def upload_support(task: Task, blobs: Blobs, decoded: DecodedBlobs) -> np.ndarray | None:
-    """The boolean mask an upload is sparse under (None for a dense upload)."""
-    if task.upload is None or task.upload.mask is None:
+    """The boolean mask an upload is sparse under: the task's pruning mask, or the parameters it
+    names (``UPLOAD_PARAMS``); None for a dense upload."""
+    if task.upload is None:
+        return None
+    if UPLOAD_PARAMS in task.config:
+        return named_support(task, resolve(task, blobs).spec)
+    if task.upload.mask is None:
         return None
     if task.blobs.get(MASK) != task.upload.mask:
         raise ValueError("the upload is sparse under a mask that the task does not send")

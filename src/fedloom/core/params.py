@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,20 @@ class ParamSpec:
             out.append(acc)
             acc += n
         return tuple(out)
+
+    def support(self, names: Iterable[str]) -> np.ndarray:
+        """Booleans over the flat vector: True on the entries of the parameters ``names``.
+
+        Raises ``ValueError`` for a name that is not a parameter of this spec."""
+        wanted = set(names)
+        unknown = sorted(wanted.difference(self.names))
+        if unknown:
+            raise ValueError(f"{unknown} are not parameters of the model {list(self.names)}")
+        out = np.zeros(self.size, bool)
+        for name, off, n in zip(self.names, self.offsets, self.sizes, strict=True):
+            if name in wanted:
+                out[off : off + n] = True
+        return out
 
     def flatten(
         self, params: Mapping[str, np.ndarray], dtype: np.dtype | type = np.float32

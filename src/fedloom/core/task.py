@@ -10,7 +10,9 @@ support and sent it down. Over rows (``Upload.rows``) the client chooses: a mode
 all have ``rows`` rows (item factors and item biases of a recommender) uploads only the rows its
 update touches, as a ``bitmask`` over the rows followed by the values of those rows
 (``encode_row_sparse``); the server checks that the values are exactly what the declared rows
-take (``decode_row_sparse``).
+take (``decode_row_sparse``). A task can also name the parameters its upload carries
+(``UPLOAD_PARAMS`` in its config): the upload holds only their values, and nothing of the others
+leaves the client (FedPer's personal layers).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ round."""
 MASK = "mask"
 """The blob role of a pruning mask (a 0/1 vector over the model, ``bitmask``-encoded): blobs and
 uploads that name it carry only the values where it is 1."""
+UPLOAD_PARAMS = "upload_params"
+"""Task-config key: the names of the parameters a fit task's upload carries (the others never
+leave the client). The upload holds their values in model order, ``Upload.size`` of them; the
+strategy that asked puts them back in place (``core.task.scatter`` under ``ParamSpec.support``)."""
 
 
 @dataclass(frozen=True)

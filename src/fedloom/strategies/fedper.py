@@ -8,10 +8,10 @@ The model is split into base layers, shared and trained as in FedAvg, and person
 Each round, a selected client puts its own personalisation layers (client state; the global
 model's initial values the first time) on top of the received base layers, runs local SGD on the
 whole model, keeps the personalisation layers it ends with, and uploads the delta of the base
-layers only: the entries of the personalisation layers in its upload are exactly zero, so their
-values never leave the client. The server averages the base layers as FedAvg does and never
-changes the personalisation layers of the global model (it also zeroes their entries in every
-update it receives, so a client that uploads them anyway changes nothing).
+layers only: the fit task names the base layers (``UPLOAD_PARAMS``) and its upload holds their
+values and nothing else, so the personalisation layers never leave the client and the upload is
+the base layers' size. The server puts the base layers' delta back in place and averages it as
+FedAvg does; it never changes the personalisation layers of the global model.
 
 Federated evaluation scores each client's personalised model: the global base layers with its own
 personalisation layers. A client that never trained holds none yet and is scored on the global
@@ -24,7 +24,7 @@ and bias); a name that matches no parameter of the model is a ``ConfigError``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import Result
+from fedloom.core.task import UPLOAD_PARAMS, Result, Task, scatter
 from fedloom.errors import ConfigError
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan
 from fedloom.strategies.fedavg import FedAvg
@@ -120,34 +120,49 @@ class FedPer(FedAvg):
             )
 
     def check(self, spec: ParamSpec, num_clients: int | None) -> None:
-        personal_names(spec, self.personal_layers)
+        if not self._base(spec):
+            raise ConfigError(
+                f"strategy.personal_layers {list(self.personal_layers)} name every parameter of "
+                "the model: nothing would be shared; keep the personal layers to the head"
+            )
 
     def _local(self, spec: ParamSpec) -> dict[str, Any]:
         return {"name": "fedper", "personal": list(personal_names(spec, self.personal_layers))}
 
+    def _base(self, spec: ParamSpec) -> list[str]:
+        personal = personal_names(spec, self.personal_layers)
+        return [n for n in spec.names if n not in personal]
+
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
-        return {**super().fit_config(ctx), "local": self._local(ctx.spec)}
+        return {
+            **super().fit_config(ctx),
+            "local": self._local(ctx.spec),
+            UPLOAD_PARAMS: self._base(ctx.spec),
+        }
+
+    def configure_fit(self, ctx: RoundContext) -> list[Task]:
+        """FedAvg's fit tasks, whose upload is the base layers' values only."""
+        if ctx.mask is not None:
+            raise ConfigError(
+                "strategy.name=fedper uploads the base layers, not a pruned model: turn pruning off"
+            )
+        size = int(ctx.spec.support(self._base(ctx.spec)).sum())
+        return [
+            replace(t, upload=replace(t.upload, size=size)) if t.upload is not None else t
+            for t in super().configure_fit(ctx)
+        ]
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
         agg = self.aggregator()
         agg.begin(ctx.spec.size)
-        shared = _shared_mask(ctx.spec, personal_names(ctx.spec, self.personal_layers))
+        base = ctx.spec.support(self._base(ctx.spec))
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
             assert vec is not None  # fit results carry an update
-            agg.add(vec * shared, result.num_examples)
+            agg.add(scatter(vec, base), result.num_examples)
 
         yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
         return self.finish(agg)
 
     def evaluate_config(self, ctx: RoundContext) -> dict[str, Any]:
         return {**super().evaluate_config(ctx), "local": self._local(ctx.spec)}
-
-
-def _shared_mask(spec: ParamSpec, personal: Sequence[str]) -> np.ndarray:
-    """1 on the base layers' entries, 0 on the personalisation layers'."""
-    mask = np.ones(spec.size, np.float32)
-    for i, name in enumerate(spec.names):
-        if name in personal:
-            mask[spec.offsets[i] : spec.offsets[i] + spec.sizes[i]] = 0.0
-    return mask
