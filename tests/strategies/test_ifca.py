@@ -265,6 +265,8 @@ def test_ifca_recovers_the_groups_and_beats_one_global_model() -> None:
     assert last["fed_accuracy_mean"] > 0.8
     assert last["fed_accuracy_mean"] > baseline["fed_accuracy_mean"] + 0.2
     assert {last["cluster0_eval_clients"], last["cluster1_eval_clients"]} == {4}
+    # a client's cluster is a label: it is not pooled into a meaningless fed_cluster
+    assert "fed_cluster" not in last and "fed_accuracy" in last
 
 
 def test_the_cluster_models_are_checkpointed_and_a_resumed_run_goes_on_alike() -> None:

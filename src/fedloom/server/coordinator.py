@@ -614,7 +614,8 @@ class Coordinator:
                     describe_dropped(dropped),
                 )
             per_client.append((result.task.client_id, kept))
-            sizes.append((result.num_examples, kept))
+            labels = self.strategy.label_metrics
+            sizes.append((result.num_examples, {k: v for k, v in kept.items() if k not in labels}))
         # pooled over every client's test examples (fed_loss, fed_rmse); then the strategy's
         # spread over clients (fed_<metric>_<stat>)
         out: dict[str, Any] = {f"fed_{k}": v for k, v in pooled_metrics(sizes).items()}

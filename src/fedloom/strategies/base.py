@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -145,6 +145,9 @@ class Strategy(ABC):
     (``eval.finetune_epochs``; the fine-tuned model is dropped afterwards)."""
 
     name = "strategy"
+    label_metrics: ClassVar[tuple[str, ...]] = ()
+    """Client evaluation metrics that are labels, not measurements (IFCA's chosen cluster): left
+    out of the pooled ``fed_<metric>``, still given to ``evaluation_metrics``."""
     mode = "train"
 
     def init_state(self, params: np.ndarray) -> StrategyState:

@@ -192,6 +192,7 @@ class IFCA(FedAvg):
     clusters: int = 2
 
     name = "ifca"
+    label_metrics = (CLUSTER,)
 
     def __post_init__(self) -> None:
         if self.clusters < 1:
