@@ -76,7 +76,7 @@ def config(path: Path, args: argparse.Namespace, strategy: dict[str, Any], round
                 "rounds": rounds,
                 "partition": {"kind": "iid", "num_clients": args.clients},
                 "model": {"name": "mlp", "hidden": [64]},
-                "client": {"epochs": 1, "batch_size": 16, "lr": 0.05},
+                "client": {"epochs": 1, "batch_size": 16, "lr": args.lr},
                 "strategy": strategy,
                 "server": {
                     "min_clients": args.clients,
@@ -176,7 +176,8 @@ def parse() -> argparse.Namespace:
         q.add_argument("--sigma", type=float, default=1.0)
         q.add_argument("--seed", type=int, default=0)
     p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=25)
+    p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--buffer", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--target", type=float, default=0.85)
