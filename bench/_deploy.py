@@ -23,6 +23,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def parsers(description: str | None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The benchmark's parser and its ``worker`` sub-command's (the flags ``start_deployment``
+    passes each worker process): add the benchmark's own flags to either."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="mode")
+    w = sub.add_parser("worker", help="internal: host a share of the clients")
+    for flag in ("--port", "--first", "--count", "--total"):
+        w.add_argument(flag, type=int, required=True)
+    w.add_argument("--certs", required=True)
+    return p, w
+
+
 def run_clients(
     args: argparse.Namespace, factory_for: Callable[[int], Any], give_up_after: float
 ) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from _deploy import run_clients, start_deployment
+from _deploy import parsers, run_clients, start_deployment
 
 
 def delays(args: argparse.Namespace) -> list[float]:
@@ -163,14 +163,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="mode")
-    w = sub.add_parser("worker", help="internal: host a share of the clients")
-    for flag in ("--port", "--first", "--count", "--total"):
-        w.add_argument(flag, type=int, required=True)
-    w.add_argument("--certs", required=True)
+    p, w = parsers(__doc__)
     for q in (p, w):
         q.add_argument("--median-delay", type=float, default=0.5)
         q.add_argument("--sigma", type=float, default=1.0)

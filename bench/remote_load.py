@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from _deploy import run_clients, start_deployment
+from _deploy import parsers, run_clients, start_deployment
 from safetensors.numpy import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,16 +131,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="mode")
-    w = sub.add_parser("worker", help="internal: host a share of the clients")
-    w.add_argument("--port", type=int, required=True)
-    w.add_argument("--certs", required=True)
-    w.add_argument("--first", type=int, required=True)
-    w.add_argument("--count", type=int, required=True)
-    w.add_argument("--total", type=int, required=True)
+    p, _ = parsers(__doc__)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--processes", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64, help="MLP width (model size)")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _deploy import run_clients, start_deployment
+from _deploy import parsers, run_clients, start_deployment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,14 +119,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="mode")
-    w = sub.add_parser("worker", help="internal: host a share of the clients")
-    for flag in ("--port", "--first", "--count", "--total"):
-        w.add_argument(flag, type=int, required=True)
-    w.add_argument("--certs", required=True)
+    p, _ = parsers(__doc__)
     p.add_argument("--sizes", nargs="+", default=["1M", "25M"], choices=sorted(HIDDEN))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=20)
