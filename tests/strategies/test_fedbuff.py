@@ -184,8 +184,10 @@ class ScriptedEngine:
         self.now = 0
         self.flying: list[tuple[int, Result]] = []  # (tick it ends at, result), by start
         self.arrival_ticks: list[int] = []
+        self.evaluated: list[int] = []  # clients given a task by ``run`` (evaluation)
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
+        self.evaluated += [t.client_id for t in tasks]
         return self.inner.run(tasks, blobs)
 
     def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
@@ -259,6 +261,28 @@ def test_in_a_deployment_a_round_ends_short_when_no_client_is_left_to_start() ->
     # Assert: the step takes the two updates it has, (1/2)([1, 0] + [0, 2])
     assert record["status"] == "ok" and record["returned"] == 2 and record["in_flight"] == 0
     np.testing.assert_allclose(coord.params, [0.5, 1.0])
+
+
+def test_in_a_deployment_federated_evaluation_leaves_out_the_clients_still_training() -> None:
+    # Prepare: round 1 as above: client 2 (5 ticks) is still training when round 1 evaluates
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
+    engine = ScriptedEngine(clients, {0: 1, 1: 2, 2: 5})
+    coord = Coordinator(
+        strategy=FedBuff(buffer_size=2, concurrency=3),
+        engine=engine,
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1), has_test_data=set(clients)),
+        federated_eval=True,
+    )
+
+    # Execute
+    (record,) = coord.run(1)
+
+    # Assert: clients 0 and 1 were evaluated (FixedClient scores loss 0 on one example), 2 not
+    assert record["fed_eval_busy"] == 1
+    assert record["fed_loss"] == 0.0
+    assert engine.evaluated == [0, 1]
 
 
 class CrashingClient(FixedClient):

@@ -587,7 +587,13 @@ class Coordinator:
 
     def _federated_evaluate(self, r: int) -> tuple[dict[str, Any], int]:
         rng = np.random.default_rng([self.seed, r, 1])
-        ctx = self._context(r, rng, sorted(self.population.has_test_data))
+        # Without a round barrier (an Asynchronous engine), a client still training would run its
+        # evaluation only after that: the server would wait for the slowest. Those clients are
+        # left out of this evaluation, and counted.
+        busy: set[int] = set()
+        if isinstance(self.engine, Asynchronous):
+            busy = {t.client_id for t in self.engine.in_flight()} & self.population.has_test_data
+        ctx = self._context(r, rng, sorted(self.population.has_test_data - busy))
         tasks, blobs = self._prepare(
             self.strategy.configure_evaluate(ctx),
             blob_table(*self.strategy.evaluation_blobs(ctx)),
@@ -619,6 +625,8 @@ class Coordinator:
         # pooled over every client's test examples (fed_loss, fed_rmse); then the strategy's
         # spread over clients (fed_<metric>_<stat>)
         out: dict[str, Any] = {f"fed_{k}": v for k, v in pooled_metrics(sizes).items()}
+        if busy:
+            out["fed_eval_busy"] = len(busy)
         if per_client:
             out.update(self.strategy.evaluation_metrics(per_client))
         return out, self._transfer(Transfer(self._sent(tasks, blobs), 0)).bytes_down
