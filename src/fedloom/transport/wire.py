@@ -2,10 +2,11 @@
 
 A task travels as a ``TaskProto``: its blobs as ``BlobRef`` messages (role, content hash, and what a
 client needs to download and decode the payload), its upload as an ``UploadSpec`` (absent for a
-metrics-only task; a row-sparse upload's ``RowSparse`` layout as its ``RowLayout``, and the upload
-header then declares the rows the payload's bitmask sets: ``touched_rows``). The model's blob is repeated in the fields the message had before tasks named
-several blobs, and a task from a server of that time (no ``blobs``) reads as a task on its model
-alone, so either side can be upgraded first.
+metrics-only task). A row-sparse upload's layout (``Upload.rows``) travels as the spec's
+``RowLayout``, and the upload's header declares the rows its bitmask sets (``touched_rows``).
+The model's blob is repeated in the fields the message had before tasks named several blobs, and a
+task from a server of that time (no ``blobs``) reads as a task on its model alone, so either side
+can be upgraded first.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def upload_from_proto(msg: pb.TaskProto) -> Upload | None:
 
 
 def rows_from_proto(msg: pb.RowLayout) -> RowSparse:
-    """The ``RowSparse`` layout of a message; ``ValueError`` when it has no rows or widths, or a
-    negative one."""
+    """The ``RowSparse`` layout of a message; ``ValueError`` when it has no rows, no widths, or a
+    width below 1."""
     widths = tuple(int(w) for w in msg.widths)
     if msg.rows < 1 or not widths or min(widths) < 1:
         raise ValueError(
