@@ -18,6 +18,11 @@ to this client are refused with the key to change (``check_config``); ``client.b
 not used (every step is full-batch) and ``eval.client_test_fraction`` neither (the held-out
 ratings are each user's latest, by time).
 
+In a deployment (``fedloom server`` with ``fedloom client --dataset movielens --partition
+u/U``) the server builds the same item model and strategy (``fedloom.server.user_code``,
+``fcf_strategy``) and each client process is one user's ``FCFClient`` (``client(u)``), whose row-sparse
+uploads travel over gRPC as they do in simulation.
+
 Baselines (``fedloom run --baselines local,central``, ``baseline``): the same budget, through the
 same coordinator and strategy, evaluated the same way: ``local`` trains each user alone (a
 federation of one) and pools their metrics over users as federated evaluation pools clients;
@@ -45,15 +50,15 @@ from fedloom.simulation import make_coordinator, run_simulation
 from fedloom.strategies.fcf import FederatedCF
 from fedloom.tracking.summary import final_metrics, summarize
 
-__all__ = ["POOLED_KEYS", "RecommendationSimulation", "check_config", "run"]
+__all__ = ["POOLED_KEYS", "RecommendationSimulation", "check_config", "fcf_strategy", "run"]
 
 POOLED_KEYS = ("fed_loss", "fed_rmse", "fed_mae", "fed_hit_rate_at_10", "fed_ndcg_at_10")
 """The metrics a run reports pooled over every held-out rating, and its baselines too."""
 
 
-def check_config(cfg: Config) -> None:
+def check_config(cfg: Config, *, deployment: bool = False) -> None:
     """``ConfigError`` naming the key for settings the FCF client or its row-sparse uploads
-    cannot honour."""
+    cannot honour. In a ``deployment`` client processes run the users, not ``engine``."""
     problems = []
     if cfg.partition.kind != "natural":
         problems.append(
@@ -65,7 +70,7 @@ def check_config(cfg: Config) -> None:
             "eval.federated=false: the server holds no user factor and cannot evaluate; "
             "set eval.federated: true"
         )
-    if cfg.engine.name == "vectorized":
+    if cfg.engine.name == "vectorized" and not deployment:
         problems.append(
             "engine.name='vectorized' vmaps torch models, and the FCF client is numpy matrix "
             "factorisation: set engine.name: sequential (or ray)"
@@ -96,12 +101,31 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("dataset.name=movielens:\n  " + "\n  ".join(problems))
 
 
+def fcf_strategy(cfg: Config) -> FederatedCF:
+    """The strategy of a movielens run (a simulation's, and ``fedloom server``'s): FedAvg over
+    the touched item rows, averaged per row, with the config's strategy and client settings."""
+    s, c = cfg.strategy, cfg.client
+    return FederatedCF(
+        fraction_fit=s.fraction_fit,
+        min_fit_clients=s.min_fit_clients,
+        fraction_evaluate=s.fraction_evaluate,
+        client_config={"epochs": c.epochs, "lr": c.lr, "reg": c.weight_decay},
+        server_optimizer=make_server_optimizer(
+            s.server_optimizer, s.server_lr, s.server_momentum, s.beta1, s.beta2, s.tau
+        ),
+        sampling=s.sampling,
+        max_update_norm=s.max_update_norm,
+        max_update_norm_action=s.max_update_norm_action,
+    )
+
+
 class RecommendationSimulation:
     """A MovieLens federation from a Config: users, initial item parameters, clients, strategy
-    and coordinator, and the local-only and centralised baselines."""
+    and coordinator, and the local-only and centralised baselines. With ``deployment``, the parts
+    a deployment's server or client takes (``engine`` does not apply)."""
 
-    def __init__(self, cfg: Config) -> None:
-        check_config(cfg)
+    def __init__(self, cfg: Config, *, deployment: bool = False) -> None:
+        check_config(cfg, deployment=deployment)
         self.cfg = cfg
         d = cfg.dataset
         self.ratings: Ratings = load_movielens(d.test_fraction, d.max_clients, cfg.seed)
@@ -127,20 +151,7 @@ class RecommendationSimulation:
         )
 
     def strategy(self, cfg: Config | None = None) -> FederatedCF:
-        cfg = cfg or self.cfg
-        s, c = cfg.strategy, cfg.client
-        return FederatedCF(
-            fraction_fit=s.fraction_fit,
-            min_fit_clients=s.min_fit_clients,
-            fraction_evaluate=s.fraction_evaluate,
-            client_config={"epochs": c.epochs, "lr": c.lr, "reg": c.weight_decay},
-            server_optimizer=make_server_optimizer(
-                s.server_optimizer, s.server_lr, s.server_momentum, s.beta1, s.beta2, s.tau
-            ),
-            sampling=s.sampling,
-            max_update_norm=s.max_update_norm,
-            max_update_norm_action=s.max_update_norm_action,
-        )
+        return fcf_strategy(cfg or self.cfg)
 
     def coordinator(self, listeners: Sequence[RoundListener] = ()) -> Coordinator:
         return make_coordinator(
@@ -154,26 +165,31 @@ class RecommendationSimulation:
             listeners=listeners,
         )
 
+    @property
+    def data(self) -> dict[str, Any]:
+        """What the run trains on, for the summary."""
+        r = self.ratings
+        return {
+            "name": "movielens",
+            "task": "recommendation",
+            "train_examples": len(r.ratings_train),
+            "test_examples": len(r.ratings_test),
+            "users": r.num_users,
+            "items": r.num_items,
+        }
+
     def summary(
         self, history: list[dict[str, Any]], wall_seconds: float, out: Path
     ) -> dict[str, Any]:
-        r = self.ratings
         return summarize(
             config=self.cfg.model_dump(mode="json"),
             history=history,
             wall_seconds=wall_seconds,
             out_dir=out,
-            num_clients=r.num_users,
+            num_clients=self.ratings.num_users,
             skipped_clients=self.population().skipped,
             num_parameters=self.spec.size,
-            data={
-                "name": "movielens",
-                "task": "recommendation",
-                "train_examples": len(r.ratings_train),
-                "test_examples": len(r.ratings_test),
-                "users": r.num_users,
-                "items": r.num_items,
-            },
+            data=self.data,
         )
 
     # -- baselines -----------------------------------------------------------------------------

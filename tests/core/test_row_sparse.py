@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import numpy as np
 import pytest
 
@@ -20,7 +18,6 @@ from fedloom.core.task import (
     touched_rows,
 )
 from fedloom.core.validation import decode_update
-from fedloom.engines.remote import RemoteEngine
 from fedloom.errors import UpdateRejected
 
 # item factors (5 x 3) and item biases (5,): 20 values, row r is 3 + 1 of them
@@ -99,11 +96,3 @@ def test_a_row_sparse_upload_has_the_dense_size_and_no_pruning_mask() -> None:
         Upload("float32", 8, rows=ROWS)
     with pytest.raises(ValueError, match="has size 20 and no pruning mask"):
         Upload("float32", 20, mask="abc", rows=ROWS)
-
-
-def test_the_remote_engine_refuses_row_sparse_tasks_before_dispatching_them() -> None:
-    engine = RemoteEngine(cast(Any, None), deadline_s=1.0)  # the hub is never reached
-    task = Task(FIT, 1, 0, upload=Upload("float32", 20, rows=ROWS))
-
-    with pytest.raises(ValueError, match="do not travel over gRPC yet; run them in simulation"):
-        next(engine.run([task], {}))

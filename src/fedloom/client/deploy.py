@@ -61,6 +61,7 @@ from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
 from fedloom.models import build_model
 from fedloom.plugins import call_factory, load_entry_point
+from fedloom.recommendation import RecommendationSimulation
 from fedloom.transport.certs import Bundle, client_bundle, read_token
 from fedloom.transport.client import Backoff, BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -91,13 +92,17 @@ class ClientOptions:
 
 def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
     """Partition ``index`` of ``count`` of a built-in dataset, split exactly as a simulation of
-    the run's config splits it (same seed, partition kind and test split)."""
+    the run's config splits it (same seed, partition kind and test split). For ``movielens`` a
+    partition is one user (``count`` must be the run's number of users): that user's
+    ``FCFClient``, as in ``fedloom run``."""
     if not 0 <= index < count:
         raise DeploymentError(f"--partition {index}/{count}: the index must be in 0..{count - 1}")
 
     def build(cfg: Config, client_id: int) -> Client:
         if cfg.dataset.name != dataset:
             raise DeploymentError(f"--dataset {dataset} but the run trains on {cfg.dataset.name!r}")
+        if dataset == "movielens":
+            return _movielens_user(cfg, index, count)
         part = cfg.partition.model_copy(update={"num_clients": count})
         run = cfg.model_copy(update={"partition": part})
         data, clients = load_clients(run)
@@ -116,6 +121,19 @@ def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
         )
 
     return build
+
+
+def _movielens_user(cfg: Config, index: int, count: int) -> Client:
+    """User ``index``'s client of a movielens run whose users number ``count``."""
+    sim = RecommendationSimulation(cfg, deployment=True)
+    users = sim.ratings.num_users
+    if count != users:
+        raise DeploymentError(
+            f"--partition {index}/{count}: movielens has one client per user, and this run has "
+            f"{users} users (dataset.max_clients={cfg.dataset.max_clients}); give --partition "
+            f"i/{users} with i in 0..{users - 1}"
+        )
+    return sim.client(index)
 
 
 def csv_factory(path: str, target: str) -> ClientFactory:

@@ -187,6 +187,16 @@ class FCFClient:
     reg: float = 0.05
     seed: int = 0
 
+    @property
+    def num_examples(self) -> int:
+        """The training ratings (what a deployment client reports when it joins)."""
+        return sum(len(u.ratings_train) for u in self.users)
+
+    @property
+    def num_test_examples(self) -> int:
+        """The held-out ratings: a client without any is not asked to evaluate."""
+        return sum(len(u.ratings_test) for u in self.users)
+
     def _users(self, rank: int, context: ClientContext) -> list[dict[str, np.ndarray]]:
         if USER_FACTOR in context.state:
             factors, biases = context.state[USER_FACTOR], context.state[USER_BIAS]
@@ -215,7 +225,7 @@ class FCFClient:
             touched[items] = True
         return FitResult(
             update={ITEM_FACTORS: q - q0, ITEM_BIAS: b - b0},
-            num_examples=sum(len(u.ratings_train) for u in self.users),
+            num_examples=self.num_examples,
             metrics={"train_loss": loss},
             rows=touched,
         )

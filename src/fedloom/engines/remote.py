@@ -87,7 +87,6 @@ class RemoteEngine:
         self._over_select_next = allowed
 
     def run(self, tasks: Sequence[Task], blobs: Blobs) -> Iterator[Result]:
-        self._refuse_rows(tasks)
         stats = RemoteRunStats()
         self.last_stats = stats
         self._transfer = Transfer(0, 0)
@@ -124,21 +123,12 @@ class RemoteEngine:
                 error=f"no result before the round deadline ({self.deadline_s:g} s)",
             )
 
-    @staticmethod
-    def _refuse_rows(tasks: Sequence[Task]) -> None:
-        if any(t.upload is not None and t.upload.rows is not None for t in tasks):
-            raise ValueError(
-                "row-sparse uploads (Upload.rows: the rows a client touched, as federated "
-                "collaborative filtering sends) do not travel over gRPC yet; run them in simulation"
-            )
-
     # -- asynchronous tasks (``Asynchronous``) -------------------------------------------------
 
     def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
         """Hand ``tasks`` to their clients; they run until they end, whatever exchange or round
         the coordinator is in by then. No over-selection: an asynchronous strategy keeps its own
         number of clients at work."""
-        self._refuse_rows(tasks)
         self.last_stats = RemoteRunStats(dispatched=len(tasks))
         if tasks:
             self._flying.append(self.hub.dispatch(tasks, blobs, self.deadline_s, self._arrived))

@@ -1,7 +1,11 @@
 """The user's code in a deployment server: the global model from the config or from
 ``--model module:function`` (then the server loads no dataset), central evaluation on the
 config's test split or on ``--eval-data FILE.npz``, and the strategy from the config or from
-``--strategy module:function``."""
+``--strategy module:function``.
+
+``dataset.name: movielens`` builds what ``fedloom run`` builds for it (``fedloom.recommendation``):
+the item factors and biases as the global model, federated collaborative filtering as the
+strategy, and no central evaluation (the server holds no user factor; evaluation is federated)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from fedloom.config import Config
 from fedloom.core.params import Params, ParamSpec
 from fedloom.errors import ConfigError, DeploymentError
 from fedloom.plugins import call_factory, load_entry_point
+from fedloom.recommendation import RecommendationSimulation, check_config, fcf_strategy
 from fedloom.server.coordinator import CentralEvaluator
 from fedloom.simulation import Simulation
 from fedloom.strategies import FedBuff, Strategy
@@ -48,6 +53,8 @@ def build_global_model(cfg: Config, model: str | None, eval_data: Path | None) -
             f"--eval-data {eval_data} asks for central evaluation, but "
             "server.central_eval is false; drop one of them"
         )
+    if cfg.dataset.name == "movielens":
+        return _recommendation_model(cfg, model, eval_data)
     if model is None:
         sim = Simulation(cfg)  # the model, its initial params and the central test split
         ds = sim.dataset
@@ -102,6 +109,30 @@ def build_global_model(cfg: Config, model: str | None, eval_data: Path | None) -
         source=model,
         eval_source=str(eval_data),
         data=data,
+    )
+
+
+def _recommendation_model(cfg: Config, model: str | None, eval_data: Path | None) -> GlobalModel:
+    """The item side of a movielens run's matrix factorisation, as ``fedloom run`` builds it."""
+    if model is not None:
+        raise ConfigError(
+            f"--model {model}: dataset.name=movielens trains the config's matrix factorisation "
+            "(model.name: mf), whose user factors stay on the clients; drop --model"
+        )
+    if eval_data is not None:
+        raise ConfigError(
+            f"--eval-data {eval_data}: dataset.name=movielens is evaluated on the clients "
+            "(eval.federated), because the server holds no user factor; drop --eval-data"
+        )
+    # refuses, naming the key, what the FCF client cannot do
+    sim = RecommendationSimulation(cfg, deployment=True)
+    return GlobalModel(
+        spec=sim.spec,
+        init_params=sim.init_params,
+        central_eval=None,
+        source=f"{cfg.model.name} from the config (item factors and item biases)",
+        eval_source="off (the server holds no user factor; evaluation is federated)",
+        data=sim.data,
     )
 
 
@@ -203,6 +234,9 @@ def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
             "from the server's config"
         )
     if entry_point is None:
+        if cfg.dataset.name == "movielens":
+            check_config(cfg, deployment=True)
+            return fcf_strategy(cfg)
         return _deployable(cfg, make_strategy(cfg))
     factory = load_entry_point(entry_point, "--strategy")
     strategy = call_factory(factory, cfg, "--strategy", entry_point)

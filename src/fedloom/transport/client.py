@@ -23,6 +23,7 @@ from fedloom.transport.wire import (
     TOKEN_METADATA,
     blob_refs,
     chunks,
+    declared_rows,
     spec_from_proto,
     upload_from_proto,
 )
@@ -265,7 +266,8 @@ def upload_messages(
     """The message stream of one upload: the header, then the payload in chunks.
 
     The header declares the task's upload codec and, for an upload of the model's size, the
-    model's spec (the server checks both); a failed or metrics-only result declares neither.
+    model's spec, and for a row-sparse upload the rows its bitmask sets (the server checks them
+    all); a failed or metrics-only result declares none of them.
     """
     payload = result.payload or b""
     header = pb.UploadHeader(
@@ -283,6 +285,8 @@ def upload_messages(
         model = next((ref for ref in blob_refs(task) if ref.role == MODEL), None)
         if model is not None and spec_from_proto(model.spec).size == upload.size:
             header.spec.CopyFrom(model.spec)
+        if upload.rows is not None:
+            header.touched_rows = declared_rows(payload, upload.rows)
     yield pb.UploadChunk(header=header)
     for piece in chunks(payload, chunk_bytes):
         yield pb.UploadChunk(data=bytes(piece))

@@ -10,7 +10,10 @@ Client-supplied strings are shortened before they are logged.
 Uploads are checked against what the task asked for (``Task.upload``: codec and number of values)
 while they stream in: the declared codec must be the task's, the declared length at most what that
 codec declares for the task's size (``Upload.max_bytes``), checked before a byte is read, and
-reading stops at the first byte over the declared length. The payload is then validated with
+reading stops at the first byte over the declared length. A row-sparse upload (``Upload.rows``)
+declares the rows its bitmask sets (``touched_rows``); its declared length must be the bitmask plus
+at most what those rows take, before a byte is read, and its bitmask must set exactly that many
+rows once it is read. The payload is then validated with
 ``fedloom.core.validation.decode_update``, the check the coordinator applies again, so a bad
 update is refused with a reason the client sees and never reaches the global model. A task without
 an upload takes metrics only. Non-finite metrics (an AUC on a split with one class) are left out
@@ -35,7 +38,8 @@ from typing import NoReturn
 
 import grpc
 
-from fedloom.core.task import EVALUATE, FIT, Result
+from fedloom.core.codec import get_codec
+from fedloom.core.task import EVALUATE, FIT, Result, RowSparse
 from fedloom.core.validation import check_upload, describe_dropped, plausible_metrics
 from fedloom.errors import DeploymentError, UpdateRejected
 from fedloom.transport.certs import Bundle, RevocationList, check_token
@@ -47,6 +51,7 @@ from fedloom.transport.wire import (
     PROTOCOL_VERSION,
     TOKEN_METADATA,
     chunks,
+    declared_rows,
     spec_from_proto,
     spec_mismatch,
     task_to_proto,
@@ -437,6 +442,12 @@ class FederationService(pb_grpc.FederationServicer):
                 return None, why
         cap = upload.max_bytes()
         declared = header.payload_bytes
+        if upload.rows is not None:
+            why = _row_sparse_header(header, upload.rows)
+            if why:
+                return None, why
+        elif header.HasField("touched_rows"):
+            return None, "the header declares touched_rows, but the task's upload is not row-sparse"
         if not 0 <= declared <= cap:
             return None, (
                 f"update is declared as {declared} bytes, the task's upload ({upload.size} values "
@@ -463,7 +474,18 @@ class FederationService(pb_grpc.FederationServicer):
             self.hub.count_up(received)
         if len(buf) != declared:
             return None, f"upload ended after {len(buf)} of {declared} bytes"
-        return bytes(buf), None
+        payload = bytes(buf)
+        if upload.rows is not None:
+            try:
+                sets = declared_rows(payload, upload.rows)
+            except ValueError as exc:
+                return None, f"row-sparse update does not match the task: {exc}"
+            if sets != header.touched_rows:
+                return None, (
+                    f"the header declares {header.touched_rows} touched rows, the update's "
+                    f"bitmask sets {sets}"
+                )
+        return payload, None
 
     @staticmethod
     def _spec_mismatch(msg: pb.ParamSpecProto, pending: PendingTask) -> str | None:
@@ -503,6 +525,33 @@ class FederationService(pb_grpc.FederationServicer):
         session = self._session(request.session_id, context)
         self.hub.leave(session.session_id)
         return pb.LeaveReply()
+
+
+def _row_sparse_header(header: pb.UploadHeader, rows: RowSparse) -> str | None:
+    """Why the header of a row-sparse upload is refused before a byte of it is read, or None.
+
+    It must declare how many rows its bitmask sets (``touched_rows``, at most the model's rows),
+    and a length of the bitmask plus at most what that many rows take in the task's codec
+    (exactly that for a fixed-width codec; ``decode_row_sparse`` checks the payload itself once
+    it is read)."""
+    if not header.HasField("touched_rows"):
+        return (
+            "the task asks for a row-sparse upload (the rows the client touched) and the header "
+            "declares no touched_rows; upgrade the fedloom client"
+        )
+    touched = header.touched_rows
+    if not 0 <= touched <= rows.rows:
+        return f"the header declares {touched} touched rows, the model has {rows.rows}"
+    codec = get_codec(header.codec)
+    values = touched * sum(rows.widths)
+    most = rows.mask_bytes + codec.wire_size(values)
+    if not rows.mask_bytes <= header.payload_bytes <= most:
+        return (
+            f"a row-sparse update of {touched} touched rows is the {rows.mask_bytes}-byte "
+            f"bitmask and at most {most - rows.mask_bytes} bytes of values ({values} values of "
+            f"{codec.name}), at most {most} bytes; it is declared as {header.payload_bytes}"
+        )
+    return None
 
 
 class StreamIdle(Exception):

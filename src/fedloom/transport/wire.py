@@ -2,9 +2,11 @@
 
 A task travels as a ``TaskProto``: its blobs as ``BlobRef`` messages (role, content hash, and what a
 client needs to download and decode the payload), its upload as an ``UploadSpec`` (absent for a
-metrics-only task). The model's blob is repeated in the fields the message had before tasks named
-several blobs, and a task from a server of that time (no ``blobs``) reads as a task on its model
-alone, so either side can be upgraded first.
+metrics-only task). A row-sparse upload's layout (``Upload.rows``) travels as the spec's
+``RowLayout``, and the upload's header declares the rows its bitmask sets (``touched_rows``).
+The model's blob is repeated in the fields the message had before tasks named several blobs, and a
+task from a server of that time (no ``blobs``) reads as a task on its model alone, so either side
+can be upgraded first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import FIT, MODEL, Blob, Task, Upload
+from fedloom.core.task import FIT, MODEL, Blob, RowSparse, Task, Upload, touched_rows
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -95,6 +97,9 @@ def task_to_proto(
                 codec=task.upload.codec, size=task.upload.size, mask=task.upload.mask or ""
             )
         )
+        rows = task.upload.rows
+        if rows is not None:
+            msg.upload.rows.CopyFrom(pb.RowLayout(rows=rows.rows, widths=list(rows.widths)))
     return msg
 
 
@@ -122,10 +127,29 @@ def upload_from_proto(msg: pb.TaskProto) -> Upload | None:
     """What the task's result must upload; None for a metrics-only task. ``ValueError`` when the
     task's spec is malformed."""
     if msg.HasField("upload"):
-        return Upload(msg.upload.codec, int(msg.upload.size), msg.upload.mask or None)
+        rows = rows_from_proto(msg.upload.rows) if msg.upload.HasField("rows") else None
+        return Upload(msg.upload.codec, int(msg.upload.size), msg.upload.mask or None, rows)
     if _from_old_server(msg) and msg.kind == FIT:
         return Upload(msg.codec, spec_from_proto(msg.spec).size)
     return None
+
+
+def rows_from_proto(msg: pb.RowLayout) -> RowSparse:
+    """The ``RowSparse`` layout of a message; ``ValueError`` when it has no rows, no widths, or a
+    width below 1."""
+    widths = tuple(int(w) for w in msg.widths)
+    if msg.rows < 1 or not widths or min(widths) < 1:
+        raise ValueError(
+            f"malformed row layout: {msg.rows} rows of widths {list(widths)} (a row-sparse upload "
+            "needs at least one row and positive widths)"
+        )
+    return RowSparse(int(msg.rows), widths)
+
+
+def declared_rows(payload: bytes, rows: RowSparse) -> int:
+    """The ``touched_rows`` an upload header declares for a row-sparse ``payload``: the rows its
+    bitmask sets. ``ValueError`` when the payload does not start with a valid bitmask."""
+    return int(touched_rows(payload, rows).sum())
 
 
 def task_from_proto(msg: pb.TaskProto) -> Task:

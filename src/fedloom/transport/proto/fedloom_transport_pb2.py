@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64loom_transport.proto\x12\x14\x66\x65\x64loom.transport.v1\"u\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompressions\x18\x04 \x03(\t\x12\x12\n\ntask_kinds\x18\x05 \x03(\t\"\xcc\x01\n\tJoinReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cpoll_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\x12\x18\n\x10protocol_version\x18\t \x01(\r\"S\n\x0cReadyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x19\n\x11num_test_examples\x18\x03 \x01(\x03\"\x0c\n\nReadyReply\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x0eHeartbeatReply\x12\x12\n\nrun_active\x18\x01 \x01(\x08\"!\n\x0bPollRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"b\n\x0eParamSpecProto\x12\r\n\x05names\x18\x01 \x03(\t\x12\x31\n\x06shapes\x18\x02 \x03(\x0b\x32!.fedloom.transport.v1.TensorShape\x12\x0e\n\x06\x64types\x18\x03 \x03(\t\"\x1b\n\x0bTensorShape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\x99\x01\n\x07\x42lobRef\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x11\n\tnum_bytes\x18\x03 \x01(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x32\n\x04spec\x18\x05 \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x0c\n\x04mask\x18\x06 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x07 \x01(\t\"7\n\nUploadSpec\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04mask\x18\x03 \x01(\t\"\xcb\x02\n\tTaskProto\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x11\n\tclient_id\x18\x04 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x15\n\rparams_digest\x18\x06 \x01(\t\x12\x14\n\x0cparams_bytes\x18\x07 \x01(\x03\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x32\n\x04spec\x18\t \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\n \x01(\x01\x12,\n\x05\x62lobs\x18\x0b \x03(\x0b\x32\x1d.fedloom.transport.v1.BlobRef\x12\x30\n\x06upload\x18\x0c \x01(\x0b\x32 .fedloom.transport.v1.UploadSpec\"k\n\tPollReply\x12/\n\x04task\x18\x01 \x01(\x0b\x32\x1f.fedloom.transport.v1.TaskProtoH\x00\x12\x0e\n\x04idle\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x66inished\x18\x03 \x01(\x08H\x00\x42\t\n\x07outcome\"L\n\x0f\x44ownloadRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rparams_digest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"@\n\x0bParamsChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xb5\x02\n\x0cUploadHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.fedloom.transport.v1.UploadHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x63odec\x18\x07 \x01(\t\x12\x32\n\x04spec\x18\x08 \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x0f\n\x07seconds\x18\t \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x0bUploadChunk\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".fedloom.transport.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply2\xd7\x04\n\nFederation\x12J\n\x04Join\x12!.fedloom.transport.v1.JoinRequest\x1a\x1f.fedloom.transport.v1.JoinReply\x12M\n\x05Ready\x12\".fedloom.transport.v1.ReadyRequest\x1a .fedloom.transport.v1.ReadyReply\x12Y\n\tHeartbeat\x12&.fedloom.transport.v1.HeartbeatRequest\x1a$.fedloom.transport.v1.HeartbeatReply\x12N\n\x08PollTask\x12!.fedloom.transport.v1.PollRequest\x1a\x1f.fedloom.transport.v1.PollReply\x12\\\n\x0e\x44ownloadParams\x12%.fedloom.transport.v1.DownloadRequest\x1a!.fedloom.transport.v1.ParamsChunk0\x01\x12V\n\x0cUploadResult\x12!.fedloom.transport.v1.UploadChunk\x1a!.fedloom.transport.v1.UploadReply(\x01\x12M\n\x05Leave\x12\".fedloom.transport.v1.LeaveRequest\x1a .fedloom.transport.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64loom_transport.proto\x12\x14\x66\x65\x64loom.transport.v1\"u\n\x0bJoinRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x14\n\x0c\x63ompressions\x18\x04 \x03(\t\x12\x12\n\ntask_kinds\x18\x05 \x03(\t\"\xcc\x01\n\tJoinReply\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\x03\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\x01\x12\x14\n\x0cpoll_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\r\x12\x13\n\x0b\x63ompression\x18\x08 \x01(\t\x12\x18\n\x10protocol_version\x18\t \x01(\r\"S\n\x0cReadyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x03\x12\x19\n\x11num_test_examples\x18\x03 \x01(\x03\"\x0c\n\nReadyReply\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"$\n\x0eHeartbeatReply\x12\x12\n\nrun_active\x18\x01 \x01(\x08\"!\n\x0bPollRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"b\n\x0eParamSpecProto\x12\r\n\x05names\x18\x01 \x03(\t\x12\x31\n\x06shapes\x18\x02 \x03(\x0b\x32!.fedloom.transport.v1.TensorShape\x12\x0e\n\x06\x64types\x18\x03 \x03(\t\"\x1b\n\x0bTensorShape\x12\x0c\n\x04\x64ims\x18\x01 \x03(\x03\"\x99\x01\n\x07\x42lobRef\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x11\n\tnum_bytes\x18\x03 \x01(\x03\x12\r\n\x05\x63odec\x18\x04 \x01(\t\x12\x32\n\x04spec\x18\x05 \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x0c\n\x04mask\x18\x06 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x07 \x01(\t\")\n\tRowLayout\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x0e\n\x06widths\x18\x02 \x03(\x03\"f\n\nUploadSpec\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04mask\x18\x03 \x01(\t\x12-\n\x04rows\x18\x04 \x01(\x0b\x32\x1f.fedloom.transport.v1.RowLayout\"\xcb\x02\n\tTaskProto\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x11\n\tclient_id\x18\x04 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x15\n\rparams_digest\x18\x06 \x01(\t\x12\x14\n\x0cparams_bytes\x18\x07 \x01(\x03\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x32\n\x04spec\x18\t \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\n \x01(\x01\x12,\n\x05\x62lobs\x18\x0b \x03(\x0b\x32\x1d.fedloom.transport.v1.BlobRef\x12\x30\n\x06upload\x18\x0c \x01(\x0b\x32 .fedloom.transport.v1.UploadSpec\"k\n\tPollReply\x12/\n\x04task\x18\x01 \x01(\x0b\x32\x1f.fedloom.transport.v1.TaskProtoH\x00\x12\x0e\n\x04idle\x18\x02 \x01(\x08H\x00\x12\x12\n\x08\x66inished\x18\x03 \x01(\x08H\x00\x42\t\n\x07outcome\"L\n\x0f\x44ownloadRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rparams_digest\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"@\n\x0bParamsChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe1\x02\n\x0cUploadHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.fedloom.transport.v1.UploadHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x03\x12\r\n\x05\x63odec\x18\x07 \x01(\t\x12\x32\n\x04spec\x18\x08 \x01(\x0b\x32$.fedloom.transport.v1.ParamSpecProto\x12\x0f\n\x07seconds\x18\t \x01(\x01\x12\x19\n\x0ctouched_rows\x18\n \x01(\x03H\x00\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0f\n\r_touched_rows\"[\n\x0bUploadChunk\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".fedloom.transport.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bUploadReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x0cLeaveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply2\xd7\x04\n\nFederation\x12J\n\x04Join\x12!.fedloom.transport.v1.JoinRequest\x1a\x1f.fedloom.transport.v1.JoinReply\x12M\n\x05Ready\x12\".fedloom.transport.v1.ReadyRequest\x1a .fedloom.transport.v1.ReadyReply\x12Y\n\tHeartbeat\x12&.fedloom.transport.v1.HeartbeatRequest\x1a$.fedloom.transport.v1.HeartbeatReply\x12N\n\x08PollTask\x12!.fedloom.transport.v1.PollRequest\x1a\x1f.fedloom.transport.v1.PollReply\x12\\\n\x0e\x44ownloadParams\x12%.fedloom.transport.v1.DownloadRequest\x1a!.fedloom.transport.v1.ParamsChunk0\x01\x12V\n\x0cUploadResult\x12!.fedloom.transport.v1.UploadChunk\x1a!.fedloom.transport.v1.UploadReply(\x01\x12M\n\x05Leave\x12\".fedloom.transport.v1.LeaveRequest\x1a .fedloom.transport.v1.LeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,28 +53,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORSHAPE']._serialized_end=714
   _globals['_BLOBREF']._serialized_start=717
   _globals['_BLOBREF']._serialized_end=870
-  _globals['_UPLOADSPEC']._serialized_start=872
-  _globals['_UPLOADSPEC']._serialized_end=927
-  _globals['_TASKPROTO']._serialized_start=930
-  _globals['_TASKPROTO']._serialized_end=1261
-  _globals['_POLLREPLY']._serialized_start=1263
-  _globals['_POLLREPLY']._serialized_end=1370
-  _globals['_DOWNLOADREQUEST']._serialized_start=1372
-  _globals['_DOWNLOADREQUEST']._serialized_end=1448
-  _globals['_PARAMSCHUNK']._serialized_start=1450
-  _globals['_PARAMSCHUNK']._serialized_end=1514
-  _globals['_UPLOADHEADER']._serialized_start=1517
-  _globals['_UPLOADHEADER']._serialized_end=1826
-  _globals['_UPLOADHEADER_METRICSENTRY']._serialized_start=1780
-  _globals['_UPLOADHEADER_METRICSENTRY']._serialized_end=1826
-  _globals['_UPLOADCHUNK']._serialized_start=1828
-  _globals['_UPLOADCHUNK']._serialized_end=1919
-  _globals['_UPLOADREPLY']._serialized_start=1921
-  _globals['_UPLOADREPLY']._serialized_end=1968
-  _globals['_LEAVEREQUEST']._serialized_start=1970
-  _globals['_LEAVEREQUEST']._serialized_end=2004
-  _globals['_LEAVEREPLY']._serialized_start=2006
-  _globals['_LEAVEREPLY']._serialized_end=2018
-  _globals['_FEDERATION']._serialized_start=2021
-  _globals['_FEDERATION']._serialized_end=2620
+  _globals['_ROWLAYOUT']._serialized_start=872
+  _globals['_ROWLAYOUT']._serialized_end=913
+  _globals['_UPLOADSPEC']._serialized_start=915
+  _globals['_UPLOADSPEC']._serialized_end=1017
+  _globals['_TASKPROTO']._serialized_start=1020
+  _globals['_TASKPROTO']._serialized_end=1351
+  _globals['_POLLREPLY']._serialized_start=1353
+  _globals['_POLLREPLY']._serialized_end=1460
+  _globals['_DOWNLOADREQUEST']._serialized_start=1462
+  _globals['_DOWNLOADREQUEST']._serialized_end=1538
+  _globals['_PARAMSCHUNK']._serialized_start=1540
+  _globals['_PARAMSCHUNK']._serialized_end=1604
+  _globals['_UPLOADHEADER']._serialized_start=1607
+  _globals['_UPLOADHEADER']._serialized_end=1960
+  _globals['_UPLOADHEADER_METRICSENTRY']._serialized_start=1897
+  _globals['_UPLOADHEADER_METRICSENTRY']._serialized_end=1943
+  _globals['_UPLOADCHUNK']._serialized_start=1962
+  _globals['_UPLOADCHUNK']._serialized_end=2053
+  _globals['_UPLOADREPLY']._serialized_start=2055
+  _globals['_UPLOADREPLY']._serialized_end=2102
+  _globals['_LEAVEREQUEST']._serialized_start=2104
+  _globals['_LEAVEREQUEST']._serialized_end=2138
+  _globals['_LEAVEREPLY']._serialized_start=2140
+  _globals['_LEAVEREPLY']._serialized_end=2152
+  _globals['_FEDERATION']._serialized_start=2155
+  _globals['_FEDERATION']._serialized_end=2754
 # @@protoc_insertion_point(module_scope)

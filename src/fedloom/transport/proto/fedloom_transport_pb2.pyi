@@ -108,15 +108,25 @@ class BlobRef(_message.Message):
     base: str
     def __init__(self, role: _Optional[str] = ..., digest: _Optional[str] = ..., num_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., mask: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
 
+class RowLayout(_message.Message):
+    __slots__ = ("rows", "widths")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    widths: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rows: _Optional[int] = ..., widths: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class UploadSpec(_message.Message):
-    __slots__ = ("codec", "size", "mask")
+    __slots__ = ("codec", "size", "mask", "rows")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     codec: str
     size: int
     mask: str
-    def __init__(self, codec: _Optional[str] = ..., size: _Optional[int] = ..., mask: _Optional[str] = ...) -> None: ...
+    rows: RowLayout
+    def __init__(self, codec: _Optional[str] = ..., size: _Optional[int] = ..., mask: _Optional[str] = ..., rows: _Optional[_Union[RowLayout, _Mapping]] = ...) -> None: ...
 
 class TaskProto(_message.Message):
     __slots__ = ("task_id", "kind", "round", "client_id", "config_json", "params_digest", "params_bytes", "codec", "spec", "deadline_seconds", "blobs", "upload")
@@ -177,7 +187,7 @@ class ParamsChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "num_examples", "metrics", "error", "payload_bytes", "codec", "spec", "seconds")
+    __slots__ = ("session_id", "task_id", "num_examples", "metrics", "error", "payload_bytes", "codec", "spec", "seconds", "touched_rows")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +204,7 @@ class UploadHeader(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOUCHED_ROWS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     num_examples: int
@@ -203,7 +214,8 @@ class UploadHeader(_message.Message):
     codec: str
     spec: ParamSpecProto
     seconds: float
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
+    touched_rows: int
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., error: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., spec: _Optional[_Union[ParamSpecProto, _Mapping]] = ..., seconds: _Optional[float] = ..., touched_rows: _Optional[int] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("header", "data")
