@@ -69,6 +69,8 @@ def test_three_users_over_grpc_match_the_simulation_and_upload_their_rows_only(
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-7)
     for key in ("fed_rmse", "fed_mae", "fed_ndcg_at_10"):
         assert [r[key] for r in records] == pytest.approx([r[key] for r in history], abs=1e-6)
+    # the progress line shows the federated RMSE of each round
+    assert f"fed_rmse {records[-1]['fed_rmse']:.4f}" in h.read(server_log)
     # Assert: each upload is the bitmask over the items and the (rank + 1) float32 values of each
     # movie its user rated in training, as in the simulation; far from the dense item model
     rows = RowSparse.of(sim.spec)

@@ -61,7 +61,16 @@ from fedloom.transport.server import FederationService, ServiceSettings, start_s
 
 # Config sections that define a run: a --state folder only resumes a run with the same ones.
 IDENTITY_SECTIONS = ("seed", "dataset", "partition", "model", "strategy", "client", "transport")
-_LINE_METRICS = ("train_loss", "loss", "accuracy", "f1_macro", "rmse", "epsilon", "clip_norm")
+_LINE_METRICS = (
+    "train_loss",
+    "loss",
+    "accuracy",
+    "f1_macro",
+    "rmse",
+    "fed_rmse",
+    "epsilon",
+    "clip_norm",
+)
 
 
 @dataclass(frozen=True)
