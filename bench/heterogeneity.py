@@ -3,7 +3,11 @@
     python bench/heterogeneity.py [--quick] [--rounds 30] [--seeds 0,1,2] [--clients 20]
                                   [--fraction 0.5] [--targets T1,T2,T3] [--png PATH]
                                   [--json PATH] [--from-json PATH]
-    python bench/heterogeneity.py --grid [--grid-seed 100]
+    python bench/heterogeneity.py --grid [--grid-seed 100] [--grid-split KEY] [--algorithms A,B]
+    python bench/heterogeneity.py --splits KEY[,KEY] --algorithms A,B [--adam-lr ...]
+
+Split keys: dir0.1, dir0.5, one-label. ``--algorithms`` restricts the run (or the grid) to some of
+FedAvg, FedProx, SCAFFOLD, FedNova, FedAdam, FedYogi.
 
 Li, Diao, Chen and He, "Federated Learning on Non-IID Data Silos: An Experimental Study"
 (ICDE 2022, NIID-Bench) compares FedAvg, FedProx, SCAFFOLD and FedNova on Dirichlet label skew and
@@ -50,6 +54,7 @@ SPLITS: dict[str, list[str]] = {
     "Dirichlet(0.5)": ["partition.kind=dirichlet", "partition.alpha=0.5"],
     "one label per client": ["partition.kind=shards", "partition.shards_per_client=1"],
 }
+SPLIT_KEYS = dict(zip(("dir0.1", "dir0.5", "one-label"), SPLITS, strict=True))
 GRID_SPLIT = "Dirichlet(0.5)"
 GRID_MU = (0.001, 0.01, 0.1)
 GRID_SERVER_LR = (0.01, 0.03, 0.1, 0.3)
@@ -124,7 +129,11 @@ def table(results: dict[str, Any]) -> str:
     ]
     for split, by_algorithm in results["curves"].items():
         target = targets[split]
-        base = first_round(mean_curve(by_algorithm["FedAvg"]), target)
+        base = (
+            first_round(mean_curve(by_algorithm["FedAvg"]), target)
+            if "FedAvg" in by_algorithm
+            else None
+        )
         for name, runs in by_algorithm.items():
             mean = mean_curve(runs)
             finals = [run[-1] for run in runs]
@@ -147,7 +156,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     splits = results["curves"]
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True)
+    fig, grid_axes = plt.subplots(
+        1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True, squeeze=False
+    )
+    axes = list(grid_axes[0])
     for ax, (split, by_algorithm) in zip(axes, splits.items(), strict=True):
         for name, runs in by_algorithm.items():
             rounds = range(1, len(runs[0]) + 1)
@@ -172,7 +184,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def grid(args: argparse.Namespace) -> int:
     """The hyper-parameter grid on one split and one seed that the reported runs do not use."""
-    base = [*common(args), *SPLITS[GRID_SPLIT], f"seed={args.grid_seed}"]
+    grid_split = SPLIT_KEYS[args.grid_split]
+    base = [*common(args), *SPLITS[grid_split], f"seed={args.grid_seed}"]
     candidates: dict[str, dict[str, list[str]]] = {
         "FedAvg": {"-": ["strategy.name=fedavg"]},
         "FedProx": {
@@ -185,7 +198,8 @@ def grid(args: argparse.Namespace) -> int:
             for lr in GRID_SERVER_LR
             for tau in GRID_TAU
         }
-    print(f"grid on {GRID_SPLIT}, seed {args.grid_seed}; " + " ".join(base))
+    candidates = {k: v for k, v in candidates.items() if k in args.algorithms}
+    print(f"grid on {grid_split}, seed {args.grid_seed}; " + " ".join(base))
     print(f"| algorithm | setting | final accuracy | mean of last {LAST} rounds | best |")
     print("|---|---|---|---|---|")
     for name, settings in candidates.items():
@@ -198,7 +212,7 @@ def grid(args: argparse.Namespace) -> int:
             )
         print(f"| {name} | chosen: {max(scores, key=lambda s: scores[s])} | | | |", flush=True)
     for split, extra in SPLITS.items():  # FedAvg on every split, to set the targets by
-        if split != GRID_SPLIT:
+        if split != grid_split and "FedAvg" in args.algorithms:
             acc = curve(
                 [*common(args), *extra, f"seed={args.grid_seed}", "strategy.name=fedavg"],
                 f"grid FedAvg {split}",
@@ -215,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few-minute check: 8 rounds, seed 0")
     p.add_argument("--grid", action="store_true", help="the hyper-parameter grid instead")
     p.add_argument("--grid-seed", type=int, default=100)
+    p.add_argument(
+        "--grid-split", default="dir0.5", choices=sorted(SPLIT_KEYS), help="the grid's split"
+    )
+    p.add_argument("--splits", default=",".join(SPLIT_KEYS), help="splits to run (keys)")
+    p.add_argument(
+        "--algorithms",
+        default="FedAvg,FedProx,SCAFFOLD,FedNova,FedAdam,FedYogi",
+        help="algorithms to run (FedAvg is the ÷ FedAvg column's reference)",
+    )
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--clients", type=int, default=20)
@@ -238,15 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--png",
-        help="where to draw the curves (default bench/heterogeneity.png; none with --quick)",
+        help="where to draw the curves (default bench/heterogeneity.png for the whole run; "
+        "none with --quick or a subset)",
     )
     p.add_argument("--json", type=Path)
     p.add_argument("--from-json", type=Path, help="redraw the table and PNG of a saved run")
     args = p.parse_args(argv)
+    args.algorithms = [a for a in args.algorithms.split(",") if a]
+    unknown = set(args.algorithms) - set(algorithms(args))
+    if unknown:
+        p.error(f"--algorithms: unknown {sorted(unknown)}")
+    splits = [k for k in args.splits.split(",") if k]
+    if set(splits) - set(SPLIT_KEYS):
+        p.error(f"--splits: keys are {', '.join(SPLIT_KEYS)}")
     if args.quick:
         args.rounds, args.seeds = 8, "0"
-    elif args.png is None:
-        args.png = str(ROOT / "bench" / "heterogeneity.png")
+    elif args.png is None and len(splits) == len(SPLITS) and len(args.algorithms) == 6:
+        args.png = str(ROOT / "bench" / "heterogeneity.png")  # only the whole run redraws it
     if args.grid:
         return grid(args)
     if args.from_json:
@@ -255,12 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         targets = [float(t) for t in args.targets.split(",")]
         if len(targets) != len(SPLITS):
             p.error(f"--targets needs {len(SPLITS)} values, one per split: {', '.join(SPLITS)}")
+        chosen = {SPLIT_KEYS[k] for k in splits}
+        target_of = {s: t for s, t in zip(SPLITS, targets, strict=True) if s in chosen}
         seeds = [int(s) for s in args.seeds.split(",") if s]
         base = common(args)
         curves: dict[str, dict[str, list[list[float]]]] = {}
         start = time.perf_counter()
         for split, split_overrides in SPLITS.items():
+            if split not in chosen:
+                continue
             for name, extra in algorithms(args).items():
+                if name not in args.algorithms:
+                    continue
                 curves.setdefault(split, {})[name] = [
                     curve(
                         [*base, *split_overrides, *extra, f"seed={seed}"], f"{split} {name} {seed}"
@@ -272,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "clients": args.clients,
             "common": base[:-1],
-            "algorithms": algorithms(args),
-            "targets": dict(zip(SPLITS, targets, strict=True)),
+            "algorithms": {k: v for k, v in algorithms(args).items() if k in args.algorithms},
+            "targets": target_of,
             "seconds": time.perf_counter() - start,
             "curves": curves,
         }
