@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, runs in finals.items():
         mean = {k: sum(r[k] for r in runs) / len(runs) for k in COLUMNS}
         row = f"| {name} | " + " | ".join(f"{mean[k]:.3f}" for k in COLUMNS) + " |"
-        if paired:  # the same seed is the same split and initialisation: compare seed by seed
+        if paired and name == "FedAvg":
+            row += "  |  |"
+        elif paired:  # the same seed is the same split and initialisation: compare seed by seed
             for key in COLUMNS[2:]:
                 diffs = [r[key] - f[key] for r, f in zip(runs, finals["FedAvg"], strict=True)]
                 row += f" {_mean_and_error(diffs)} |"
