@@ -120,10 +120,17 @@ class StrategyConfig(_Section):
         alias="lambda",
         description="ditto: pull of each personal model towards the global one (key: lambda)",
     )
-    sampling: Literal["fixed", "poisson"] = Field(
+    qffl_lipschitz: float | None = Field(
+        None,
+        gt=0,
+        description="qffl: L, the Lipschitz estimate in q-FedAvg's step (null: 1 / client.lr)",
+    )
+    sampling: Literal["fixed", "poisson", "size"] = Field(
         "fixed",
         description="fixed: ceil(fraction_fit * N) clients without replacement; poisson: each "
-        "client independently with probability fraction_fit (what DP amplification assumes)",
+        "client independently with probability fraction_fit (what DP amplification assumes); "
+        "size (qffl): ceil(fraction_fit * N) clients drawn in proportion to their training-set "
+        "sizes",
     )
     max_update_norm: float | None = Field(
         None, gt=0, description="bound on each client update's L2 norm (null: unbounded)"
@@ -546,6 +553,22 @@ class Config(_Section):
                 "dataset.name=movielens trains a matrix factorisation and model.name=mf needs "
                 f"ratings: use them together (got dataset.name={self.dataset.name!r}, "
                 f"model.name={self.model.name!r})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _qffl_options(self) -> Config:
+        s = self.strategy
+        if s.qffl_lipschitz is not None and s.name != "qffl":
+            raise ValueError(
+                f"strategy.qffl_lipschitz applies to qffl only, got strategy.name={s.name!r}; "
+                "leave it null"
+            )
+        if s.sampling == "size" and s.name != "qffl":
+            raise ValueError(
+                f"strategy.sampling=size is implemented for qffl only (its step sums the "
+                f"clients drawn by size unweighted), got strategy.name={s.name!r}: use "
+                "sampling=fixed or poisson"
             )
         return self
 

@@ -130,6 +130,20 @@ def test_fedprox_sends_its_proximal_mu_to_the_clients() -> None:
     assert strategy.fit_config(_context())["local"] == {"name": "fedprox", "proximal_mu": 0.3}
 
 
+def test_qffl_takes_q_its_lipschitz_estimate_and_size_sampling() -> None:
+    strategy = _strategy(
+        "strategy.name=qffl",
+        "strategy.q=5",
+        "strategy.qffl_lipschitz=2.5",
+        "strategy.sampling=size",
+        "client.lr=0.05",
+    )
+    assert isinstance(strategy, QFFL)
+    assert (strategy.q, strategy.lipschitz, strategy.sampling) == (5.0, 2.5, "size")
+    default = _strategy("strategy.name=qffl", "client.lr=0.05")
+    assert isinstance(default, QFFL) and default.lipschitz == pytest.approx(20.0)
+
+
 def test_scaffold_keeps_a_server_control_variate() -> None:
     strategy = _strategy("strategy.name=scaffold", "client.lr=0.1")
     assert isinstance(strategy, Scaffold)

@@ -142,7 +142,7 @@ def make_strategy(cfg: Config) -> Strategy:
     if s.name == "fednova":
         return FedNova(**common)
     if s.name == "qffl":
-        return QFFL(q=s.q, **common)
+        return QFFL(q=s.q, lipschitz_estimate=s.qffl_lipschitz, **common)
     if s.name == "fedbuff":
         return fedbuff(cfg, common)
     if s.name in ("ifca", "fedper", "ditto"):

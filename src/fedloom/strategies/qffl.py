@@ -1,29 +1,34 @@
 """q-FFL: fair resource allocation, trained with q-FedAvg.
 
 Li, Sanjabi, Beirami, Smith. "Fair Resource Allocation in Federated Learning." ICLR 2020,
-Algorithm 2 (q-FedAvg).
+Algorithm 2 (q-FedAvg); checked against the authors' code (``flearn/trainers/qffedavg.py``).
 
 q-FFL minimises ``f_q(w) = sum_k p_k / (q + 1) * F_k(w)^(q + 1)`` instead of FedAvg's
-``sum_k p_k F_k(w)``: the larger ``q``, the more the clients with a high loss count, so accuracy is
-spread more evenly across clients (``q = 0`` is FedAvg's objective). Each selected client ``k``
-runs local SGD from the global model ``w`` to ``w_k`` as in FedAvg and reports ``F_k(w)``, its mean
-loss on its training data at the global model (measured before training). With ``L = 1 / lr``
-(the client learning rate, the paper's estimate of the Lipschitz constant):
+``sum_k p_k F_k(w)``, with ``p_k = n_k / n`` (each client's share of the training examples, as
+in the paper's experiments): the larger ``q``, the more the clients with a high loss count, so
+accuracy is spread more evenly across clients (``q = 0`` is FedAvg's objective). Each selected
+client ``k`` runs local SGD from the global model ``w`` to ``w_k`` as in FedAvg and reports
+``F_k(w)``, its mean loss on its training data at the global model (measured before training).
+With ``L`` the Lipschitz estimate (``strategy.qffl_lipschitz``; by default ``1 / lr`` of the
+clients' local SGD, as in the paper's code, where one learning rate is both):
 
     dw_k    = L (w - w_k)
     Delta_k = F_k(w)^q dw_k
     h_k     = q F_k(w)^(q - 1) ||dw_k||^2 + L F_k(w)^q
-    w'      = w - sum_k Delta_k / sum_k h_k
+    w'      = w - sum_k c_k Delta_k / sum_k c_k h_k
 
-Clients are summed unweighted, as in the paper, whose sampling draws them in proportion to
-``p_k``; here selection is uniform (``strategy.fraction_fit``), so every client counts as
-``p_k = 1 / N``. With ``q = 0`` the step is the unweighted mean of the local models. The server
-optimiser then steps on ``sum_k Delta_k / sum_k h_k`` (``server_lr = 1``: the paper's step).
+The weights ``c_k`` estimate the sums over all clients with weights ``p_k`` from the round's
+clients. The paper draws clients in proportion to ``n_k`` and sums them unweighted
+(``strategy.sampling=size``: ``c_k = 1``); under uniform selection (``fixed`` or ``poisson``),
+``c_k = n_k``. With ``q = 0`` the step is then FedAvg's: the ``n_k``-weighted mean of the local
+models under uniform selection, their plain mean under size-proportional selection. The server
+optimiser steps on ``sum_k c_k Delta_k / sum_k c_k h_k`` (``server_lr = 1``: the paper's step).
 
 The client half is a hook that asks the trainers for ``F_k(w)`` and reports it as ``qffl_loss``;
 the upload is the plain delta ``w_k - w``. A client with no positive finite ``qffl_loss`` is left
-out of the round. The sums stream, so no update is buffered; a robust aggregator has no meaning
-here and is refused.
+out of the round (the paper's code adds 1e-10 instead, which with ``q < 1`` would let a client
+with a zero loss stall the step through ``h_k``). The sums stream, so no update is buffered; a
+robust aggregator has no meaning here and is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from fedloom.client.local import LocalHooks, LocalTraining, register_hooks
-from fedloom.core.task import Result
+from fedloom.core.selection import select_clients
+from fedloom.core.task import FIT, MODEL, Result, Task
 from fedloom.errors import ConfigError
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, positive_metric
 from fedloom.strategies.fedavg import FedAvg
@@ -78,15 +84,23 @@ def qffl_terms(
 
 @dataclass
 class QFFL(FedAvg):
-    """q-FedAvg's server: ``w' = w - sum_k Delta_k / sum_k h_k``."""
+    """q-FedAvg's server: ``w' = w - sum_k c_k Delta_k / sum_k c_k h_k``."""
 
     q: float = 1.0
+    lipschitz_estimate: float | None = None
+    """``L``; None: ``1 / lr`` of the clients' local SGD."""
 
     name = "qffl"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.q) and self.q >= 0):
             raise ConfigError(f"strategy.q must be a finite number >= 0, got {self.q}")
+        estimate = self.lipschitz_estimate
+        if estimate is not None and not (math.isfinite(estimate) and estimate > 0):
+            raise ConfigError(
+                f"strategy.qffl_lipschitz must be a finite number > 0 (or null: 1 / client.lr), "
+                f"got {estimate}"
+            )
         if self.aggregator_factory is not None:
             raise ConfigError(
                 "strategy.aggregator replaces the mean, but qffl combines updates by its own "
@@ -95,16 +109,33 @@ class QFFL(FedAvg):
 
     @property
     def lipschitz(self) -> float:
-        """``L = 1 / lr`` of the clients' local SGD."""
+        """``L``: ``lipschitz_estimate``, else ``1 / lr`` of the clients' local SGD."""
+        if self.lipschitz_estimate is not None:
+            return self.lipschitz_estimate
         return 1.0 / LocalTraining().updated(self.client_config).lr
 
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
         return {**super().fit_config(ctx), "local": {"name": "qffl"}}
 
+    def configure_fit(self, ctx: RoundContext) -> list[Task]:
+        """Select by ``sampling`` (``size`` too) and give each client its fit task."""
+        chosen = select_clients(
+            self.sampling,
+            ctx.eligible,
+            self.fraction_fit,
+            self.min_fit_clients,
+            ctx.rng,
+            ctx.num_examples,
+        )
+        config = self.fit_config(ctx)
+        blobs = {MODEL: ctx.model.digest}
+        return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
+
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
         total = np.zeros(ctx.spec.size, np.float64)
         sums = {"h": 0.0, "count": 0}
         lipschitz = self.lipschitz
+        by_size = self.sampling == "size"  # drawn in proportion to n_k: summed unweighted
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
             loss = positive_metric(result, LOSS, ctx.round)
@@ -112,8 +143,9 @@ class QFFL(FedAvg):
                 return
             assert vec is not None  # fit results carry an update
             step, h = qffl_terms(vec, loss, self.q, lipschitz)
-            total[:] += step
-            sums["h"] += h
+            weight = 1.0 if by_size else float(result.num_examples)
+            total[:] += weight * step
+            sums["h"] += weight * h
             sums["count"] += 1
 
         yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
