@@ -61,7 +61,6 @@ from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
 from fedloom.models import build_model
 from fedloom.plugins import call_factory, load_entry_point
-from fedloom.recommendation import RecommendationSimulation
 from fedloom.transport.certs import Bundle, client_bundle, read_token
 from fedloom.transport.client import Backoff, BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -125,6 +124,9 @@ def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
 
 def _movielens_user(cfg: Config, index: int, count: int) -> Client:
     """User ``index``'s client of a movielens run whose users number ``count``."""
+    # here, not at the top: it brings the simulation and its plots, which no other client needs
+    from fedloom.recommendation import RecommendationSimulation
+
     sim = RecommendationSimulation(cfg, deployment=True)
     users = sim.ratings.num_users
     if count != users:
