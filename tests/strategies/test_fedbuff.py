@@ -211,17 +211,29 @@ class ScriptedEngine:
         self.inner.close()
 
 
+def _deployed(
+    clients: dict[int, FixedClient],
+    engine: ScriptedEngine,
+    buffer_size: int,
+    concurrency: int,
+    **options: Any,
+) -> Coordinator:
+    """FedBuff without a clock (as ``fedloom server`` builds it) on the scripted engine."""
+    return Coordinator(
+        strategy=FedBuff(buffer_size=buffer_size, concurrency=concurrency),
+        engine=engine,
+        spec=SPEC,
+        params=np.zeros(2, np.float32),
+        population=Population(dict.fromkeys(clients, 1), **options.pop("population", {})),
+        **options,
+    )
+
+
 def test_in_a_deployment_the_server_steps_on_k_updates_and_the_rest_stay_in_flight() -> None:
     # Prepare: K = 2, C = 3; tasks take 1, 2 and 5 ticks of real time, no clock
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
     engine = ScriptedEngine(clients, {0: 1, 1: 2, 2: 5})
-    coord = Coordinator(
-        strategy=FedBuff(buffer_size=2, concurrency=3),
-        engine=engine,
-        spec=SPEC,
-        params=np.zeros(2, np.float32),
-        population=Population(dict.fromkeys(clients, 1)),
-    )
+    coord = _deployed(clients, engine, 2, 3)
 
     # Execute
     coord.run(3)
@@ -247,13 +259,7 @@ def test_in_a_deployment_the_server_steps_on_k_updates_and_the_rest_stay_in_flig
 def test_in_a_deployment_a_round_ends_short_when_no_client_is_left_to_start() -> None:
     # Prepare: K = 3 but only two clients, each training at most once per model version
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2])}
-    coord = Coordinator(
-        strategy=FedBuff(buffer_size=3, concurrency=2),
-        engine=ScriptedEngine(clients, {0: 1, 1: 1}),
-        spec=SPEC,
-        params=np.zeros(2, np.float32),
-        population=Population(dict.fromkeys(clients, 1)),
-    )
+    coord = _deployed(clients, ScriptedEngine(clients, {0: 1, 1: 1}), 3, 2)
 
     # Execute
     (record,) = coord.run(1)
@@ -267,13 +273,8 @@ def test_in_a_deployment_federated_evaluation_leaves_out_the_clients_still_train
     # Prepare: round 1 as above: client 2 (5 ticks) is still training when round 1 evaluates
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
     engine = ScriptedEngine(clients, {0: 1, 1: 2, 2: 5})
-    coord = Coordinator(
-        strategy=FedBuff(buffer_size=2, concurrency=3),
-        engine=engine,
-        spec=SPEC,
-        params=np.zeros(2, np.float32),
-        population=Population(dict.fromkeys(clients, 1), has_test_data=set(clients)),
-        federated_eval=True,
+    coord = _deployed(
+        clients, engine, 2, 3, population={"has_test_data": set(clients)}, federated_eval=True
     )
 
     # Execute
@@ -293,13 +294,7 @@ class CrashingClient(FixedClient):
 def test_in_a_deployment_a_client_whose_task_failed_is_not_asked_again_in_that_round() -> None:
     # Prepare: K = 2, C = 3; client 2's task, of round 1, fails at tick 3, in round 2
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: CrashingClient([0, 0])}
-    coord = Coordinator(
-        strategy=FedBuff(buffer_size=2, concurrency=3),
-        engine=ScriptedEngine(clients, {0: 1, 1: 2, 2: 3}),
-        spec=SPEC,
-        params=np.zeros(2, np.float32),
-        population=Population(dict.fromkeys(clients, 1)),
-    )
+    coord = _deployed(clients, ScriptedEngine(clients, {0: 1, 1: 2, 2: 3}), 2, 3)
 
     # Execute
     coord.run(3)
