@@ -13,8 +13,11 @@ import pytest
 from fedloom.client.base import Client
 from fedloom.client.deploy import ClientOptions, DeploymentClient
 from fedloom.config import Config
+from fedloom.core.task import EVALUATE, FIT
 from fedloom.transport.certs import create_certs, read_enrolment_key, server_bundle
+from fedloom.transport.client import Connection
 from fedloom.transport.hub import Hub
+from fedloom.transport.proto import fedloom_transport_pb2 as pb
 from fedloom.transport.server import FederationService, ServiceSettings, start_server
 
 MB = 1024 * 1024
@@ -137,3 +140,21 @@ def wait_ready(running: Running, n: int) -> None:
     while len(running.hub.ready_clients()) < n:
         assert time.monotonic() < end, "clients did not connect"
         time.sleep(0.02)
+
+
+def raw_client(running: Running) -> Connection:
+    """A bare connection (no DeploymentClient) that has joined as ``raw`` with 5 examples, for
+    tests that speak the protocol by hand."""
+    conn = Connection(running.address, bundle=None, max_message_bytes=4 * MB)
+    conn.join("raw", "", [FIT, EVALUATE])
+    conn.ready(5, 0)
+    return conn
+
+
+def next_task(conn: Connection) -> pb.TaskProto:
+    """The next task handed to ``conn``, polling for up to about 30 s."""
+    for _ in range(30):
+        reply = conn.poll(1.0)
+        if reply.WhichOneof("outcome") == "task":
+            return reply.task
+    raise AssertionError("no task was handed out")

@@ -15,7 +15,6 @@ from fedloom.client.base import ClientContext, EvalResult, FitResult
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import (
-    EVALUATE,
     FIT,
     MODEL,
     Blob,
@@ -30,7 +29,13 @@ from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine
 from fedloom.transport.client import Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
-from tests.transport.conftest import MB, Running, start_client, wait_ready
+from tests.transport.conftest import (
+    Running,
+    next_task,
+    raw_client,
+    start_client,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -84,21 +89,6 @@ def test_a_row_sparse_fit_travels_as_the_bitmask_and_the_touched_rows(
     assert engine.last_transfer() == Transfer(len(MODEL_BLOB.payload), 33)
 
 
-def _raw_client(running: Running) -> Connection:
-    conn = Connection(running.address, bundle=None, max_message_bytes=4 * MB)
-    conn.join("raw", "", [FIT, EVALUATE])
-    conn.ready(5, 0)
-    return conn
-
-
-def _next_task(conn: Connection) -> pb.TaskProto:
-    for _ in range(30):
-        reply = conn.poll(1.0)
-        if reply.WhichOneof("outcome") == "task":
-            return reply.task
-    raise AssertionError("no task was handed out")
-
-
 def _upload(
     conn: Connection, task: pb.TaskProto, payload: bytes, touched_rows: int | None
 ) -> pb.UploadReply:
@@ -128,7 +118,7 @@ def _round(
         target=lambda: results.extend(engine.run([_fit(round_num)], blob_table(MODEL_BLOB)))
     )
     thread.start()
-    task = _next_task(conn)
+    task = next_task(conn)
     assert (task.upload.rows.rows, list(task.upload.rows.widths)) == (5, [3, 1])
     up0 = running.hub.traffic()[1]
     reply = _upload(conn, task, payload, touched)
@@ -196,7 +186,7 @@ def test_a_lying_row_sparse_upload_is_refused_and_the_server_goes_on(
     plain_server: Running, payload: bytes, touched: int | None, reason: str, read: int
 ) -> None:
     # Prepare: a hand-driven client
-    conn = _raw_client(plain_server)
+    conn = raw_client(plain_server)
     try:
         # Execute: a lying upload, then an honest one
         reply, results, received = _round(plain_server, conn, 1, payload, touched)

@@ -20,7 +20,13 @@ from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine
 from fedloom.transport.client import Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
-from tests.transport.conftest import MB, Running, start_client, wait_ready
+from tests.transport.conftest import (
+    Running,
+    next_task,
+    raw_client,
+    start_client,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.deploy
 
@@ -136,13 +142,6 @@ def test_two_blobs_are_downloaded_once_and_the_client_state_carries_over(
     assert all(r.state is None for r in (first, second, retried))
 
 
-def _raw_client(running: Running) -> Connection:
-    conn = Connection(running.address, bundle=None, max_message_bytes=4 * MB)
-    conn.join("raw", "", [FIT, EVALUATE])
-    conn.ready(5, 0)
-    return conn
-
-
 def _header(conn: Connection, task: pb.TaskProto, payload_bytes: int) -> pb.UploadChunk:
     return pb.UploadChunk(
         header=pb.UploadHeader(
@@ -153,14 +152,6 @@ def _header(conn: Connection, task: pb.TaskProto, payload_bytes: int) -> pb.Uplo
             codec="float32",
         )
     )
-
-
-def _next_task(conn: Connection) -> pb.TaskProto:
-    for _ in range(30):
-        reply = conn.poll(1.0)
-        if reply.WhichOneof("outcome") == "task":
-            return reply.task
-    raise AssertionError("no task was handed out")
 
 
 def _run_in_thread(engine: RemoteEngine, task: Task) -> tuple[threading.Thread, list[Result]]:
@@ -179,7 +170,7 @@ def test_uploads_over_the_declared_size_are_refused_before_they_are_read(
     plain_server: Running,
 ) -> None:
     # Prepare: a hand-driven client, and fit tasks of one model-sized upload
-    conn = _raw_client(plain_server)
+    conn = raw_client(plain_server)
     engine = RemoteEngine(plain_server.hub, deadline_s=30)
     size = len(MODEL_BLOB.payload)
     replies = []
@@ -187,7 +178,7 @@ def test_uploads_over_the_declared_size_are_refused_before_they_are_read(
     try:
         for round_num, declared, sent in ((1, 2 * size, 2 * size), (2, size, 4 * size)):
             thread, results = _run_in_thread(engine, _fit(round_num))
-            task = _next_task(conn)
+            task = next_task(conn)
             up0 = plain_server.hub.traffic()[1]
             # Execute: round 1 declares twice the model's size (what a SCAFFOLD task would
             # take); round 2 declares the right size and streams four times as much
@@ -252,7 +243,7 @@ def test_a_custom_task_kind_takes_metrics_only(plain_server: Running, custom_sta
     # that runs fit and evaluate only
     started = start_client(plain_server, None, "client-0", lambda cid: NaNMetricsClient())
     wait_ready(plain_server, 1)
-    conn = _raw_client(plain_server)
+    conn = raw_client(plain_server)
     wait_ready(plain_server, 2)
     engine = RemoteEngine(plain_server.hub, deadline_s=30)
     tasks = [
