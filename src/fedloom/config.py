@@ -608,13 +608,17 @@ class Config(_Section):
         if not sa.enabled:
             return self
         why = None
-        if s.name not in ("fedavg", "fedprox", "fedsgd"):
+        if s.name == "fedbuff":
             why = (
-                f"strategy.name={s.name} needs each client's update on its own; secure "
-                "aggregation works with fedavg, fedprox and fedsgd"
+                "strategy.name=fedbuff weights each update by its own staleness as it arrives, "
+                "with no cohort that uploads together; secure aggregation sums a cohort's "
+                "updates at once"
             )
-        elif s.name == "fedsgd" and s.aggregation == "sum":
-            why = "strategy.aggregation=sum: secure aggregation gives the weighted mean"
+        elif self.dataset.name == "movielens":
+            why = (
+                "dataset.name=movielens averages each item row over the clients that touched "
+                "it, which the server reads from each upload's row flags"
+            )
         elif s.aggregator != "mean":
             why = (
                 f"strategy.aggregator={s.aggregator} needs each update on its own; the server "
@@ -627,9 +631,13 @@ class Config(_Section):
             )
         elif self.privacy.mechanism in ("central", "local"):
             why = (
-                f"privacy.mechanism={self.privacy.mechanism} does not compose with it: central "
-                "clips each update at the server; use privacy.mechanism=client (clients clip and "
-                "add their share of the noise)"
+                f"privacy.mechanism={self.privacy.mechanism} does not compose with it: "
+                + (
+                    "central clips each update at the server"
+                    if self.privacy.mechanism == "central"
+                    else "local accounts each client's releases from its individual uploads"
+                )
+                + "; use privacy.mechanism=client (clients clip and add their share of the noise)"
             )
         elif self.transport.upload or self.transport.error_feedback:
             why = (

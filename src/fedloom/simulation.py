@@ -49,7 +49,7 @@ from fedloom.server.clock import ClientClock, ClockedEngine, ClockedPopulation
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
 from fedloom.server.pruning import pruning_schedule
 from fedloom.strategies import FedBuff, Strategy
-from fedloom.strategies.factory import make_strategy
+from fedloom.strategies.factory import aggregation_channel, make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 from fedloom.tracking.summary import ProgressListener, RecorderListener, summarize
 from fedloom.tracking.trackers import open_trackers
@@ -156,6 +156,7 @@ def make_coordinator(
         federated_eval=cfg.eval.federated,
         listeners=list(listeners),
         engine=make_engine(cfg.engine, client_fn),
+        channel=aggregation_channel(cfg),
     )
     if wrap_engine is not None:
         coordinator.engine = wrap_engine(coordinator.engine)

@@ -59,8 +59,9 @@ class Round:
 
     def stage3(self, scale: float | None = None) -> None:
         for i in sorted(self.server.shared):
-            cfg = {CONFIG_KEY: self.server.mask_config(i, scale)}
-            msg = client_mask(self.updates[i], self.examples[i], self.states[i], cfg, i)
+            cfg = {CONFIG_KEY: self.server.mask_config(i)}
+            w = 1.0 if scale is None else min(1.0, self.examples[i] / scale)
+            msg = client_mask(self.updates[i] * w, np.array([w]), self.states[i], cfg, i)
             self.uploads[i] = msg
             if i not in self.drop.get(3, set()):
                 self.server.receive_masked(i, msg)
@@ -91,14 +92,14 @@ class Round:
             weight += quantize_weight(w, s.quantization_bits)
         return SecureSum(
             dequantize_sum(ints, len(alive), s.clip_range, s.quantization_bits),
-            dequantize_weight_sum(weight, s.quantization_bits),
+            np.array([dequantize_weight_sum(weight, s.quantization_bits)]),
             len(alive),
         )
 
 
 def _equal(got: SecureSum, want: SecureSum) -> None:
     assert got.count == want.count
-    assert got.weight == want.weight
+    np.testing.assert_array_equal(got.weights, want.weights)
     np.testing.assert_array_equal(got.total, want.total)  # exact: the integers were equal
 
 
@@ -136,7 +137,7 @@ def test_weighted_inputs_carry_their_weight_masked_beside_them() -> None:
     rnd = Round(SECAGG, 6)
     got = rnd.run(scale=60.0)  # weights 10/60 ... 60/60
     _equal(got, rnd.plaintext(scale=60.0))
-    mean = got.total / got.weight
+    mean = got.total / got.weights[0]
     want = sum(rnd.updates[i] * rnd.examples[i] for i in range(6)) / sum(rnd.examples.values())
     assert np.abs(mean - want).max() < 1e-4
 

@@ -14,13 +14,13 @@ from fedloom.aggregators import (
     Krum,
     MultiKrum,
     NormBound,
-    Sum,
     TrimmedMean,
     WeightedMean,
 )
 from fedloom.config import StrategyConfig, load_config
 from fedloom.core.codec import Float32Codec
 from fedloom.core.params import ParamSpec
+from fedloom.core.summands import Sums
 from fedloom.core.task import Blob
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
@@ -154,13 +154,17 @@ def test_scaffold_keeps_a_server_control_variate() -> None:
     assert config["local"] == {"name": "scaffold"} and config["lr"] == 0.1
 
 
-@pytest.mark.parametrize(("aggregation", "aggregator"), [("mean", WeightedMean), ("sum", Sum)])
+@pytest.mark.parametrize(("aggregation", "expected"), [("mean", 1.5), ("sum", 3.0)])
 def test_fedsgd_uploads_gradients_aggregated_as_configured(
-    aggregation: str, aggregator: type
+    aggregation: str, expected: float
 ) -> None:
     strategy = _strategy("strategy.name=fedsgd", f"strategy.aggregation={aggregation}")
     assert isinstance(strategy, FedSGD) and strategy.aggregation == aggregation
-    assert isinstance(strategy.aggregator(), aggregator)
+    ctx = _context()
+    assert strategy.sum_plan(ctx).terms[0].weighted == (aggregation == "mean")
+    # two clients summed to 3.0 with weights summing to 2.0: the mean is 1.5, the sum 3.0
+    combined = strategy.combine(Sums([np.array([3.0])], np.array([2.0]), 2), ctx)
+    assert combined is not None and combined.tolist() == [expected]
     assert strategy.fit_config(_context())["mode"] == "gradient"
 
 

@@ -151,7 +151,7 @@ def test_secure_aggregation_composes_with_client_side_dp() -> None:
     "overrides,match",
     [
         (["secure_aggregation.clip_range=0"], "clip_range must be > 0"),
-        (["strategy.name=scaffold"], "fedavg, fedprox and fedsgd"),
+        (["strategy.name=fedbuff"], "its own staleness"),
         (["strategy.aggregator=median"], "sees only their sum"),
         (["privacy.mechanism=central"], "privacy.mechanism=client"),
         (["transport.upload=[int8]"], "its own encoding"),

@@ -14,7 +14,7 @@ import importlib
 import inspect
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,14 +111,14 @@ def stage_kinds() -> list[str]:
     return sorted({*STAGES, *_BUILTIN_STAGES})
 
 
-MessageEncoder = Callable[[np.ndarray, int, State, Task], bytes]
+MessageEncoder = Callable[[np.ndarray, int, Mapping[str, float], State, Task], bytes]
 MESSAGE_ENCODERS: dict[str, MessageEncoder] = {}
 
 
 def register_message_encoder(config_key: str, encoder: MessageEncoder) -> None:
     """Let a protocol turn a client's update into its ``message`` upload: a task whose upload is a
     ``MESSAGE`` and whose config has ``config_key`` is encoded by ``encoder(update, num_examples,
-    state, task)`` (after the task's transforms) instead of by a codec. Secure aggregation masks
+    metrics, state, task)`` (after the task's transforms) instead of by a codec. Secure aggregation masks
     updates this way, so every engine trains as for any fit task and only the last step differs."""
     MESSAGE_ENCODERS[config_key] = encoder
 
@@ -268,11 +268,12 @@ def encode_uploads(
     states: Sequence[State],
     support: np.ndarray | None = None,
     num_examples: Sequence[int] | None = None,
+    metrics: Sequence[Mapping[str, float]] | None = None,
 ) -> list[bytes]:
     """Encode one upload per row (one client each), with error feedback where the task asks.
 
-    Tasks whose upload is a protocol ``MESSAGE`` (``codec`` None) are encoded by the protocol's
-    encoder (``register_message_encoder``), which may also need each row's ``num_examples``.
+    Tasks whose upload is a protocol ``MESSAGE`` (``codec`` None) are encoded, their values under
+    ``support`` only, by the protocol's encoder (``register_message_encoder``), which may also need each row's ``num_examples``.
 
     With ``support`` (``upload_support``: the tasks' pruning mask or named parameters, as booleans
     over the model), each row sends only its values under it (``gather``); the residual stays
@@ -288,9 +289,13 @@ def encode_uploads(
     """
     if codec is None:
         counts = num_examples or [0] * len(tasks)
+        reported = metrics or [{}] * len(tasks)
         out = []
-        for row, task, state, count in zip(rows, tasks, states, counts, strict=True):
-            message = _message_encoder(task)(row, count, state, task)
+        for row, task, state, count, mets in zip(
+            rows, tasks, states, counts, reported, strict=True
+        ):
+            values = row if support is None else gather(row[None, :], support)[0]
+            message = _message_encoder(task)(values, count, mets, state, task)
             if task.upload is not None and len(message) > task.upload.size:
                 raise ValueError(f"the message is {len(message)} bytes, over {task.upload.size}")
             out.append(message)
@@ -419,7 +424,7 @@ def execute_task(
             else:
                 support = upload_support(task, blobs, decoded)
                 payload = encode_uploads(
-                    codec, vec, [task], [context.state], support, [out.num_examples]
+                    codec, vec, [task], [context.state], support, [out.num_examples], [out.metrics]
                 )[0]
         return Result(
             task,

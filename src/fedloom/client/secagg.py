@@ -3,11 +3,15 @@ the deployment client: importing this module registers them.
 
 Stages 1, 2 and 4 exchange keys and shares and need no model; stage 3 is an ordinary ``fit`` task
 whose update, after the task's transforms (client-side clipping and noise for differential
-privacy), is masked by ``client_mask`` instead of being encoded by a codec. The round's secrets
+privacy), becomes the client's contribution to the round's sums (``core.summands``: the same
+rule the plain channel runs on the server) and is masked by ``client_mask`` instead of being
+encoded by a codec. The round's secrets
 live in the client's state between stages and are dropped after the last.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -19,6 +23,7 @@ from fedloom.client.execute import (
 )
 from fedloom.client.state import State
 from fedloom.core.params import Params
+from fedloom.core.summands import SUM, contribution
 from fedloom.core.task import Task
 from fedloom.secagg import (
     ADVERTISE,
@@ -48,8 +53,13 @@ def _unmask(client: Client, task: Task, params: Params, context: ClientContext) 
     )
 
 
-def _mask(update: np.ndarray, num_examples: int, state: State, task: Task) -> bytes:
-    return client_mask(update, num_examples, state, task.config, task.client_id)
+def _mask(
+    update: np.ndarray, num_examples: int, metrics: Mapping[str, float], state: State, task: Task
+) -> bytes:
+    if SUM not in task.config:
+        raise ValueError("the masked-input task names no sum plan (config 'sum')")
+    values, weights = contribution(update, num_examples, metrics, task.config[SUM])
+    return client_mask(values, weights, state, task.config, task.client_id)
 
 
 register_stage(ADVERTISE, _advertise)

@@ -361,6 +361,18 @@ class VectorizedEngine:
                 uploads = apply_to_rows(specs, outcome.updates, outcome.states, ctx, rngs)
                 support = upload_support(tasks[0], blobs, self._decoded)  # one mask a group
                 _check_sizes(uploads, chunk, probed.model.spec.size, support)
+                metrics = [
+                    {
+                        "train_loss": outcome.losses[row],
+                        **job.hooks.metrics(job.steps, starts[row]),
+                        **(
+                            {}
+                            if personal_losses is None
+                            else {"personal_train_loss": personal_losses[row]}
+                        ),
+                    }
+                    for row, job in enumerate(chunk)
+                ]
                 payloads = encode_uploads(
                     codec,
                     uploads,
@@ -368,6 +380,7 @@ class VectorizedEngine:
                     outcome.states,
                     support,
                     [j.client.num_examples for j in chunk],
+                    metrics,
                 )
             except Exception as exc:
                 self._warn(("runtime", type(exc)), f"a vectorised chunk raised {one_line(exc)}")
@@ -383,15 +396,7 @@ class VectorizedEngine:
                     job.task,
                     num_examples=job.client.num_examples,
                     payload=payloads[row],
-                    metrics={
-                        "train_loss": outcome.losses[row],
-                        **job.hooks.metrics(job.steps, starts[row]),
-                        **(
-                            {}
-                            if personal_losses is None
-                            else {"personal_train_loss": personal_losses[row]}
-                        ),
-                    },
+                    metrics=metrics[row],
                     seconds=seconds,
                 )
 

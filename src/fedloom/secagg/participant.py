@@ -101,20 +101,22 @@ def client_share(state: dict[str, np.ndarray], task_config: Mapping[str, Any], m
 
 
 def client_mask(
-    update: np.ndarray,
-    num_examples: int,
+    values: np.ndarray,
+    weights: np.ndarray,
     state: dict[str, np.ndarray],
     task_config: Mapping[str, Any],
     me: int,
 ) -> bytes:
-    """Stage 3: the masked, quantised (weighted) update, and the ciphertexts addressed to this
-    client kept for stage 4."""
+    """Stage 3: the masked, quantised ``values`` (already weighted: ``core.summands``) and
+    ``weights`` (each in ``[0, 1]``), and the ciphertexts addressed to this client kept for
+    stage 4."""
     cfg = _config(task_config, 3)
     session = _check_session(state, cfg)
     settings = _settings(cfg)
-    if cfg.get("size") != update.shape[0]:
+    if cfg.get("size") != values.shape[0] or cfg.get("weights", 1) != weights.shape[0]:
         raise ProtocolError(
-            f"the update has {update.shape[0]} values, the round sums {cfg.get('size')}"
+            f"the contribution has {values.shape[0]} values and {weights.shape[0]} weights, the "
+            f"round sums {cfg.get('size')} and {cfg.get('weights', 1)}"
         )
     known = [int(p) for p in state[_PEERS]]
     peers = _ids(cfg.get("peers"), "peers")
@@ -131,24 +133,23 @@ def client_mask(
         packed.append(_ENTRY.pack(entry[0], len(ciphertext)) + ciphertext)
     state[_INBOX] = _as_array(b"".join(packed))
 
-    scale = cfg.get("scale")
-    weight = 1.0 if scale is None else min(1.0, num_examples / float(scale))
     bits, modulus = settings.quantization_bits, settings.modulus_bits
+    size = values.shape[0]
     # arithmetic in the ring's integer type wraps modulo 2^32 (or 2^64), a multiple of 2^modulus
-    values = np.empty(update.shape[0] + 1, dtype=crypto.ring_dtype(modulus))
-    values[:-1] = quantize(np.asarray(update, np.float64) * weight, settings.clip_range, bits)
-    values[-1] = quantize_weight(weight, bits)
-    values += crypto.expand(self_mask_key(_as_bytes(state[_SEED]), session), len(values), modulus)
+    ring = np.empty(size + weights.shape[0], dtype=crypto.ring_dtype(modulus))
+    ring[:size] = quantize(np.asarray(values, np.float64), settings.clip_range, bits)
+    ring[size:] = [quantize_weight(float(w), bits) for w in weights]
+    ring += crypto.expand(self_mask_key(_as_bytes(state[_SEED]), session), len(ring), modulus)
     s_sk = crypto.private_key(_as_bytes(state[_S_SK]))
     keys = dict(zip(known, state[_PEER_KEYS], strict=True))
     for j in peers:
         s_pk = _as_bytes(keys[j][crypto.KEY_BYTES :])
-        mask = crypto.expand(mask_key(s_sk, s_pk, session, me, j), len(values), modulus)
+        mask = crypto.expand(mask_key(s_sk, s_pk, session, me, j), len(ring), modulus)
         if me < j:
-            values += mask
+            ring += mask
         else:
-            values -= mask
-    return _wire(values, settings)
+            ring -= mask
+    return _wire(ring, settings)
 
 
 def client_unmask(state: dict[str, np.ndarray], task_config: Mapping[str, Any], me: int) -> bytes:

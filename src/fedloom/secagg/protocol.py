@@ -104,9 +104,9 @@ class Settings:
         """Bytes per masked value on the wire: 4 up to 32 modulus bits, else 8."""
         return 4 if self.modulus_bits <= 32 else 8
 
-    def masked_bytes(self, size: int) -> int:
-        """The exact size of a masked input of a ``size``-value update (and its weight)."""
-        return (size + 1) * self.value_bytes
+    def masked_bytes(self, size: int, weights: int = 1) -> int:
+        """The exact size of a masked input of ``size`` values and ``weights`` weights."""
+        return (size + weights) * self.value_bytes
 
     def max_clients(self) -> int:
         """The most inputs one sum can hold without wrapping around the modulus."""

@@ -34,11 +34,11 @@ from fedloom.secagg.quantize import dequantize_sum, dequantize_weight_sum
 
 @dataclass
 class SecureSum:
-    """What a secure round yields: the sum of the survivors' weighted updates and of their
-    weights (dequantised), and how many inputs are in it."""
+    """What a secure round yields: the sum of the survivors' weighted values and of each of
+    their weights (dequantised), and how many inputs are in it."""
 
     total: np.ndarray
-    weight: float
+    weights: np.ndarray
     count: int
 
 
@@ -53,6 +53,8 @@ class ServerRound:
 
     settings: Settings
     size: int
+    weights: int = 1
+    """How many weights (each in ``[0, 1]``, on their own scale) follow the ``size`` values."""
     session: bytes = field(default_factory=lambda: crypto.random_bytes(16))
     keys: dict[int, bytes] = field(default_factory=dict)  # stage 1: c_pk || s_pk || H(b)
     neighbours: dict[int, list[int]] = field(default_factory=dict)
@@ -120,11 +122,16 @@ class ServerRound:
             raise ProtocolError(f"an encrypted share is not {CIPHERTEXT_BYTES} bytes")
         self.shared[client] = dict(entries)
 
-    def mask_config(self, client: int, scale: float | None) -> dict[str, Any]:
+    def mask_config(self, client: int) -> dict[str, Any]:
         peers = [j for j in self.neighbours[client] if j in self.shared]
         inbox = [[j, b64(self.shared[j][client])] for j in peers]
         return self.config(
-            3, peers=peers, inbox=inbox, scale=scale, size=self.size, **self.settings.as_config()
+            3,
+            peers=peers,
+            inbox=inbox,
+            size=self.size,
+            weights=self.weights,
+            **self.settings.as_config(),
         )
 
     # stage 3
@@ -133,7 +140,7 @@ class ServerRound:
             raise ProtocolError("a masked input from a client that did not share its keys")
         if client in self.masked:
             raise ProtocolError("a second masked input from one client")
-        expected = self.settings.masked_bytes(self.size)
+        expected = self.settings.masked_bytes(self.size, self.weights)
         if len(payload) != expected:
             raise ProtocolError(f"a masked input is {expected} bytes, got {len(payload)}")
         values = np.frombuffer(payload, dtype=crypto.ring_dtype(self.settings.modulus_bits))
@@ -143,7 +150,7 @@ class ServerRound:
         ):
             raise ProtocolError(f"values outside Z_2^{self.settings.modulus_bits}")
         if self._sum is None:
-            self._sum = np.zeros(self.size + 1, dtype=np.uint64)
+            self._sum = np.zeros(self.size + self.weights, dtype=np.uint64)
         self._sum += values  # only the running sum is kept
         self.masked.append(client)
 
@@ -190,18 +197,17 @@ class ServerRound:
         assert not alive & dropped  # a client's seed and mask key are never both reconstructed
         total = self._sum.copy()
         modulus = self.settings.modulus_bits
+        length = self.size + self.weights
         for j in sorted(alive):
             seed = self._reconstruct(j, _B)
-            total -= crypto.expand(self_mask_key(seed, self.session), self.size + 1, modulus)
+            total -= crypto.expand(self_mask_key(seed, self.session), length, modulus)
         for j in sorted(dropped):
             s_sk = self._reconstruct(j, _S)
             for i in self.neighbours[j]:
                 if i not in alive:
                     continue
                 s_pk_i = self.keys[i][32:64]
-                mask = crypto.expand(
-                    mask_key(s_sk, s_pk_i, self.session, i, j), self.size + 1, modulus
-                )
+                mask = crypto.expand(mask_key(s_sk, s_pk_i, self.session, i, j), length, modulus)
                 if i < j:
                     total -= mask
                 else:
@@ -210,8 +216,10 @@ class ServerRound:
             total &= np.uint64((1 << modulus) - 1)
         s = self.settings
         return SecureSum(
-            dequantize_sum(total[:-1], len(alive), s.clip_range, s.quantization_bits),
-            dequantize_weight_sum(int(total[-1]), s.quantization_bits),
+            dequantize_sum(total[: self.size], len(alive), s.clip_range, s.quantization_bits),
+            np.array(
+                [dequantize_weight_sum(int(w), s.quantization_bits) for w in total[self.size :]]
+            ),
             len(alive),
         )
 

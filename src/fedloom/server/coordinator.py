@@ -58,6 +58,7 @@ from fedloom.metrics import pooled_metrics
 from fedloom.optim import OptState
 from fedloom.server.pruning import MASK_STATE, PruningSchedule, mask_for_round, sparsity_of
 from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy, StrategyState
+from fedloom.strategies.channel import Channel, Plain
 from fedloom.transforms import apply_to_rows, build_pipeline
 
 log = logging.getLogger("fedloom")
@@ -156,6 +157,8 @@ class Coordinator:
     pruning: PruningSchedule | None = None
     download_delta: bool = False
     held_models: int = 8
+    channel: Channel = field(default_factory=Plain)
+    """How the strategy's uploads are aggregated: ``Plain`` or ``Secure`` (SecAgg+)."""
     opt_state: OptState = field(init=False)
     strategy_state: StrategyState = field(init=False)
     history: list[dict[str, Any]] = field(default_factory=list, init=False)
@@ -172,6 +175,9 @@ class Coordinator:
         self.opt_state = self.strategy.server_optimizer.init(self.params)
         try:  # a model or population the strategy cannot run on (unknown personal layers)
             self.strategy.check(self.spec, len(self.population.eligible) or None)
+            refusal = self.channel.refusal(self.strategy.individual_reason())
+            if refusal is not None:
+                raise ConfigError(refusal)
         except ConfigError:
             self.engine.close()  # nobody else holds it yet (a Ray engine started a cluster)
             raise
@@ -394,6 +400,7 @@ class Coordinator:
             error_feedback=self.error_feedback,
             mask=mask,
             support=support,
+            channel=self.channel,
         )
 
     def _exchange(

@@ -49,6 +49,7 @@ from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.pruning import pruning_schedule
 from fedloom.server.state import StateStore
 from fedloom.server.user_code import build_global_model, build_strategy
+from fedloom.strategies.factory import aggregation_channel
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.live import LiveFeed
@@ -211,6 +212,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             eval_every=cfg.eval.every,
             federated_eval=cfg.eval.federated,
             listeners=trackers,
+            channel=aggregation_channel(cfg),
         )
         if opts.live is not None:
             opts.live.clients = hub.client_table  # a read-only snapshot per dashboard update

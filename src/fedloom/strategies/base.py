@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -30,10 +30,13 @@ from fedloom.aggregators import Aggregator, EmptyAggregate, WeightedMean
 from fedloom.core.codec import Codec
 from fedloom.core.params import ParamSpec
 from fedloom.core.selection import poisson_sample, sample_clients
+from fedloom.core.summands import SumPlan, Sums, Term
 from fedloom.core.task import EVALUATE, FIT, MODEL, Blob, Result, Task, Upload
 from fedloom.metrics import fairness_summary
 from fedloom.optim import ServerOptimizer, ServerSGD
-from fedloom.secagg import Settings as SecAggSettings
+
+if TYPE_CHECKING:
+    from fedloom.strategies.channel import Channel
 
 log = logging.getLogger("fedloom")
 
@@ -73,6 +76,9 @@ class RoundContext:
     """Tasks of earlier rounds still running on an ``Asynchronous`` engine (a deployment without
     a round barrier), when the round starts; their results arrive in this round's asynchronous
     exchanges (``Exchange.until``)."""
+    channel: Channel = field(default_factory=lambda: _plain())
+    """How the round's uploads are aggregated (``strategies.channel``): every strategy reaches
+    its clients' uploads through it."""
 
     def blob(self, vec: np.ndarray) -> Blob:
         """``vec`` (model-sized) encoded like the model, to send with tasks."""
@@ -137,9 +143,6 @@ class Strategy(ABC):
     # The rule that combines a round's updates (None: the example-weighted mean, which streams);
     # a factory, because every round begins a fresh one.
     aggregator_factory: Callable[[], Aggregator] | None = None
-    # Secure aggregation (``fedloom.strategies.secagg``): the server sees only the sum of the
-    # updates. None: updates arrive one by one, in the clear (inside TLS).
-    secure_aggregation: SecAggSettings | None = None
     finetune_epochs: int = 0
     """Local epochs each client trains on its own data before federated evaluation scores it
     (``eval.finetune_epochs``; the fine-tuned model is dropped afterwards)."""
@@ -171,33 +174,57 @@ class Strategy(ABC):
         blobs = {MODEL: ctx.model.digest}
         return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
 
-    def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        """One exchange of fit tasks, aggregated as the results stream in (or, under secure
-        aggregation, the protocol's exchanges, whose sum gives the example-weighted mean)."""
-        if self.secure_aggregation is not None:
-            from fedloom.strategies.secagg import secure_fit
+    needs_individual_updates: ClassVar[str | None] = None
+    """Why this algorithm needs each client's update on its own (None: it aggregates sums, and
+    runs on every channel)."""
 
-            tasks = self.configure_fit(ctx)
-            secure = yield from secure_fit(ctx, tasks, self.secure_aggregation, weighted=True)
-            if secure is None or secure.weight <= 0:
-                return None
-            if secure.count < self.min_fit_clients:
-                log.error(
-                    "only %d updates in the secure sum, min_fit_clients is %d; the global model "
-                    "is unchanged",
-                    secure.count,
-                    self.min_fit_clients,
-                )
-                return None
-            return (secure.total / secure.weight).astype(np.float32)
+    def individual_reason(self) -> str | None:
+        """Why this strategy, as configured, needs the individual updates (its algorithm, or a
+        robust aggregator), or None: ``Channel.refusal`` turns it into a config error."""
+        if self.needs_individual_updates is not None:
+            return self.needs_individual_updates
         agg = self.aggregator()
-        agg.begin(ctx.spec.size)
-        yield Exchange(
-            self.configure_fit(ctx),
-            [ctx.model],
-            lambda result, vec: agg.add(_need(vec), result.num_examples),
+        if not isinstance(agg, WeightedMean):
+            return f"strategy.aggregator ({type(agg).__name__}) combines individual updates"
+        return None
+
+    def sum_plan(self, ctx: RoundContext) -> SumPlan:
+        """The sums a round needs (``core.summands``): by default one, the example-weighted sum
+        of the updates (the model's size, or the upload's)."""
+        return SumPlan((Term("delta", ctx.spec.size),))
+
+    def fit_blobs(self, ctx: RoundContext) -> list[Blob]:
+        """Every blob the round's fit tasks name (the global model by default)."""
+        return [ctx.model]
+
+    def fit_round(self, ctx: RoundContext) -> RoundPlan:
+        """One exchange of fit tasks through the round's channel, whose sums ``combine`` turns
+        into the aggregate (the example-weighted mean, or the aggregator's result)."""
+        sums = yield from ctx.channel.sums(
+            ctx, self.configure_fit(ctx), self.fit_blobs(ctx), self.sum_plan(ctx), self.aggregator()
         )
-        return self.finish(agg)
+        if not self.enough(sums):
+            return None
+        assert sums is not None
+        return self.combine(sums, ctx)
+
+    def enough(self, sums: Sums | None) -> bool:
+        """Whether ``sums`` hold at least ``min_fit_clients`` contributions (logged if not)."""
+        if sums is None:
+            return False
+        if sums.count < self.min_fit_clients or not sums.weights[0] > 0:
+            log.error(
+                "only %d usable updates, min_fit_clients is %d; the global model is unchanged",
+                sums.count,
+                self.min_fit_clients,
+            )
+            return False
+        return True
+
+    def combine(self, sums: Sums, ctx: RoundContext) -> np.ndarray | None:
+        """The aggregate from the round's sums: the first term's weighted mean."""
+        mean = sums.mean(0)
+        return None if mean is None else mean.astype(np.float32)
 
     def finish(self, agg: Aggregator) -> np.ndarray | None:
         """The aggregate, or None (a failed round) when too few usable updates came back."""
@@ -295,7 +322,7 @@ def positive_metric(result: Result, key: str, round_num: int) -> float | None:
     return float(value)
 
 
-def _need(vec: np.ndarray | None) -> np.ndarray:
-    if vec is None:
-        raise ValueError("a fit result arrived without an update")
-    return vec
+def _plain() -> Channel:
+    from fedloom.strategies.channel import Plain
+
+    return Plain()

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedloom.aggregators import Sum
+from fedloom.core.summands import SumPlan, Term
 from fedloom.core.task import Result
 from fedloom.errors import ConfigError
 from fedloom.privacy import AccountantName, GaussianRounds, epsilon
@@ -43,7 +44,7 @@ from fedloom.privacy.adaptive_clipping import (
     update_clip_norm,
 )
 from fedloom.privacy.noise import gaussian_noise
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, StrategyState
+from fedloom.strategies.base import RoundContext, RoundPlan, StrategyState
 from fedloom.strategies.fedavg import FedAvg
 
 log = logging.getLogger("fedloom")
@@ -144,7 +145,7 @@ class DPFedAvg(FedAvg):
         if self.mechanism == "client":
             clip_norm = float(ctx.state[CLIP_NORM])
             pipeline: list[dict[str, Any]] = [{"name": "clip", "max_norm": clip_norm}]
-            if self.secure_aggregation is not None:
+            if not ctx.channel.reveals_updates:
                 # Distributed noise: each of the m expected clients adds N(0, (z C)^2 / m), so
                 # the sum the server unmasks already carries the round's noise.
                 m = max(self.cohort(ctx.num_clients)[1], 1.0)
@@ -153,23 +154,29 @@ class DPFedAvg(FedAvg):
             config["transforms"] = [*pipeline, *config.get("transforms", [])]
         return config
 
+    def individual_reason(self) -> str | None:
+        return self._why() if self.mechanism == "central" else None
+
+    def _why(self) -> str:
+        return (
+            f"privacy.mechanism={self.mechanism} clips each update at the server; use "
+            "privacy.mechanism=client (clients clip and add their share of the noise)"
+        )
+
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
         clip_norm = float(ctx.state[CLIP_NORM])
         tasks = self.configure_fit(ctx)
         sample = self.cohort(ctx.num_clients)[1]
         expected = sample if self.sampling == "poisson" else float(len(tasks))
-        if self.secure_aggregation is not None:
-            from fedloom.strategies.secagg import secure_fit
-
+        if not ctx.channel.reveals_updates:
             # the clients clipped (mechanism client); the server sees only the unweighted sum
-            secure = yield from secure_fit(ctx, tasks, self.secure_aggregation, weighted=False)
-            if secure is None or (
-                self.sampling != "poisson" and secure.count < self.min_fit_clients
-            ):
+            plan = SumPlan((Term("delta", ctx.spec.size, weighted=False),))
+            sums = yield from ctx.channel.sums(ctx, tasks, [ctx.model], plan)
+            if sums is None or (self.sampling != "poisson" and sums.count < self.min_fit_clients):
                 return None
             # the clients' noise is in the sum; the server adds what dropped clients did not
-            missing = max(expected - secure.count, 0.0) / max(expected, 1e-12)
-            return self._release(ctx, secure.total, secure.count, 0, expected, clip_norm, missing)
+            missing = max(expected - sums.count, 0.0) / max(expected, 1e-12)
+            return self._release(ctx, sums.totals[0], sums.count, 0, expected, clip_norm, missing)
         total = Sum()
         total.begin(ctx.spec.size)
         unclipped = 0
@@ -184,7 +191,7 @@ class DPFedAvg(FedAvg):
                 vec = (vec.astype(np.float64) * (clip_norm / norm)).astype(np.float32)
             total.add(vec, 1.0)
 
-        yield Exchange(tasks, [ctx.model], on_result)
+        yield from ctx.channel.individual(tasks, [ctx.model], on_result, self._why())
         if self.sampling != "poisson" and total.count < self.min_fit_clients:
             self.finish(total)  # logs why the round fails
             return None

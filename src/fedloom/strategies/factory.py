@@ -26,6 +26,7 @@ from fedloom.optim import make_server_optimizer
 from fedloom.privacy.adaptive_clipping import default_count_stddev, split_noise
 from fedloom.secagg import Settings as SecAggSettings
 from fedloom.strategies.base import Strategy
+from fedloom.strategies.channel import Channel, make_channel
 from fedloom.strategies.ditto import Ditto
 from fedloom.strategies.dp_fedavg import DPFedAvg
 from fedloom.strategies.fedavg import FedAvg
@@ -100,6 +101,12 @@ def secure_aggregation(cfg: Config) -> SecAggSettings | None:
     )
 
 
+def aggregation_channel(cfg: Config) -> Channel:
+    """The channel the config's uploads travel by: ``Secure`` with ``secure_aggregation``'s
+    settings when it is enabled, else ``Plain``."""
+    return make_channel(secure_aggregation(cfg))
+
+
 def make_strategy(cfg: Config) -> Strategy:
     """The strategy ``cfg.strategy.name`` with the config's selection, local-training and server
     optimiser settings.
@@ -120,7 +127,6 @@ def make_strategy(cfg: Config) -> Strategy:
         max_update_norm=s.max_update_norm,
         max_update_norm_action=s.max_update_norm_action,
         aggregator_factory=aggregator_factory(cfg),
-        secure_aggregation=secure_aggregation(cfg),
         finetune_epochs=cfg.eval.finetune_epochs,
     )
     if s.name == "fedsgd" and s.aggregation == "sum" and s.aggregator != "mean":

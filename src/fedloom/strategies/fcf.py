@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedloom.core.task import Result, RowSparse, Task, Upload, touched_rows
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, Strategy
+from fedloom.strategies.base import RoundContext, RoundPlan, Strategy
 
 log = logging.getLogger("fedloom")
 
@@ -69,6 +69,10 @@ class FederatedCF(Strategy):
 
     name = "fcf"
     mode = "train"
+    needs_individual_updates = (
+        "fcf averages each item row over the clients that touched it, which it reads from each "
+        "upload's row flags"
+    )
 
     def configure_fit(self, ctx: RoundContext) -> list[Task]:
         if ctx.mask is not None:
@@ -89,7 +93,9 @@ class FederatedCF(Strategy):
             # validated already: the payload is a row-sparse upload of these rows
             agg.add(vec, touched_rows(result.payload, upload.rows))
 
-        yield Exchange(tasks, [ctx.model], on_result)
+        yield from ctx.channel.individual(
+            tasks, [ctx.model], on_result, self.needs_individual_updates or ""
+        )
         if agg.count < self.min_fit_clients:
             log.error(
                 "only %d usable updates, min_fit_clients is %d; the global model is unchanged",

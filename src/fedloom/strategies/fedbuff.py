@@ -116,6 +116,10 @@ class FedBuff(Strategy):
     clock: VirtualClock | None = None
 
     name = "fedbuff"
+    needs_individual_updates = (
+        "fedbuff weights each update by its own staleness as it arrives, with no cohort that "
+        "uploads together"
+    )
     mode = "train"
 
     def init_state(self, params: np.ndarray) -> StrategyState:

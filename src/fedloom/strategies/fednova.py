@@ -29,6 +29,7 @@ work moves ``tau_eff``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,9 @@ import numpy as np
 import torch
 
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
-from fedloom.core.task import Result
+from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, register_rule
 from fedloom.errors import ConfigError
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, positive_metric
+from fedloom.strategies.base import RoundContext
 from fedloom.strategies.fedavg import FedAvg
 
 log = logging.getLogger("fedloom")
@@ -91,6 +92,23 @@ def _hooks(spec: Mapping[str, Any], training: LocalTraining) -> LocalHooks:
 
 register_hooks("fednova", _hooks)
 
+WORK_UNIT = 1024.0
+"""The secure channel quantises values within ``secure_aggregation.clip_range``; a client's work
+travels divided by this, so up to ``clip_range * 1024`` local steps are summed exactly."""
+
+
+def _contribution(
+    upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
+) -> RuleOutput:
+    """A client's normalised update and its work ``||a_i||_1`` (metric ``NORM``)."""
+    norm = metrics.get(NORM)
+    if norm is None or not math.isfinite(norm) or norm <= 0:
+        raise ValueError(f"the result carries no valid positive {NORM} (got {norm!r})")
+    return [(upload, 1.0), (np.array([norm], np.float64), 1.0)]
+
+
+register_rule("fednova", _contribution)
+
 
 @dataclass
 class FedNova(FedAvg):
@@ -105,24 +123,17 @@ class FedNova(FedAvg):
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
         return {**super().fit_config(ctx), "local": {"name": "fednova"}}
 
-    def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        agg = self.aggregator()
-        agg.begin(ctx.spec.size)
-        work = {"weighted": 0.0, "weight": 0.0}
+    def sum_plan(self, ctx: RoundContext) -> SumPlan:
+        """The weighted sums of the normalised updates and of the clients' work ``||a_i||_1``
+        (in units of ``WORK_UNIT`` steps on the secure channel's fixed-point scale)."""
+        return SumPlan(
+            (Term("delta", ctx.spec.size), Term("work", 1, unit=WORK_UNIT)), rule="fednova"
+        )
 
-        def on_result(result: Result, vec: np.ndarray | None) -> None:
-            norm = positive_metric(result, NORM, ctx.round)
-            if norm is None:
-                return
-            assert vec is not None  # fit results carry an update
-            agg.add(vec, result.num_examples)
-            work["weighted"] += result.num_examples * norm
-            work["weight"] += result.num_examples
-
-        yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
-        aggregate = self.finish(agg)
-        if aggregate is None:
+    def combine(self, sums: Sums, ctx: RoundContext) -> np.ndarray | None:
+        aggregate, work = sums.mean(0), sums.mean(1)
+        if aggregate is None or work is None:
             return None
-        tau_eff = work["weighted"] / work["weight"]
+        tau_eff = float(work[0])
         ctx.metrics["tau_eff"] = tau_eff
-        return (tau_eff * aggregate).astype(np.float32)
+        return (tau_eff * aggregate.astype(np.float32)).astype(np.float32)

@@ -32,9 +32,10 @@ import torch
 
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
 from fedloom.core.params import ParamSpec
-from fedloom.core.task import UPLOAD_PARAMS, Result, Task, scatter
+from fedloom.core.summands import SumPlan, Sums, Term
+from fedloom.core.task import UPLOAD_PARAMS, Task, scatter
 from fedloom.errors import ConfigError
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan
+from fedloom.strategies.base import RoundContext
 from fedloom.strategies.fedavg import FedAvg
 
 PERSONAL = "fedper"
@@ -152,17 +153,17 @@ class FedPer(FedAvg):
             for t in super().configure_fit(ctx)
         ]
 
-    def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        agg = self.aggregator()
-        agg.begin(ctx.spec.size)
-        base = ctx.spec.support(self._base(ctx.spec))
+    def sum_plan(self, ctx: RoundContext) -> SumPlan:
+        """The example-weighted sum of the base layers' updates (the upload)."""
+        return SumPlan((Term("base", int(ctx.spec.support(self._base(ctx.spec)).sum())),))
 
-        def on_result(result: Result, vec: np.ndarray | None) -> None:
-            assert vec is not None  # fit results carry an update
-            agg.add(scatter(vec, base), result.num_examples)
-
-        yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
-        return self.finish(agg)
+    def combine(self, sums: Sums, ctx: RoundContext) -> np.ndarray | None:
+        """The base layers' mean update, zero on the personal layers (which stay on the
+        clients)."""
+        mean = sums.mean(0)
+        if mean is None:
+            return None
+        return scatter(mean.astype(np.float32), ctx.spec.support(self._base(ctx.spec)))
 
     def evaluate_config(self, ctx: RoundContext) -> dict[str, Any]:
         return {**super().evaluate_config(ctx), "local": self._local(ctx.spec)}

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedloom.aggregators import Aggregator, Sum
+from fedloom.core.summands import SumPlan, Sums, Term
 from fedloom.strategies.base import RoundContext, Strategy
 
 
@@ -30,8 +30,14 @@ class FedSGD(Strategy):
     name = "fedsgd"
     mode = "gradient"
 
-    def aggregator(self) -> Aggregator:
-        return Sum() if self.aggregation == "sum" else super().aggregator()
+    def sum_plan(self, ctx: RoundContext) -> SumPlan:
+        """The example-weighted sum of the gradients (unweighted for ``aggregation="sum"``)."""
+        return SumPlan((Term("gradient", ctx.spec.size, weighted=self.aggregation == "mean"),))
+
+    def combine(self, sums: Sums, ctx: RoundContext) -> np.ndarray | None:
+        if self.aggregation == "sum":
+            return sums.totals[0].astype(np.float32)
+        return super().combine(sums, ctx)
 
     def pseudo_gradient(self, aggregate: np.ndarray, ctx: RoundContext) -> np.ndarray:
         return aggregate

@@ -58,6 +58,7 @@ from fedloom.aggregators import Aggregator, EmptyAggregate
 from fedloom.client.base import Client, ClientContext
 from fedloom.client.execute import STAGES, StageOutput, register_stage
 from fedloom.core.params import Params, ParamSpec
+from fedloom.core.summands import RuleOutput, SumPlan, Term, register_rule
 from fedloom.core.task import EVALUATE, MODEL, Blob, Result, Task
 from fedloom.errors import ConfigError
 from fedloom.optim import ServerSGD
@@ -228,9 +229,14 @@ class IFCA(FedAvg):
         ]
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        if state_key(0) not in ctx.state:
+        if state_key(0) in ctx.state:
+            models = [ctx.state[state_key(j)] for j in range(self.clusters)]
+        elif ctx.channel.reveals_updates:
             return (yield from self._first_round(ctx))
-        models = [ctx.state[state_key(j)] for j in range(self.clusters)]
+        else:
+            # the k-means warm start needs each update; a channel that hides them starts, as
+            # the paper does, from k models (the initial one and k - 1 permutations of it)
+            models = initial_models(ctx.spec, ctx.params, self.clusters, ctx.seed)
         blobs = [ctx.blob(m) for m in models]
         planned = self.configure_fit(ctx)
         picks: dict[int, int] = {}
@@ -241,24 +247,33 @@ class IFCA(FedAvg):
                 picks[result.task.client_id] = pick
 
         yield Exchange(self._tasks(planned, blobs, SELECT), blobs, on_pick)
-        aggs = self._begin(ctx)
         fit = [
             replace(t, blobs={**t.blobs, MODEL: blobs[picks[t.client_id]].digest})
             for t in planned
             if t.client_id in picks
         ]
-
-        examples = [0] * self.clusters
-
-        def on_result(result: Result, vec: np.ndarray | None) -> None:
-            assert vec is not None  # fit results carry an update
-            j = picks[result.task.client_id]
-            aggs[j].add(vec, result.num_examples)
-            examples[j] += result.num_examples
-
         used = [blobs[j] for j in sorted(set(picks.values()))]
-        yield Exchange(fit, used, on_result)
-        return self._finish(ctx, models, aggs, picks, examples)
+        if self.individual_reason() is not None:  # a robust aggregator, per cluster
+            aggs, examples = self._begin(ctx), [0] * self.clusters
+
+            def on_result(result: Result, vec: np.ndarray | None) -> None:
+                assert vec is not None  # fit results carry an update
+                j = picks[result.task.client_id]
+                aggs[j].add(vec, result.num_examples)
+                examples[j] += result.num_examples
+
+            yield from ctx.channel.individual(fit, used, on_result, "a robust aggregator")
+            means = [self._mean(ctx, j, agg) for j, agg in enumerate(aggs)]
+            count = sum(a.count for a in aggs)
+            return self._finish(ctx, models, means, count, picks, examples)
+        size = ctx.spec.size
+        plan = SumPlan(tuple(Term(f"cluster{j}", size) for j in range(self.clusters)), rule="ifca")
+        options = {c: {"cluster": j} for c, j in picks.items()}
+        sums = yield from ctx.channel.sums(ctx, fit, used, plan, options=options)
+        if sums is None:
+            return None
+        means = [sums.mean(j) for j in range(self.clusters)]
+        return self._finish(ctx, models, means, sums.count, picks, list(sums.weights))
 
     def _first_round(self, ctx: RoundContext) -> RoundPlan:
         """Round 1: every selected client trains the initial model; their normalised updates,
@@ -269,7 +284,9 @@ class IFCA(FedAvg):
             assert vec is not None  # fit results carry an update
             updates[result.task.client_id] = (np.array(vec, np.float32), result.num_examples)
 
-        yield Exchange(self.configure_fit(ctx), [ctx.model], keep)
+        yield from ctx.channel.individual(
+            self.configure_fit(ctx), [ctx.model], keep, "ifca's k-means warm start"
+        )
         ids = sorted(updates)
         labels = cluster_updates(
             np.stack([updates[c][0] for c in ids]) if ids else np.zeros((0, ctx.spec.size)),
@@ -287,7 +304,19 @@ class IFCA(FedAvg):
         models = [
             ctx.params.copy() if agg.count else m for agg, m in zip(aggs, starts, strict=True)
         ]
-        return self._finish(ctx, models, aggs, picks, examples)
+        means = [self._mean(ctx, j, agg) for j, agg in enumerate(aggs)]
+        count = sum(a.count for a in aggs)
+        return self._finish(ctx, models, means, count, picks, examples)
+
+    @staticmethod
+    def _mean(ctx: RoundContext, j: int, agg: Aggregator) -> np.ndarray | None:
+        if not agg.count:
+            return None
+        try:
+            return agg.finish()
+        except EmptyAggregate as exc:
+            log.warning("round %d: cluster %d: nothing to aggregate (%s)", ctx.round, j, exc)
+            return None
 
     def _begin(self, ctx: RoundContext) -> list[Aggregator]:
         aggs = [self.aggregator() for _ in range(self.clusters)]
@@ -299,14 +328,14 @@ class IFCA(FedAvg):
         self,
         ctx: RoundContext,
         models: list[np.ndarray],
-        aggs: list[Aggregator],
+        means: Sequence[np.ndarray | None],
+        count: int,
         picks: Mapping[int, int],
-        examples: Sequence[int],
+        examples: Sequence[float],
     ) -> np.ndarray | None:
         """Each cluster's model plus ``server_lr`` times its members' mean update (unchanged
         without members) into ``ctx.state``; the aggregate that moves the run's model to the
         cluster with the most examples."""
-        count = sum(a.count for a in aggs)
         if count < self.min_fit_clients:
             log.error(
                 "only %d usable updates, min_fit_clients is %d; the cluster models are unchanged",
@@ -315,16 +344,12 @@ class IFCA(FedAvg):
             )
             return None
         lr = self._server_lr
-        for j, agg in enumerate(aggs):
+        for j, mean in enumerate(means):
             ctx.state[state_key(j)] = models[j]
-            if not agg.count:
-                continue
-            try:
-                mean = agg.finish()
-            except EmptyAggregate as exc:
-                log.warning("round %d: cluster %d: nothing to aggregate (%s)", ctx.round, j, exc)
-                continue
-            ctx.state[state_key(j)] = (models[j] + lr * mean).astype(np.float32)
+            if mean is not None:
+                ctx.state[state_key(j)] = (models[j] + lr * mean.astype(np.float32)).astype(
+                    np.float32
+                )
         ctx.metrics["clusters"] = {str(c): j for c, j in sorted(picks.items())}
         for j in range(self.clusters):
             ctx.metrics[f"cluster{j}_clients"] = sum(1 for p in picks.values() if p == j)
@@ -367,6 +392,19 @@ class IFCA(FedAvg):
 
     def init_state(self, params: np.ndarray) -> StrategyState:
         return {}  # the cluster models are made in round 1, where the spec is known
+
+
+def _contribution(
+    upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
+) -> RuleOutput:
+    """A client's update in the slot of the cluster it trained; zero, and weight 0, in the
+    others."""
+    cluster, k = int(options["cluster"]), len(options["_sizes"])
+    zero = np.zeros_like(upload)
+    return [(upload, 1.0) if j == cluster else (zero, 0.0) for j in range(k)]
+
+
+register_rule("ifca", _contribution)
 
 
 def _reported_cluster(result: Result, k: int, round_num: int) -> int | None:

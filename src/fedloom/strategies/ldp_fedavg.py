@@ -24,7 +24,7 @@ import numpy as np
 from fedloom.aggregators import Sum
 from fedloom.core.task import Result
 from fedloom.privacy import GaussianRounds, epsilon
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, StrategyState
+from fedloom.strategies.base import RoundContext, RoundPlan, StrategyState
 from fedloom.strategies.dp_fedavg import DPFedAvg
 
 PARTICIPATION = "privacy/participation"
@@ -70,6 +70,16 @@ class LocalDPFedAvg(DPFedAvg):
         config["transforms"] = [*local, *config.get("transforms", [])]
         return config
 
+    def individual_reason(self) -> str | None:
+        return self._why()
+
+    def _why(self) -> str:
+        return (
+            "privacy.mechanism=local accounts each client's releases from its individual noised "
+            "uploads (the noise already protects each one alone); use privacy.mechanism=client "
+            "for differential privacy with secure aggregation"
+        )
+
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
         tasks = self.configure_fit(ctx)
         sample = self.cohort(ctx.num_clients)[1]
@@ -83,7 +93,7 @@ class LocalDPFedAvg(DPFedAvg):
             total.add(vec, 1.0)
             released.append(result.task.client_id)
 
-        yield Exchange(tasks, [ctx.model], on_result)
+        yield from ctx.channel.individual(tasks, [ctx.model], on_result, self._why())
         if self.sampling != "poisson" and total.count < self.min_fit_clients:
             self.finish(total)  # logs why the round fails
             return None

@@ -43,9 +43,10 @@ import numpy as np
 
 from fedloom.client.local import LocalHooks, LocalTraining, register_hooks
 from fedloom.core.selection import select_clients
-from fedloom.core.task import FIT, MODEL, Result, Task
+from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, register_rule
+from fedloom.core.task import FIT, MODEL, Task
 from fedloom.errors import ConfigError
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, positive_metric
+from fedloom.strategies.base import RoundContext
 from fedloom.strategies.fedavg import FedAvg
 
 log = logging.getLogger("fedloom")
@@ -70,6 +71,20 @@ def _hooks(spec: Mapping[str, Any], training: LocalTraining) -> LocalHooks:
 
 
 register_hooks("qffl", _hooks)
+
+
+def _contribution(
+    upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
+) -> RuleOutput:
+    """A client's ``(Delta_k, h_k)`` from its update and its loss at the global model."""
+    loss = metrics.get(LOSS)
+    if loss is None or not math.isfinite(loss) or loss <= 0:
+        raise ValueError(f"the result carries no valid positive {LOSS} (got {loss!r})")
+    step, h = qffl_terms(upload, float(loss), float(options["q"]), float(options["lipschitz"]))
+    return [(step, 1.0), (np.array([h]), 1.0)]
+
+
+register_rule("qffl", _contribution)
 
 
 def qffl_terms(
@@ -131,30 +146,28 @@ class QFFL(FedAvg):
         blobs = {MODEL: ctx.model.digest}
         return [Task(FIT, ctx.round, cid, config, blobs, ctx.upload()) for cid in chosen]
 
-    def fit_round(self, ctx: RoundContext) -> RoundPlan:
-        total = np.zeros(ctx.spec.size, np.float64)
-        sums = {"h": 0.0, "count": 0}
+    def sum_plan(self, ctx: RoundContext) -> SumPlan:
+        """The sums of ``Delta_k`` and ``h_k``, each client counted by ``n_k`` (by 1 when drawn
+        in proportion to ``n_k``: ``sampling=size``). On the secure channel both travel in
+        units of ``L * 4^q`` (losses up to about 4 stay within the fixed-point range)."""
+        weighted = self.sampling != "size"
         lipschitz = self.lipschitz
-        by_size = self.sampling == "size"  # drawn in proportion to n_k: summed unweighted
+        unit = lipschitz * 4.0**self.q
+        return SumPlan(
+            (
+                Term("Delta", ctx.spec.size, weighted, unit),
+                Term("h", 1, weighted, unit),
+            ),
+            rule="qffl",
+            options={"q": self.q, "lipschitz": lipschitz},
+        )
 
-        def on_result(result: Result, vec: np.ndarray | None) -> None:
-            loss = positive_metric(result, LOSS, ctx.round)
-            if loss is None:
-                return
-            assert vec is not None  # fit results carry an update
-            step, h = qffl_terms(vec, loss, self.q, lipschitz)
-            weight = 1.0 if by_size else float(result.num_examples)
-            total[:] += weight * step
-            sums["h"] += weight * h
-            sums["count"] += 1
-
-        yield Exchange(self.configure_fit(ctx), [ctx.model], on_result)
-        if sums["count"] < self.min_fit_clients or not sums["h"] > 0:
+    def combine(self, sums: Sums, ctx: RoundContext) -> np.ndarray | None:
+        h = float(sums.totals[1][0])
+        if not h > 0:
             log.error(
-                "only %d usable updates, min_fit_clients is %d; the global model is unchanged",
-                sums["count"],
-                self.min_fit_clients,
+                "round %d: the sum of h_k is %g, not positive; the model is unchanged", ctx.round, h
             )
             return None
         # FedAvg's pseudo-gradient is -aggregate: the server step is w - sum Delta / sum h
-        return (-total / sums["h"]).astype(np.float32)
+        return (-sums.totals[0] / h).astype(np.float32)

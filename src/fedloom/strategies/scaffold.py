@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedloom.aggregators import WeightedMean
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
-from fedloom.core.task import Result
-from fedloom.strategies.base import Exchange, RoundContext, RoundPlan, StrategyState
+from fedloom.core.summands import SumPlan, Term
+from fedloom.strategies.base import RoundContext, RoundPlan, StrategyState
 from fedloom.strategies.fedavg import FedAvg
 
 CONTROL = "control"
@@ -105,25 +104,26 @@ class Scaffold(FedAvg):
         return {**super().fit_config(ctx), "local": {"name": "scaffold"}}
 
     def fit_round(self, ctx: RoundContext) -> RoundPlan:
+        """The model deltas' weighted mean and the control deltas' unweighted mean, two sums of
+        the round's channel."""
         size = ctx.spec.size
         control = ctx.blob(ctx.state[CONTROL])
         tasks = [
             replace(t, blobs={**t.blobs, CONTROL: control.digest}, upload=ctx.upload(parts=2))
             for t in self.configure_fit(ctx)
         ]
-        models, controls = self.aggregator(), WeightedMean(weighted=False)
-        models.begin(size)
-        controls.begin(size)
-
-        def on_result(result: Result, vec: np.ndarray | None) -> None:
-            assert vec is not None
-            models.add(vec[:size], result.num_examples)
-            controls.add(vec[size:], 1.0)
-
-        yield Exchange(tasks, [ctx.model, control], on_result)
-        aggregate = self.finish(models)
-        if aggregate is None:
+        plan = SumPlan((Term("delta", size), Term("control", size, weighted=False)))
+        sums = yield from ctx.channel.sums(
+            ctx, tasks, [ctx.model, control], plan, self.aggregator()
+        )
+        if not self.enough(sums):
             return None
-        share = controls.count / max(ctx.num_clients, 1)
-        ctx.state[CONTROL] = (ctx.state[CONTROL] + share * controls.finish()).astype(np.float32)
-        return aggregate
+        assert sums is not None
+        aggregate, controls = sums.mean(0), sums.mean(1)
+        if aggregate is None or controls is None:
+            return None
+        share = sums.count / max(ctx.num_clients, 1)
+        ctx.state[CONTROL] = (ctx.state[CONTROL] + share * controls.astype(np.float32)).astype(
+            np.float32
+        )
+        return aggregate.astype(np.float32)

@@ -2,12 +2,13 @@
 Aggregation with (Poly)Logarithmic Overhead") and SecAgg (Bonawitz et al. 2017, "Practical Secure
 Aggregation for Privacy-Preserving Machine Learning").
 
-``secure_fit`` replaces the one exchange of a fit round by the protocol's four
-(``fedloom.secagg.protocol``): advertise keys, share keys, masked input (the fit tasks the
-strategy planned, their uploads masked) and unmask. It returns the sum of the survivors' updates
-and of their weights, which the strategy turns into its aggregate as it would a plaintext sum,
-so the server optimiser, server transforms and differential privacy's noise on the sum work
-unchanged. A client that drops out, fails, or sends a message that breaks the protocol is left
+``secure_fit`` is the secure channel's exchange (``strategies.channel.Secure``): it replaces the
+one exchange of a fit round by the protocol's four (``fedloom.secagg.protocol``): advertise keys,
+share keys, masked input (the fit tasks the strategy planned, each client's contribution to the
+round's sums masked: ``core.summands``) and unmask. It returns the sums of the survivors'
+contributions and of their weights, which the strategy turns into its aggregate exactly as it
+does the plain channel's sums, so the server optimiser, server transforms and differential
+privacy's noise on the sum work unchanged. A client that drops out, fails, or sends a message that breaks the protocol is left
 out of the stage; the round goes on while every needed secret keeps ``t`` shares, and otherwise
 fails cleanly (the model is unchanged and the next round starts afresh).
 
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from fedloom.core.task import CONTINUES, MESSAGE, Result, Task, Upload
+from fedloom.core.summands import SumPlan
+from fedloom.core.task import CONTINUES, MESSAGE, Blob, Result, Task, Upload
 from fedloom.errors import UpdateRejected
 from fedloom.secagg import (
     ADVERTISE,
@@ -49,17 +51,17 @@ SecurePlan = Generator[Exchange, None, "SecureSum | None"]
 
 
 def secure_fit(
-    ctx: RoundContext, fit_tasks: Sequence[Task], settings: Settings, weighted: bool = True
+    ctx: RoundContext,
+    fit_tasks: Sequence[Task],
+    settings: Settings,
+    blobs: Sequence[Blob],
+    plan: SumPlan,
 ) -> SecurePlan:
-    """Run ``fit_tasks`` under secure aggregation; returns the unmasked sum, or None (logged)
-    when the round cannot complete.
-
-    ``weighted``: each client scales its update by ``num_examples / W`` (``W``: the largest
-    training-set size declared in the cohort, at most 1 for any client) and the weight travels
-    masked beside it, so the strategy divides the two sums for the example-weighted mean;
-    otherwise every weight is 1 (the unweighted sum differential privacy needs).
-    """
-    protocol = ServerRound(settings, ctx.spec.size)
+    """Run ``fit_tasks`` (whose configs carry their sum plan, ``core.summands.SUM``) under
+    secure aggregation; returns the unmasked sums of the clients' contributions and of their
+    weights, or None (logged) when the round cannot complete. ``blobs``: every blob the fit
+    tasks name."""
+    protocol = ServerRound(settings, plan.size, weights=len(plan.terms))
     metrics = {f"secagg_dropped_{name}": 0.0 for name in STAGE_NAMES}
     seconds = dict.fromkeys(STAGE_NAMES, 0.0)
     sent: list[dict[str, Any]] = []
@@ -84,7 +86,7 @@ def secure_fit(
             done.add(cid)
 
         sent.extend(t.config[CONFIG_KEY] for t in tasks)
-        yield Exchange(tasks, [ctx.model] if name == "masked" else [], on_result)
+        yield Exchange(tasks, list(blobs) if name == "masked" else [], on_result)
         metrics[f"secagg_dropped_{name}"] = float(len(tasks) - len(done))
         seconds[name] = time.perf_counter() - start
         return done
@@ -133,17 +135,11 @@ def secure_fit(
             ],
             protocol.receive_shares,
         )
-        scale = None
-        if weighted:
-            declared = [ctx.num_examples.get(c, 0) for c in shared]
-            scale = float(max(declared, default=0)) or None
-            if scale is None:
-                raise ProtocolError("weighted secure aggregation needs the clients' declared sizes")
         masked_tasks = []
         for c in sorted(shared):
             task = by_client[c]
-            config = {**task.config, CONTINUES: True, CONFIG_KEY: protocol.mask_config(c, scale)}
-            upload = Upload(MESSAGE, settings.masked_bytes(ctx.spec.size))
+            config = {**task.config, CONTINUES: True, CONFIG_KEY: protocol.mask_config(c)}
+            upload = Upload(MESSAGE, settings.masked_bytes(plan.size, len(plan.terms)))
             masked_tasks.append(replace(task, config=config, upload=upload))
         survivors = yield from stage("masked", masked_tasks, protocol.receive_masked)
         if len(survivors) < protocol.threshold:

@@ -1,0 +1,166 @@
+"""What one client contributes to a round's sums: the part of the aggregation channel that runs the
+same on the server (the ``plain`` channel) and on the client (the ``secure`` channel, which masks
+the contribution before it leaves).
+
+A sum-based strategy needs one or more weighted sums of vectors ("terms"): FedAvg the
+example-weighted sum of deltas; SCAFFOLD that and the unweighted sum of control deltas; FedNova
+the weighted sums of normalised deltas and of the clients' work ``||a_i||_1``; q-FFL the sums of
+``Delta_k`` and ``h_k``; IFCA one sum per cluster. A fit task names its terms and a *rule* in its
+config (``SUM``). The rule turns the client's upload (after its transforms) and its metrics into
+one vector per term and a multiplier in ``[0, 1]`` per term (IFCA: 1 for the cluster the client
+trained, 0 for the others); ``contribution`` weights them:
+
+    w_j = m_j * (n / scale if term j is weighted else 1),   value_j = w_j * x_j / unit_j
+
+and returns the concatenated values and the weights. The server sums both over the clients and
+divides (``Sums.mean``). Under secure aggregation ``scale`` is the largest training-set size
+declared in the cohort, so every weight lies in ``[0, 1]`` (what the masked weight encoding
+needs), and ``unit_j`` (a public number the strategy chooses) brings a term whose values are
+large (FedNova's work, q-FFL's ``h``) into the quantisation range; on the plain channel ``scale``
+is None (``w = n``) and the units cancel.
+
+Rules are registered from above, by the algorithm files (``register_rule``); ``identity`` splits
+the upload into the terms as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SUM = "sum"
+"""Task-config key of a fit task's sum plan (``SumPlan.config``)."""
+
+RuleOutput = list[tuple[np.ndarray, float]]
+Rule = Callable[[np.ndarray, Mapping[str, float], Mapping[str, Any]], RuleOutput]
+"""``rule(upload, metrics, options) -> [(term vector, multiplier in [0, 1]), ...]``; raises
+``ValueError`` when the client's result cannot contribute (a metric it must report is
+missing)."""
+
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(name: str, rule: Rule) -> None:
+    """Make ``rule`` available to every engine and client process under ``name``."""
+    RULES[name] = rule
+
+
+@dataclass(frozen=True)
+class Term:
+    """One sum a strategy needs: ``size`` values, weighted by the client's example count (or by
+    1), divided by the public ``unit`` on the way (see the module docstring)."""
+
+    name: str
+    size: int
+    weighted: bool = True
+    unit: float = 1.0
+
+
+@dataclass(frozen=True)
+class SumPlan:
+    """The terms of a round's sums and the rule that makes a client's contribution to them."""
+
+    terms: tuple[Term, ...]
+    rule: str = "identity"
+    options: Mapping[str, Any] | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(t.size for t in self.terms)
+
+    def without_units(self) -> SumPlan:
+        """The plan with every ``unit`` 1: the plain channel sums in float64 and needs none."""
+        terms = tuple(Term(t.name, t.size, t.weighted) for t in self.terms)
+        return SumPlan(terms, self.rule, self.options)
+
+    def config(self, scale: float | None, **options: Any) -> dict[str, Any]:
+        """The task-config entry (``SUM``) of one client's fit task (``options`` add to the
+        plan's own, per client: IFCA's cluster)."""
+        return {
+            "rule": self.rule,
+            "terms": [[t.size, t.weighted, t.unit] for t in self.terms],
+            "scale": scale,
+            "options": {**(self.options or {}), **options},
+        }
+
+
+def _identity(
+    upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
+) -> RuleOutput:
+    sizes = options["_sizes"]
+    if upload.shape[0] != sum(sizes):
+        raise ValueError(f"the update has {upload.shape[0]} values, the terms take {sum(sizes)}")
+    bounds = np.cumsum([0, *sizes])
+    return [(upload[a:b], 1.0) for a, b in itertools.pairwise(bounds)]
+
+
+register_rule("identity", _identity)
+
+
+def contribution(
+    upload: np.ndarray, num_examples: int, metrics: Mapping[str, float], config: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, weights)``: what one client adds to the round's sums (float64), from its
+    upload, its example count and metrics, and the task's ``SUM`` config."""
+    try:
+        rule = RULES[str(config["rule"])]
+        terms = [
+            (int(size), bool(weighted), float(unit)) for size, weighted, unit in config["terms"]
+        ]
+        scale = config.get("scale")
+        options = dict(config.get("options") or {})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"the task's sum plan is not usable ({exc!r}); known rules: {sorted(RULES)}"
+        ) from None
+    options["_sizes"] = [size for size, _, _ in terms]
+    parts = rule(np.asarray(upload), metrics, options)
+    if len(parts) != len(terms):
+        raise ValueError(
+            f"rule {config['rule']!r} made {len(parts)} terms, the plan has {len(terms)}"
+        )
+    n = float(num_examples)
+    base = n if scale is None else min(1.0, n / float(scale))
+    if not (np.isfinite(base) and base >= 0):
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    values, weights = [], np.empty(len(terms), np.float64)
+    for j, ((vec, multiplier), (size, weighted, unit)) in enumerate(zip(parts, terms, strict=True)):
+        if vec.shape != (size,):
+            raise ValueError(f"term {j} has shape {vec.shape}, the plan says ({size},)")
+        if not 0.0 <= multiplier <= 1.0:
+            raise ValueError(f"term {j}'s multiplier must lie in [0, 1], got {multiplier}")
+        weights[j] = multiplier * (base if weighted else 1.0)
+        values.append(np.asarray(vec, np.float64) * (weights[j] / unit))
+    return (np.concatenate(values) if values else np.zeros(0)), weights
+
+
+@dataclass
+class Sums:
+    """A round's sums over the clients that contributed: per term the sum of ``w_j * x_j`` (in
+    the term's own units, see ``contribution``) and of ``w_j``, and how many clients are in
+    them."""
+
+    totals: list[np.ndarray]
+    weights: np.ndarray
+    count: int
+
+    def mean(self, j: int) -> np.ndarray | None:
+        """Term ``j``'s weighted mean (float64), or None when its weights sum to zero."""
+        if not self.weights[j] > 0:
+            return None
+        mean: np.ndarray = self.totals[j] / self.weights[j]
+        return mean
+
+    @staticmethod
+    def of(terms: Sequence[Term], values: np.ndarray, weights: np.ndarray, count: int) -> Sums:
+        """Split the summed ``values`` into terms and undo each term's ``unit``."""
+        bounds = np.cumsum([0, *(t.size for t in terms)])
+        totals = [
+            np.asarray(values[a:b], np.float64) * t.unit
+            for a, b, t in zip(bounds[:-1], bounds[1:], terms, strict=True)
+        ]
+        return Sums(totals, np.asarray(weights, np.float64), count)
