@@ -592,10 +592,11 @@ class Config(_Section):
                 f"hides); strategy.aggregator={self.strategy.aggregator} would replace that sum: "
                 "use aggregator=mean with differential privacy"
             )
-        if p.mechanism != "none" and self.strategy.name != "fedavg":
+        if p.mechanism == "local" and self.strategy.name != "fedavg":
             raise ValueError(
-                f"privacy.mechanism={p.mechanism} is DP-FedAvg: it needs strategy.name=fedavg, "
-                f"got {self.strategy.name!r}"
+                f"privacy.mechanism=local accounts each client's noised uploads of FedAvg: it "
+                f"needs strategy.name=fedavg, got {self.strategy.name!r} (central and client "
+                "wrap any strategy that aggregates sums)"
             )
         return self
 

@@ -215,7 +215,7 @@ def test_bad_privacy_settings_name_the_key(caplog: pytest.LogCaptureFixture) -> 
     with pytest.raises(ConfigError, match=re.escape("privacy.clipping=adaptive needs the server")):
         _config("privacy.mechanism=client", "privacy.clipping=adaptive")
     with pytest.raises(ConfigError, match=re.escape("needs strategy.name=fedavg")):
-        _config("strategy.name=fedprox")
+        _config("privacy.mechanism=local", "strategy.name=fedprox")
     with pytest.raises(ConfigError, match=re.escape("use aggregator=mean with differential")):
         _config("strategy.aggregator=median")
     with pytest.raises(

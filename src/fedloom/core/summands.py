@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,17 +75,29 @@ class SumPlan:
     def without_units(self) -> SumPlan:
         """The plan with every ``unit`` 1: the plain channel sums in float64 and needs none."""
         terms = tuple(Term(t.name, t.size, t.weighted) for t in self.terms)
-        return SumPlan(terms, self.rule, self.options)
+        return SumPlan(terms, self.rule, self.options, self.clip)
+
+    clip: float | None = None
+    """Differential privacy's bound on each client's contribution (``contribution``)."""
 
     def config(self, scale: float | None, **options: Any) -> dict[str, Any]:
         """The task-config entry (``SUM``) of one client's fit task (``options`` add to the
         plan's own, per client: IFCA's cluster)."""
-        return {
+        config: dict[str, Any] = {
             "rule": self.rule,
             "terms": [[t.size, t.weighted, t.unit] for t in self.terms],
             "scale": scale,
             "options": {**(self.options or {}), **options},
         }
+        if self.clip is not None:
+            config["clip"] = self.clip
+        return config
+
+    @property
+    def values(self) -> int:
+        """How many values a contribution has: the terms', and the clip indicator with
+        ``clip``."""
+        return self.size + (self.clip is not None)
 
 
 def _identity(
@@ -101,41 +113,73 @@ def _identity(
 register_rule("identity", _identity)
 
 
-def contribution(
-    upload: np.ndarray, num_examples: int, metrics: Mapping[str, float], config: Mapping[str, Any]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(values, weights)``: what one client adds to the round's sums (float64), from its
-    upload, its example count and metrics, and the task's ``SUM`` config."""
+def _parsed(
+    config: Mapping[str, Any],
+) -> tuple[Rule, list[tuple[int, bool, float]], dict[str, Any]]:
     try:
         rule = RULES[str(config["rule"])]
-        terms = [
-            (int(size), bool(weighted), float(unit)) for size, weighted, unit in config["terms"]
-        ]
-        scale = config.get("scale")
+        terms = [(int(n), bool(weighted), float(unit)) for n, weighted, unit in config["terms"]]
         options = dict(config.get("options") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"the task's sum plan is not usable ({exc!r}); known rules: {sorted(RULES)}"
         ) from None
     options["_sizes"] = [size for size, _, _ in terms]
+    return rule, terms, options
+
+
+def terms_of(
+    upload: np.ndarray, metrics: Mapping[str, float], config: Mapping[str, Any]
+) -> RuleOutput:
+    """The rule's term vectors and multipliers for one client, before any weighting (what a
+    robust aggregator compares)."""
+    rule, terms, options = _parsed(config)
     parts = rule(np.asarray(upload), metrics, options)
     if len(parts) != len(terms):
         raise ValueError(
             f"rule {config['rule']!r} made {len(parts)} terms, the plan has {len(terms)}"
         )
-    n = float(num_examples)
-    base = n if scale is None else min(1.0, n / float(scale))
-    if not (np.isfinite(base) and base >= 0):
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
-    values, weights = [], np.empty(len(terms), np.float64)
-    for j, ((vec, multiplier), (size, weighted, unit)) in enumerate(zip(parts, terms, strict=True)):
+    for j, ((vec, multiplier), (size, _, _)) in enumerate(zip(parts, terms, strict=True)):
         if vec.shape != (size,):
             raise ValueError(f"term {j} has shape {vec.shape}, the plan says ({size},)")
         if not 0.0 <= multiplier <= 1.0:
             raise ValueError(f"term {j}'s multiplier must lie in [0, 1], got {multiplier}")
+    return parts
+
+
+def contribution(
+    upload: np.ndarray, num_examples: int, metrics: Mapping[str, float], config: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, weights)``: what one client adds to the round's sums (float64), from its
+    upload, its example count and metrics, and the task's ``SUM`` config.
+
+    With ``clip`` in the config (differential privacy: ``strategies.private``) the weighted
+    values, all terms together, are scaled to L2 norm at most ``clip`` (in float32, as the
+    clipped update would travel), and one more value follows them: 1 when they were within it,
+    else 0 (summed, the count adaptive clipping needs)."""
+    parts = terms_of(upload, metrics, config)
+    _, terms, _ = _parsed(config)
+    scale = config.get("scale")
+    n = float(num_examples)
+    base = n if scale is None else min(1.0, n / float(scale))
+    if not (np.isfinite(base) and base >= 0):
+        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+    weights = np.empty(len(terms), np.float64)
+    values = []
+    for j, ((vec, multiplier), (_, weighted, _)) in enumerate(zip(parts, terms, strict=True)):
         weights[j] = multiplier * (base if weighted else 1.0)
-        values.append(np.asarray(vec, np.float64) * (weights[j] / unit))
-    return (np.concatenate(values) if values else np.zeros(0)), weights
+        values.append(np.asarray(vec, np.float64) * weights[j])
+    flat = np.concatenate(values) if values else np.zeros(0)
+    clip = config.get("clip")
+    if clip is not None:
+        norm = float(np.linalg.norm(flat))
+        if norm > clip:
+            flat = (flat * (float(clip) / norm)).astype(np.float32).astype(np.float64)
+        flat = np.append(flat, 1.0 if norm <= clip else 0.0)
+    units = np.repeat([u for _, _, u in terms], [size for size, _, _ in terms])
+    if clip is not None:
+        units = np.append(units, 1.0)
+    return flat / units, weights
 
 
 @dataclass
@@ -147,6 +191,8 @@ class Sums:
     totals: list[np.ndarray]
     weights: np.ndarray
     count: int
+    extra: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Summed values past the terms' (the clip indicator of a ``clip`` plan)."""
 
     def mean(self, j: int) -> np.ndarray | None:
         """Term ``j``'s weighted mean (float64), or None when its weights sum to zero."""
@@ -163,4 +209,5 @@ class Sums:
             np.asarray(values[a:b], np.float64) * t.unit
             for a, b, t in zip(bounds[:-1], bounds[1:], terms, strict=True)
         ]
-        return Sums(totals, np.asarray(weights, np.float64), count)
+        extra = np.asarray(values[int(bounds[-1]) :], np.float64)
+        return Sums(totals, np.asarray(weights, np.float64), count, extra)

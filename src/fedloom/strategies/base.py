@@ -188,6 +188,14 @@ class Strategy(ABC):
             return f"strategy.aggregator ({type(agg).__name__}) combines individual updates"
         return None
 
+    def private_refusal(self) -> str | None:
+        """Why differential privacy cannot wrap this strategy (``strategies.private``), or
+        None: by default, that it needs the individual updates."""
+        reason = self.individual_reason()
+        if reason is None:
+            return None
+        return f"{reason}; differential privacy calibrates its noise to a sum of clipped updates"
+
     def sum_plan(self, ctx: RoundContext) -> SumPlan:
         """The sums a round needs (``core.summands``): by default one, the example-weighted sum
         of the updates (the model's size, or the upload's)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.aggregators import Aggregator, WeightedMean
-from fedloom.core.summands import SUM, SumPlan, Sums, contribution
+from fedloom.core.summands import SUM, SumPlan, Sums, contribution, terms_of
 from fedloom.core.task import Blob, Result, Task
 from fedloom.errors import ConfigError
 from fedloom.secagg import Settings as SecAggSettings
@@ -103,15 +103,10 @@ class Plain(Channel):
         options: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> SumsPlan:
         plan = plan.without_units()
-        values = np.zeros(plan.size, np.float64)
+        values = np.zeros(plan.values, np.float64)
         weights = np.zeros(len(plan.terms), np.float64)
         robust = None if aggregator is None or isinstance(aggregator, WeightedMean) else aggregator
         if robust is not None:
-            if plan.rule != "identity":
-                raise ConfigError(
-                    f"a robust aggregator combines individual updates, but rule {plan.rule!r} "
-                    "makes weighted terms of them: use strategy.aggregator=mean"
-                )
             robust.begin(plan.terms[0].size)
         count = 0
         first = plan.terms[0].size
@@ -120,10 +115,10 @@ class Plain(Channel):
             nonlocal count
             if vec is None:
                 raise ValueError("a fit result arrived without an update")
+            config = result.task.config[SUM]
             try:
-                v, w = contribution(
-                    vec, result.num_examples, result.metrics, result.task.config[SUM]
-                )
+                v, w = contribution(vec, result.num_examples, result.metrics, config)
+                raw = terms_of(vec, result.metrics, config)[0][0] if robust is not None else None
             except ValueError as exc:
                 log.warning(
                     "round %d: client %d's result cannot contribute (%s); left out",
@@ -132,8 +127,8 @@ class Plain(Channel):
                     exc,
                 )
                 return
-            if robust is not None:
-                robust.add(vec[:first], result.num_examples)
+            if robust is not None and raw is not None:
+                robust.add(raw, result.num_examples)
                 v[:first], w[0] = 0.0, 0.0
             values[:] += v
             weights[:] += w

@@ -37,6 +37,7 @@ from fedloom.strategies.fedprox import FedProx
 from fedloom.strategies.fedsgd import FedSGD
 from fedloom.strategies.ifca import IFCA
 from fedloom.strategies.ldp_fedavg import LocalDPFedAvg
+from fedloom.strategies.private import Private, with_privacy
 from fedloom.strategies.qffl import QFFL
 from fedloom.strategies.scaffold import Scaffold
 
@@ -134,6 +135,14 @@ def make_strategy(cfg: Config) -> Strategy:
             f"strategy.aggregator={s.aggregator!r} replaces the mean; it cannot be combined with "
             "strategy.aggregation=sum"
         )
+    strategy = _algorithm(cfg, common)
+    if cfg.privacy.mechanism in ("central", "client") and not isinstance(strategy, DPFedAvg):
+        return private(cfg, strategy)
+    return strategy
+
+
+def _algorithm(cfg: Config, common: dict[str, Any]) -> Strategy:
+    s = cfg.strategy
     if s.name == "fedsgd":
         return FedSGD(aggregation=s.aggregation, **common)
     if s.aggregation != "mean":
@@ -180,12 +189,9 @@ def fedbuff(cfg: Config, common: dict[str, Any]) -> FedBuff:
     return FedBuff(buffer_size=s.buffer_size, concurrency=s.concurrency, **common)
 
 
-def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
-    """DP-FedAvg (central or client clipping) or local-DP FedAvg from the config's ``privacy`` section; says when sampling amplifies nothing and
-    refuses a budget that the first round already exceeds."""
-    p, s = cfg.privacy, cfg.strategy
-    kind = LocalDPFedAvg if p.mechanism == "local" else DPFedAvg
-    strategy = kind(
+def _privacy_settings(cfg: Config) -> dict[str, Any]:
+    p = cfg.privacy
+    return dict(
         mechanism="central" if p.mechanism == "central" else "client",
         clip_norm=p.clip_norm,
         noise_multiplier=p.noise_multiplier,
@@ -197,8 +203,30 @@ def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
         accountant=p.accountant,
         max_epsilon=p.max_epsilon,
         noise_seed=p.noise_seed,
-        **common,
     )
+
+
+def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
+    """DP-FedAvg (central or client clipping) or local-DP FedAvg from the config's ``privacy``
+    section (see ``private``)."""
+    kind = LocalDPFedAvg if cfg.privacy.mechanism == "local" else DPFedAvg
+    strategy = kind(**_privacy_settings(cfg), **common)
+    _check_privacy(cfg, strategy)
+    return strategy
+
+
+def private(cfg: Config, strategy: Strategy) -> Strategy:
+    """``strategy`` with the config's central or client-side differential privacy around its
+    sums (``strategies.private``); says when sampling amplifies nothing and refuses a budget that
+    the first round already exceeds, or a strategy the wrapper cannot bound."""
+    wrapped = with_privacy(strategy, **_privacy_settings(cfg))
+    assert isinstance(wrapped, Private)
+    _check_privacy(cfg, wrapped)
+    return wrapped
+
+
+def _check_privacy(cfg: Config, strategy: Private) -> None:
+    p, s = cfg.privacy, cfg.strategy
     if s.fraction_fit == 1 and s.sampling == "fixed" and p.mechanism != "local":
         log.warning(
             "privacy: strategy.fraction_fit=1 with strategy.sampling=fixed takes every client "
@@ -223,7 +251,6 @@ def dp_fedavg(cfg: Config, common: dict[str, Any]) -> DPFedAvg:
                 f"{p.noise_multiplier:g}); raise privacy.noise_multiplier (fedloom privacy "
                 "calibrates it) or privacy.max_epsilon"
             )
-    return strategy
 
 
 def personalised(cfg: Config, common: dict[str, Any]) -> Strategy:

@@ -116,6 +116,12 @@ class FedNova(FedAvg):
 
     name = "fednova"
 
+    def private_refusal(self) -> str | None:
+        return (
+            "strategy.name=fednova sums each client's work ||a_i||_1 beside its update; clipping the "
+            "update does not bound it, so noise calibrated to the clip would not cover it"
+        )
+
     def __post_init__(self) -> None:
         training = LocalTraining().updated(self.client_config)
         FedNovaHooks(training)  # refuses local Adam before round 1

@@ -195,6 +195,12 @@ class IFCA(FedAvg):
     name = "ifca"
     label_metrics = (CLUSTER,)
 
+    def private_refusal(self) -> str | None:
+        return (
+            "strategy.name=ifca's clients report their cluster choice in the clear, a release that "
+            "depends on their data and that the accountant does not cover"
+        )
+
     def __post_init__(self) -> None:
         if self.clusters < 1:
             raise ConfigError(f"strategy.clusters must be >= 1, got {self.clusters}")

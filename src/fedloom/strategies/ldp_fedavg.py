@@ -26,6 +26,7 @@ from fedloom.core.task import Result
 from fedloom.privacy import GaussianRounds, epsilon
 from fedloom.strategies.base import RoundContext, RoundPlan, StrategyState
 from fedloom.strategies.dp_fedavg import DPFedAvg
+from fedloom.strategies.fedavg import FedAvg
 
 PARTICIPATION = "privacy/participation"
 """Strategy state: rows ``(client id, rounds released)``, created by the first round."""
@@ -62,7 +63,7 @@ class LocalDPFedAvg(DPFedAvg):
         )
 
     def fit_config(self, ctx: RoundContext) -> dict[str, Any]:
-        config = super(DPFedAvg, self).fit_config(ctx)
+        config = FedAvg.fit_config(self, ctx)  # its own clip and noise, not the central ones
         local = [
             {"name": "clip", "max_norm": float(self.clip_norm)},
             {"name": "gaussian_noise", "std": float(self.noise_multiplier * self.clip_norm)},

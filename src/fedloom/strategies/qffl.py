@@ -107,6 +107,12 @@ class QFFL(FedAvg):
 
     name = "qffl"
 
+    def private_refusal(self) -> str | None:
+        return (
+            "strategy.name=qffl scales each update by the client's loss F_k^q and adds h_k; clipping the "
+            "update bounds neither, so noise calibrated to the clip would not cover them"
+        )
+
     def __post_init__(self) -> None:
         if not (math.isfinite(self.q) and self.q >= 0):
             raise ConfigError(f"strategy.q must be a finite number >= 0, got {self.q}")

@@ -61,7 +61,7 @@ def secure_fit(
     secure aggregation; returns the unmasked sums of the clients' contributions and of their
     weights, or None (logged) when the round cannot complete. ``blobs``: every blob the fit
     tasks name."""
-    protocol = ServerRound(settings, plan.size, weights=len(plan.terms))
+    protocol = ServerRound(settings, plan.values, weights=len(plan.terms))
     metrics = {f"secagg_dropped_{name}": 0.0 for name in STAGE_NAMES}
     seconds = dict.fromkeys(STAGE_NAMES, 0.0)
     sent: list[dict[str, Any]] = []
@@ -139,7 +139,7 @@ def secure_fit(
         for c in sorted(shared):
             task = by_client[c]
             config = {**task.config, CONTINUES: True, CONFIG_KEY: protocol.mask_config(c)}
-            upload = Upload(MESSAGE, settings.masked_bytes(plan.size, len(plan.terms)))
+            upload = Upload(MESSAGE, settings.masked_bytes(plan.values, len(plan.terms)))
             masked_tasks.append(replace(task, config=config, upload=upload))
         survivors = yield from stage("masked", masked_tasks, protocol.receive_masked)
         if len(survivors) < protocol.threshold:
