@@ -138,3 +138,15 @@ def test_a_contribution_that_cannot_be_made_is_refused() -> None:
         contribution(np.zeros(3), 1, {}, plan.config(None))
     with pytest.raises(ValueError, match="known rules"):
         contribution(np.zeros(3), 1, {}, {"rule": "nope", "terms": [[3, True, 1.0]]})
+
+
+def test_a_strategy_that_bypasses_the_channel_is_refused_before_any_upload_in_the_clear() -> None:
+    from tests.strategies.two_stage import ClipToMedianNorm
+
+    coord = _coordinator(SECURE)
+    coord.strategy = ClipToMedianNorm()  # yields its own exchanges of plaintext fit tasks
+    with pytest.raises(ConfigError, match="uploads in the clear"):
+        coord.run_round(1, evaluate=False)
+    assert isinstance(coord.engine, Recording)
+    # its first stage (norms only, no upload) ran; no fit task ever reached a client
+    assert all(r.task.kind != FIT for r in coord.engine.results)

@@ -406,6 +406,19 @@ class Coordinator:
     def _exchange(
         self, r: int, exchange: Exchange, tally: _Tally, ctx: RoundContext, first: bool
     ) -> None:
+        if not self.channel.reveals_updates:
+            clear = [
+                t for t in exchange.tasks if t.upload is not None and t.upload.codec != MESSAGE
+            ]
+            if clear:
+                # a strategy that yields its own exchanges past the channel: refused, never run
+                # in the clear
+                raise ConfigError(
+                    f"secure_aggregation.enabled: strategy {self.strategy.name!r} asked "
+                    f"{len(clear)} clients for uploads in the clear ({clear[0].kind} tasks), "
+                    "which secure aggregation forbids: a strategy reaches its uploads through "
+                    "ctx.channel (sums, or individual updates where the channel allows them)"
+                )
         with tally.phase("download"):  # deltas against what each client holds are encoded here
             tasks, blobs = self._prepare(exchange.tasks, blob_table(*exchange.blobs), ctx)
         if first:
