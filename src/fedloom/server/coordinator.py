@@ -471,6 +471,8 @@ class Coordinator:
         tally.bytes_up += transfer.bytes_up
         if isinstance(self.engine, Asynchronous):
             exchange.in_flight = self.engine.in_flight()
+            if exchange.until is not None:  # on virtual time it moved the clock: who is online
+                ctx.eligible = self.population.eligible
 
     def _validate(
         self, r: int, result: Result, ctx: RoundContext
