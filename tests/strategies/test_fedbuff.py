@@ -380,3 +380,24 @@ def test_a_fedbuff_simulation_is_deterministic_and_the_same_on_every_engine(
         assert {k: a[k] for k in timing} == {k: b[k] for k in timing}
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert sum(r["dropouts"] for r in sequential) > 0  # availability took part
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("one_thread")
+def test_a_fedbuff_simulation_on_ray_is_the_same_as_on_the_sequential_engine(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the test session's local Ray instance, which the run's RayEngine joins
+    from tests.engines.test_ray_engine import shared_ray_engine
+
+    shared_ray_engine(lambda cid: FixedClient([0, 0])).close()
+
+    # Execute
+    sequential = _run("sequential", tmp_path)
+    ray = _run("ray", tmp_path)
+
+    # Assert: the same schedule, the same model within float tolerance
+    timing = ("sim_time", "selected", "dropouts", "staleness_max", "in_flight")
+    for a, b in zip(sequential, ray, strict=True):
+        assert {k: a[k] for k in timing} == {k: b[k] for k in timing}
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

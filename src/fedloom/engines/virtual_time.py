@@ -46,6 +46,7 @@ class VirtualClock(Protocol):
     """The simulated time reached, in seconds."""
     epochs: int
     """Local epochs when a task's config names none."""
+
     @property
     def num_examples(self) -> Mapping[int, int]:
         """Each client's training examples."""

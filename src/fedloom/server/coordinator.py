@@ -418,7 +418,8 @@ class Coordinator:
         else:
             raise ConfigError(
                 f"strategy {self.strategy.name!r} runs without a round barrier: its tasks stay in "
-                "flight across rounds, which needs an asynchronous engine (fedloom server's); "
+                "flight across rounds, which needs an asynchronous engine (fedloom server's, or "
+                "the virtual clock's in a simulation with clients.enabled); "
                 f"the {self.engine.name!r} engine runs each exchange to its end"
             )
         while True:
