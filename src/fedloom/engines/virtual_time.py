@@ -192,7 +192,9 @@ class VirtualTimeEngine:
     def _wait_for_a_client(self) -> None:
         clock, now = self.clock, self.clock.now
         offline = [
-            c for c, n in sorted(clock.num_examples.items()) if n > 0 and not _online(clock, c, now)
+            c
+            for c, n in sorted(clock.num_examples.items())
+            if n > 0 and clock.online_until(c, now) is None
         ]
         later = clock.next_online(offline, now)
         if math.isfinite(later):
@@ -212,7 +214,3 @@ class VirtualTimeEngine:
     def close(self) -> None:
         self._flying.clear()
         self.engine.close()
-
-
-def _online(clock: VirtualClock, client: int, at: float) -> bool:
-    return clock.online_until(client, at) is not None
