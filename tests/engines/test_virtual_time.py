@@ -16,7 +16,7 @@ from fedloom.engines import SequentialEngine
 from fedloom.engines.base import Asynchronous
 from fedloom.engines.virtual_time import VirtualTimeEngine
 from fedloom.server.clock import Availability, ClientClock, ClientProfile
-from tests.strategies.test_fedbuff import FixedClient
+from tests.strategies.test_fedbuff import FixedClient, simulated_fedbuff, task_clock
 
 SPEC = ParamSpec(names=("w",), shapes=((2,),), dtypes=("<f4",))
 MODEL_BLOB = Blob.encode(SPEC, Float32Codec(), np.zeros(2, np.float32))
@@ -125,3 +125,22 @@ def test_a_client_has_one_task_in_flight_at_a_time() -> None:
     engine.start(_tasks(0), BLOBS)
     with pytest.raises(ValueError, match="client 0 already has a task in flight"):
         engine.start(_tasks(0, round_num=2), BLOBS)
+
+
+def test_a_task_whose_client_will_leave_keeps_its_slot_until_it_drops_out() -> None:
+    # Prepare: K = 1, C = 2; client 0 takes 1 s, client 1 takes 5 s but leaves at 3 s
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2])}
+    clock = task_clock({0: 1.0, 1: 5.0}, online={1: [(0.0, 3.0)]})
+
+    # Execute
+    coord = simulated_fedbuff(clients, clock, rounds=3, buffer_size=1, concurrency=2)
+
+    # Assert: 0 and 1 start at 0; 0 steps at 1, 2 and 3, starting again after each. Client 1's
+    # task is in flight (nobody knows it will fail) until it drops out at 3, before client 0's
+    # arrival then (the older task first), and client 1 is never started twice
+    assert [r["selected"] for r in coord.history] == [2, 1, 1]
+    assert [r["in_flight"] for r in coord.history] == [1, 1, 0]
+    assert [(r["dropouts"], r["failed"]) for r in coord.history] == [(0, 0), (0, 0), (1, 1)]
+    assert [r["sim_time"] for r in coord.history] == [1.0, 2.0, 3.0]
+    np.testing.assert_allclose(coord.params, [3.0, 0.0])
+    assert clients[1].seen == []

@@ -57,7 +57,7 @@ class FixedClient:
         return EvalResult(loss=0.0, num_examples=1)
 
 
-def _clock(
+def task_clock(
     seconds: dict[int, float], online: dict[int, list[tuple[float, float]]] | None = None
 ) -> ClientClock:
     """Client c's task (one example, one epoch, no transfer time) takes ``seconds[c]``; it is
@@ -69,7 +69,7 @@ def _clock(
     )
 
 
-def _fedbuff(
+def simulated_fedbuff(
     clients: dict[int, FixedClient],
     clock: ClientClock,
     rounds: int,
@@ -92,10 +92,10 @@ def _fedbuff(
 def test_the_server_steps_as_soon_as_k_updates_arrive_weighting_stale_ones_down() -> None:
     # Prepare: K = 2, C = 3; client tasks take 1, 4 and 2.5 s
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([2, 2])}
-    clock = _clock({0: 1.0, 1: 4.0, 2: 2.5})
+    clock = task_clock({0: 1.0, 1: 4.0, 2: 2.5})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=3)
+    coord = simulated_fedbuff(clients, clock, rounds=3)
 
     # Assert, event by event. Version 0: all three start at t=0; 0 arrives at 1, 2 at 2.5: step
     # (1/2)([1, 0] + [2, 2]) -> w1 = [1.5, 1]; client 1 is still at work.
@@ -121,10 +121,10 @@ def test_the_server_steps_as_soon_as_k_updates_arrive_weighting_stale_ones_down(
 def test_a_client_that_leaves_mid_task_sends_nothing_and_frees_its_slot() -> None:
     # Prepare: client 1 (4 s) leaves at 2 s; K = 2
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([2, 2])}
-    clock = _clock({0: 1.0, 1: 4.0, 2: 2.5}, online={1: [(0.0, 2.0)]})
+    clock = task_clock({0: 1.0, 1: 4.0, 2: 2.5}, online={1: [(0.0, 2.0)]})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=1)
+    coord = simulated_fedbuff(clients, clock, rounds=1)
 
     # Assert: 0 at 1, 1 gone at 2 (its task ends there, failed, as a deployment's would), 2 at
     # 2.5: the same step as without it; 1 was started (selected) but never trained
@@ -137,10 +137,10 @@ def test_a_client_that_leaves_mid_task_sends_nothing_and_frees_its_slot() -> Non
 def test_with_nobody_online_and_nothing_in_flight_the_round_waits_for_a_client() -> None:
     # Prepare: K = 1. Client 1 (2 s) is online until 1 s; client 0 (1 s) comes online at 3 s
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2])}
-    clock = _clock({0: 1.0, 1: 2.0}, online={0: [(3.0, math.inf)], 1: [(0.0, 1.0)]})
+    clock = task_clock({0: 1.0, 1: 2.0}, online={0: [(3.0, math.inf)], 1: [(0.0, 1.0)]})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=1, buffer_size=1)
+    coord = simulated_fedbuff(clients, clock, rounds=1, buffer_size=1)
 
     # Assert: 1 starts at 0 and drops out at 1; nobody is online, so the clock moves to 3, when
     # 0 comes online, starts, and arrives at 4 with the one update the step needs
@@ -152,10 +152,10 @@ def test_with_nobody_online_and_nothing_in_flight_the_round_waits_for_a_client()
 def test_the_step_takes_what_arrived_when_no_idle_client_ever_comes_online() -> None:
     # Prepare: K = 3, but client 2 is never online: the buffer cannot fill
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
-    clock = _clock({0: 1.0, 1: 1.0, 2: 1.0}, online={2: []})
+    clock = task_clock({0: 1.0, 1: 1.0, 2: 1.0}, online={2: []})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=1, buffer_size=3)
+    coord = simulated_fedbuff(clients, clock, rounds=1, buffer_size=3)
 
     # Assert: 0 and 1 arrive at 1; waiting for client 2 moves the clock nowhere, so the step
     # takes the two, (1/2)([1, 0] + [0, 2])
