@@ -8,7 +8,6 @@ same engine, coordinator and driver, so both write the same results folder.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -43,12 +42,13 @@ from fedloom.data import Dataset
 from fedloom.data.federated import ClientData, load_clients, local_arrays
 from fedloom.engines import Engine, SequentialEngine
 from fedloom.engines.base import ClientFn
+from fedloom.engines.virtual_time import VirtualTimeEngine
 from fedloom.errors import ConfigError
 from fedloom.models import build_model
 from fedloom.server.clock import ClientClock, ClockedEngine, ClockedPopulation
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
 from fedloom.server.pruning import pruning_schedule
-from fedloom.strategies import FedBuff, Strategy
+from fedloom.strategies import Strategy
 from fedloom.strategies.factory import aggregation_channel, make_strategy
 from fedloom.tracking import RoundProgress, RunRecorder, render_summary_table
 from fedloom.tracking.summary import ProgressListener, RecorderListener, summarize
@@ -103,8 +103,8 @@ def make_coordinator(
     """A coordinator over the config's engine, codec and evaluation schedule.
 
     With ``clients.enabled`` the clients behave as the ``clients`` section says, on a virtual
-    clock (``fedloom.server.clock``): FedBuff reads the clock itself; a synchronous strategy
-    selects among the clients online and runs through a ``ClockedEngine``, outside
+    clock (``fedloom.server.clock``): a strategy selects among the clients online and runs
+    through a ``ClockedEngine`` (an asynchronous one, FedBuff: a ``VirtualTimeEngine``), outside
     ``wrap_engine`` (simulated attackers).
 
     The engine is built last, after everything that can refuse the config: a Ray engine starts a
@@ -125,17 +125,14 @@ def make_coordinator(
                 "online intervals in clients.trace) a round samples only those online, which "
                 "that analysis does not cover"
             )
-        if isinstance(strategy, FedBuff):
-            if strategy.clock is None:
-                strategy = dataclasses.replace(strategy, clock=clock)
-        else:
+        if not strategy.asynchronous:  # an asynchronous one waits for clients in its round
             clock.wait_for_online(strategy.min_fit_clients)
-            population = ClockedPopulation(
-                population.num_examples, population.has_test_data, clock=clock
-            )
-    if isinstance(strategy, FedBuff) and strategy.clock is None:
+        population = ClockedPopulation(
+            population.num_examples, population.has_test_data, clock=clock
+        )
+    elif strategy.asynchronous:
         raise ConfigError(
-            "strategy.name=fedbuff simulates asynchrony on the virtual clock of simulated "
+            f"strategy.name={strategy.name} simulates asynchrony on the virtual clock of simulated "
             "clients: set clients.enabled=true (and their speeds in the clients section); "
             "fedloom server runs it on real time"
         )
@@ -160,7 +157,9 @@ def make_coordinator(
     )
     if wrap_engine is not None:
         coordinator.engine = wrap_engine(coordinator.engine)
-    if clock is not None and isinstance(coordinator.population, ClockedPopulation):
+    if clock is not None and strategy.asynchronous:
+        coordinator.engine = VirtualTimeEngine(coordinator.engine, clock)
+    elif clock is not None:
         coordinator.engine = ClockedEngine(coordinator.engine, clock, strategy.min_fit_clients)
     return coordinator
 

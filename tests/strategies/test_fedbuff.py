@@ -18,7 +18,9 @@ from fedloom.config import validate_config
 from fedloom.core.params import Params, ParamSpec
 from fedloom.core.task import Blobs, Result, Task
 from fedloom.engines import SequentialEngine
+from fedloom.engines.virtual_time import VirtualTimeEngine
 from fedloom.errors import ConfigError
+from fedloom.server.clock import Availability, ClientClock, ClientProfile, ClockedPopulation
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.user_code import build_strategy
 from fedloom.simulation import Simulation
@@ -55,37 +57,33 @@ class FixedClient:
         return EvalResult(loss=0.0, num_examples=1)
 
 
-class FixedClock:
-    """Every client always online; client c's task takes ``seconds[c]``, whatever it sends."""
-
-    epochs = 1
-
-    def __init__(self, seconds: dict[int, float], leaves: dict[int, float] | None = None) -> None:
-        self.seconds, self.leaves = seconds, leaves or {}
-
-    def available(self, clients: Sequence[int], at: float) -> list[int]:
-        return sorted(c for c in clients if at < self.leaves.get(c, math.inf))
-
-    def next_online(self, clients: Sequence[int], at: float) -> float:
-        return at if self.available(clients, at) else math.inf
-
-    def online_until(self, client: int, at: float) -> float | None:
-        return self.leaves.get(client, math.inf)
-
-    def local_epochs(self, client: int, epochs: int) -> int:
-        return epochs
-
-    def task_seconds(self, client: int, bytes_down: int, bytes_up: int, epochs: int) -> float:
-        return self.seconds[client]
+def task_clock(
+    seconds: dict[int, float], online: dict[int, list[tuple[float, float]]] | None = None
+) -> ClientClock:
+    """Client c's task (one example, one epoch, no transfer time) takes ``seconds[c]``; it is
+    online in ``online[c]`` (default: always)."""
+    return ClientClock(
+        profiles={c: ClientProfile(speed=1 / s, bandwidth=math.inf) for c, s in seconds.items()},
+        num_examples=dict.fromkeys(seconds, 1),
+        availability=Availability(0, None, 1.0, online),
+    )
 
 
-def _fedbuff(clients: dict[int, FixedClient], clock: FixedClock, rounds: int) -> Coordinator:
+def simulated_fedbuff(
+    clients: dict[int, FixedClient],
+    clock: ClientClock,
+    rounds: int,
+    buffer_size: int = 2,
+    concurrency: int = 3,
+) -> Coordinator:
+    """FedBuff in simulation, as ``fedloom run`` wires it: on the virtual-time engine, selecting
+    among the clients online."""
     coord = Coordinator(
-        strategy=FedBuff(buffer_size=2, concurrency=3, clock=clock),
-        engine=SequentialEngine(clients.__getitem__),
+        strategy=FedBuff(buffer_size=buffer_size, concurrency=concurrency),
+        engine=VirtualTimeEngine(SequentialEngine(clients.__getitem__), clock),
         spec=SPEC,
         params=np.zeros(2, np.float32),
-        population=Population(dict.fromkeys(clients, 1)),
+        population=ClockedPopulation(dict.fromkeys(clients, 1), clock=clock),
     )
     coord.run(rounds)
     return coord
@@ -94,10 +92,10 @@ def _fedbuff(clients: dict[int, FixedClient], clock: FixedClock, rounds: int) ->
 def test_the_server_steps_as_soon_as_k_updates_arrive_weighting_stale_ones_down() -> None:
     # Prepare: K = 2, C = 3; client tasks take 1, 4 and 2.5 s
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([2, 2])}
-    clock = FixedClock({0: 1.0, 1: 4.0, 2: 2.5})
+    clock = task_clock({0: 1.0, 1: 4.0, 2: 2.5})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=3)
+    coord = simulated_fedbuff(clients, clock, rounds=3)
 
     # Assert, event by event. Version 0: all three start at t=0; 0 arrives at 1, 2 at 2.5: step
     # (1/2)([1, 0] + [2, 2]) -> w1 = [1.5, 1]; client 1 is still at work.
@@ -123,15 +121,47 @@ def test_the_server_steps_as_soon_as_k_updates_arrive_weighting_stale_ones_down(
 def test_a_client_that_leaves_mid_task_sends_nothing_and_frees_its_slot() -> None:
     # Prepare: client 1 (4 s) leaves at 2 s; K = 2
     clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([2, 2])}
-    clock = FixedClock({0: 1.0, 1: 4.0, 2: 2.5}, leaves={1: 2.0})
+    clock = task_clock({0: 1.0, 1: 4.0, 2: 2.5}, online={1: [(0.0, 2.0)]})
 
     # Execute
-    coord = _fedbuff(clients, clock, rounds=1)
+    coord = simulated_fedbuff(clients, clock, rounds=1)
 
-    # Assert: 0 at 1, 1 gone at 2, 2 at 2.5: the same step as without it, 1 never trained
+    # Assert: 0 at 1, 1 gone at 2 (its task ends there, failed, as a deployment's would), 2 at
+    # 2.5: the same step as without it; 1 was started (selected) but never trained
     (record,) = coord.history
-    assert record["dropouts"] == 1 and record["selected"] == 2 and clients[1].seen == []
+    assert (record["selected"], record["returned"], record["failed"]) == (3, 2, 1)
+    assert record["dropouts"] == 1 and clients[1].seen == []
     np.testing.assert_allclose(coord.params, [1.5, 1.0])
+
+
+def test_with_nobody_online_and_nothing_in_flight_the_round_waits_for_a_client() -> None:
+    # Prepare: K = 1. Client 1 (2 s) is online until 1 s; client 0 (1 s) comes online at 3 s
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2])}
+    clock = task_clock({0: 1.0, 1: 2.0}, online={0: [(3.0, math.inf)], 1: [(0.0, 1.0)]})
+
+    # Execute
+    coord = simulated_fedbuff(clients, clock, rounds=1, buffer_size=1)
+
+    # Assert: 1 starts at 0 and drops out at 1; nobody is online, so the clock moves to 3, when
+    # 0 comes online, starts, and arrives at 4 with the one update the step needs
+    (record,) = coord.history
+    assert record["sim_time"] == 4.0 and record["dropouts"] == 1 and record["selected"] == 2
+    np.testing.assert_allclose(coord.params, [1.0, 0.0])
+
+
+def test_the_step_takes_what_arrived_when_no_idle_client_ever_comes_online() -> None:
+    # Prepare: K = 3, but client 2 is never online: the buffer cannot fill
+    clients = {0: FixedClient([1, 0]), 1: FixedClient([0, 2]), 2: FixedClient([4, 4])}
+    clock = task_clock({0: 1.0, 1: 1.0, 2: 1.0}, online={2: []})
+
+    # Execute
+    coord = simulated_fedbuff(clients, clock, rounds=1, buffer_size=3)
+
+    # Assert: 0 and 1 arrive at 1; waiting for client 2 moves the clock nowhere, so the step
+    # takes the two, (1/2)([1, 0] + [0, 2])
+    (record,) = coord.history
+    assert (record["status"], record["returned"], record["sim_time"]) == ("ok", 2, 1.0)
+    np.testing.assert_allclose(coord.params, [0.5, 1.0])
 
 
 def test_fedbuff_without_a_clock_or_with_synchronous_settings_is_refused() -> None:
@@ -150,7 +180,7 @@ def test_fedbuff_without_a_clock_or_with_synchronous_settings_is_refused() -> No
     # what fedloom server builds its strategy with: real time, no clock, no synchronous extras
     fedbuff = {"strategy": {"name": "fedbuff"}}
     built = build_strategy(validate_config(fedbuff), None)
-    assert isinstance(built, FedBuff) and built.clock is None
+    assert isinstance(built, FedBuff) and built.asynchronous
     deployment_cases: list[tuple[dict[str, Any], str]] = [
         (on, r"clients\.enabled: the clients section simulates"),
         ({"server": {"over_selection": 0.5}}, r"server\.over_selection: fedbuff keeps"),
@@ -350,3 +380,24 @@ def test_a_fedbuff_simulation_is_deterministic_and_the_same_on_every_engine(
         assert {k: a[k] for k in timing} == {k: b[k] for k in timing}
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert sum(r["dropouts"] for r in sequential) > 0  # availability took part
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("one_thread")
+def test_a_fedbuff_simulation_on_ray_is_the_same_as_on_the_sequential_engine(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the test session's local Ray instance, which the run's RayEngine joins
+    from tests.engines.test_ray_engine import shared_ray_engine
+
+    shared_ray_engine(lambda cid: FixedClient([0, 0])).close()
+
+    # Execute
+    sequential = _run("sequential", tmp_path)
+    ray = _run("ray", tmp_path)
+
+    # Assert: the same schedule, the same model within float tolerance
+    timing = ("sim_time", "selected", "dropouts", "staleness_max", "in_flight")
+    for a, b in zip(sequential, ray, strict=True):
+        assert {k: a[k] for k in timing} == {k: b[k] for k in timing}
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

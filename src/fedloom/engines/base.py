@@ -68,9 +68,10 @@ class OverSelects(Protocol):
 
 @runtime_checkable
 class Asynchronous(Protocol):
-    """An engine whose tasks may outlive the exchange that started them: a deployment without a
-    round barrier (FedBuff; ``Exchange.until``). The remote engine of ``fedloom server`` is one;
-    the simulation engines are not (FedBuff simulates asynchrony on a virtual clock instead)."""
+    """An engine whose tasks may outlive the exchange that started them: a round without a barrier
+    (FedBuff; ``Exchange.until``). The remote engine of ``fedloom server`` is one, on real time;
+    in simulation ``fedloom.engines.virtual_time.VirtualTimeEngine`` makes any engine one, on the
+    virtual clock of simulated clients."""
 
     def start(self, tasks: Sequence[Task], blobs: Blobs) -> None:
         """Hand ``tasks`` to their clients and return at once."""

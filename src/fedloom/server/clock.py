@@ -14,9 +14,10 @@ goes offline before it is done drops out at that moment.
 Synchronous strategies run through ``ClockedEngine``: a stage starts when the previous one ended
 and ends when its last kept client is done; with ``deadline_s`` a client that would finish later
 is a straggler, left out of the round, and the server waits until the deadline. Only online
-clients are selected (``ClockedPopulation``). Asynchronous FedBuff reads the same clock directly
-(``fedloom.strategies.fedbuff``), so both are measured on one model of time. Evaluation takes no
-simulated time, nor does the server's own work.
+clients are selected (``ClockedPopulation``). A strategy without a round barrier (FedBuff) runs
+through ``fedloom.engines.virtual_time.VirtualTimeEngine`` on the same clock, selecting among the
+same online clients, so both are measured on one model of time. Evaluation takes no simulated
+time, nor does the server's own work.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import csv
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedloom.config import ClientsConfig
-from fedloom.core.task import BASE, EVALUATE, FIT, Blobs, Result, Task
+from fedloom.core.task import EVALUATE, Blobs, Result, Task
 from fedloom.engines.base import Engine
+from fedloom.engines.virtual_time import bytes_down, task_passes, with_local_epochs
 from fedloom.errors import ConfigError
 from fedloom.server.coordinator import Population
 
@@ -361,10 +363,10 @@ class ClockedEngine:
         kept: list[_Planned] = []
         ends = [start]
         for position, task in enumerate(timed):
-            task = self._with_epochs(task)
-            epochs = _passes(task, clock.epochs)
+            task = with_local_epochs(task, clock)
+            epochs = task_passes(task, clock.epochs)
             up = 0 if task.upload is None else task.upload.max_bytes()
-            seconds = clock.task_seconds(task.client_id, _bytes_down(task, blobs), up, epochs)
+            seconds = clock.task_seconds(task.client_id, bytes_down(task, blobs), up, epochs)
             finish = start + seconds
             leaves = clock.online_until(task.client_id, start)
             if leaves is None or leaves < min(finish, deadline):
@@ -388,14 +390,6 @@ class ClockedEngine:
 
         yield from sorted(results, key=arrival)
 
-    def _with_epochs(self, task: Task) -> Task:
-        if task.kind != FIT or self.clock.local_seconds is None:
-            return task
-        epochs = self.clock.local_epochs(
-            task.client_id, int(task.config.get("epochs", self.clock.epochs))
-        )
-        return replace(task, config={**task.config, "epochs": epochs})
-
     def round_metrics(self) -> dict[str, float]:
         """The round's simulated seconds, the simulated time reached, and the clients left out
         (``stragglers`` past the deadline, ``dropouts`` gone offline); counted from the last
@@ -411,24 +405,6 @@ class ClockedEngine:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def _passes(task: Task, epochs: int) -> int:
-    """The passes over its examples a task asks of a client: its epochs for training, one for a
-    full gradient (FedSGD), none for a stage that only exchanges values."""
-    if task.kind != FIT:
-        return 0
-    if task.config.get("mode") == "gradient":
-        return 1
-    return int(task.config.get("epochs", epochs))
-
-
-def _bytes_down(task: Task, blobs: Blobs) -> int:
-    """The payload bytes of the blobs a task names (not the model a delta is taken against,
-    which the client holds)."""
-    return sum(
-        len(blobs[d].payload) for role, d in task.blobs.items() if role != BASE and d in blobs
-    )
 
 
 def _preview(ids: Sequence[int], n: int = 10) -> str:

@@ -438,7 +438,8 @@ class Coordinator:
         else:
             raise ConfigError(
                 f"strategy {self.strategy.name!r} runs without a round barrier: its tasks stay in "
-                "flight across rounds, which needs an asynchronous engine (fedloom server's); "
+                "flight across rounds, which needs an asynchronous engine (fedloom server's, or "
+                "the virtual clock's in a simulation with clients.enabled); "
                 f"the {self.engine.name!r} engine runs each exchange to its end"
             )
         while True:
@@ -491,6 +492,8 @@ class Coordinator:
         tally.bytes_up += transfer.bytes_up
         if isinstance(self.engine, Asynchronous):
             exchange.in_flight = self.engine.in_flight()
+            if exchange.until is not None:  # on virtual time it moved the clock: who is online
+                ctx.eligible = self.population.eligible
 
     def _validate(
         self, r: int, result: Result, ctx: RoundContext

@@ -27,7 +27,7 @@ from fedloom.plugins import call_factory, load_entry_point
 from fedloom.recommendation import RecommendationSimulation, check_config, fcf_strategy
 from fedloom.server.coordinator import CentralEvaluator
 from fedloom.simulation import Simulation
-from fedloom.strategies import FedBuff, Strategy
+from fedloom.strategies import Strategy
 from fedloom.strategies.factory import make_strategy
 
 
@@ -250,25 +250,20 @@ def build_strategy(cfg: Config, entry_point: str | None) -> Strategy:
 
 
 def _deployable(cfg: Config, strategy: Strategy) -> Strategy:
-    """``strategy``, unless it is FedBuff (which runs without a round barrier in a deployment)
-    with deployment settings it has no use for."""
-    if not isinstance(strategy, FedBuff):
+    """``strategy``, unless it is asynchronous (FedBuff: no round barrier) with deployment
+    settings it has no use for."""
+    if not strategy.asynchronous:
         return strategy
-    if strategy.clock is not None:
-        raise ConfigError(
-            "--strategy returned a FedBuff with a virtual clock: a deployment runs on real time; "
-            "leave FedBuff.clock None"
-        )
     if cfg.server.over_selection > 0:
         raise ConfigError(
-            "server.over_selection: fedbuff keeps strategy.concurrency clients at work and "
+            f"server.over_selection: {strategy.name} keeps strategy.concurrency clients at work and "
             "steps on the first strategy.buffer_size updates, so there are no stragglers to "
             "stand in for; set it to 0"
         )
     if cfg.pruning.enabled:
         raise ConfigError(
-            "pruning.enabled: fedbuff's updates arrive rounds after they started, under the "
-            "pruning mask of their own round, which a later mask would refuse; turn pruning "
-            "off with strategy.name=fedbuff in a deployment"
+            f"pruning.enabled: {strategy.name}'s updates arrive rounds after they started, under "
+            "the pruning mask of their own round, which a later mask would refuse; turn pruning "
+            f"off with strategy.name={strategy.name} in a deployment"
         )
     return strategy

@@ -148,6 +148,8 @@ class Strategy(ABC):
     (``eval.finetune_epochs``; the fine-tuned model is dropped afterwards)."""
 
     name = "strategy"
+    asynchronous: ClassVar[bool] = False
+    """Plans exchanges with ``until`` (no round barrier): needs an ``Asynchronous`` engine."""
     label_metrics: ClassVar[tuple[str, ...]] = ()
     """Client evaluation metrics that are labels, not measurements (IFCA's chosen cluster): left
     out of the pooled ``fed_<metric>``, still given to ``evaluation_metrics``."""

@@ -63,10 +63,17 @@ class Channel(ABC):
 
     @abstractmethod
     def individual(
-        self, tasks: Sequence[Task], blobs: Sequence[Blob], on_result: OnResult, why: str
-    ) -> Generator[Exchange, None, None]:
+        self,
+        tasks: Sequence[Task],
+        blobs: Sequence[Blob],
+        on_result: OnResult,
+        why: str,
+        until: int | None = None,
+    ) -> Generator[Exchange, None, Exchange]:
         """Run ``tasks`` and hand each validated individual upload to ``on_result``; ``why``
-        names what needs them (for the refusal of a channel that hides them)."""
+        names what needs them (for the refusal of a channel that hides them). ``until``: an
+        asynchronous exchange (``Exchange.until``); the exchange is returned, its ``ended`` and
+        ``in_flight`` filled in."""
 
     def refusal(self, needs_individual: str | None) -> str | None:
         """Why a strategy whose ``needs_individual`` reason is given cannot run on this
@@ -142,9 +149,16 @@ class Plain(Channel):
         return sums
 
     def individual(
-        self, tasks: Sequence[Task], blobs: Sequence[Blob], on_result: OnResult, why: str
-    ) -> Generator[Exchange, None, None]:
-        yield Exchange(list(tasks), list(blobs), on_result)
+        self,
+        tasks: Sequence[Task],
+        blobs: Sequence[Blob],
+        on_result: OnResult,
+        why: str,
+        until: int | None = None,
+    ) -> Generator[Exchange, None, Exchange]:
+        exchange = Exchange(list(tasks), list(blobs), on_result, until=until)
+        yield exchange
+        return exchange
 
 
 @dataclass
@@ -186,8 +200,13 @@ class Secure(Channel):
         return Sums.of(plan.terms, secure.total, secure.weights, secure.count)
 
     def individual(
-        self, tasks: Sequence[Task], blobs: Sequence[Blob], on_result: OnResult, why: str
-    ) -> Generator[Exchange, None, None]:
+        self,
+        tasks: Sequence[Task],
+        blobs: Sequence[Blob],
+        on_result: OnResult,
+        why: str,
+        until: int | None = None,
+    ) -> Generator[Exchange, None, Exchange]:
         raise ConfigError(self.refusal(why))
         yield  # pragma: no cover  (a generator, like the plain channel's)
 

@@ -173,7 +173,7 @@ def _algorithm(cfg: Config, common: dict[str, Any]) -> Strategy:
 def fedbuff(cfg: Config, common: dict[str, Any]) -> FedBuff:
     """FedBuff with ``strategy.buffer_size`` and ``strategy.concurrency``; refuses the settings
     of synchronous selection and robust aggregation, which it has no use for. The simulation
-    gives it its virtual clock (``fedloom.server.clock``)."""
+    runs it on the virtual clock (``fedloom.engines.virtual_time``)."""
     s = cfg.strategy
     if s.aggregator != "mean":
         raise ConfigError(

@@ -298,8 +298,13 @@ class PrivateSums(Channel):
         return Sums(totals, weights, sums.count)
 
     def individual(
-        self, tasks: Sequence[Task], blobs: Sequence[Blob], on_result: OnResult, why: str
-    ) -> Generator[Exchange, None, None]:
+        self,
+        tasks: Sequence[Task],
+        blobs: Sequence[Blob],
+        on_result: OnResult,
+        why: str,
+        until: int | None = None,
+    ) -> Generator[Exchange, None, Exchange]:
         raise ConfigError(
             f"privacy: {why}; differential privacy calibrates its noise to a sum of clipped updates"
         )
