@@ -65,8 +65,13 @@ def test_fit_results_match_the_sequential_engine(engine: str, case: Any) -> None
     got = run_engine(ENGINE_FACTORIES[engine], world.client_fn, world.tasks(), world.blobs)
 
     want = reference(case.name)
+    # Adam divides by sqrt(v): a coordinate whose gradients stay near zero turns the engines'
+    # different float rounding of the CNN's convolutions (vmapped against eager kernels) into a
+    # relative error of its step; on some CPUs (AMD EPYC) a handful of the 349,059 values of the
+    # two-epoch CNN update end up to 6.3e-5 apart (measured), so those cases allow 1e-4
+    atol = 1e-4 if case.name.startswith("cnn-adam") else 1e-5
     for cid, result in want.items():
-        assert_same_result(got[cid], result)
+        assert_same_result(got[cid], result, atol=atol)
 
 
 @ENGINES
@@ -345,8 +350,9 @@ def test_hooked_local_training_and_client_state_match_the_sequential_engine(
     got_rounds, got_states = _hooked_rounds(engine, case_name, algorithm)
 
     want_rounds, want_states = _hooked_reference(case_name, algorithm)
-    # SCAFFOLD's delta_c is -delta / (K * lr): it carries delta's float error times 1 / (K * lr).
-    atol = 3e-5 if algorithm == "scaffold" else 1e-5
+    # SCAFFOLD's delta_c is -delta / (K * lr): it carries delta's float error times 1 / (K * lr)
+    # (up to 3.4e-5 measured for the CNN, on AMD EPYC).
+    atol = 5e-5 if algorithm == "scaffold" else 1e-5
     for got, want in zip(got_rounds, want_rounds, strict=True):
         for cid, result in want.items():
             assert_same_result(got[cid], result, atol=atol)
