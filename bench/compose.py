@@ -5,7 +5,8 @@
 
 Each cell runs ``--rounds`` rounds of the strategy with the cell's settings on digits split over
 ``--clients`` clients (in process, sequential engine; the ``grpc`` cell starts a real ``fedloom
-server`` and one ``fedloom client`` process per client over mTLS on 127.0.0.1) and reports the
+server`` and one ``fedloom client`` process per client over mTLS on 127.0.0.1; ``grpc-secagg``
+the same with secure aggregation) and reports the
 final accuracy, or the config error that refuses the combination, or (a bug) any other failure.
 A cell is ``ok`` only when every round succeeded and every metric is finite.
 """
@@ -68,6 +69,7 @@ CELLS: dict[str, list[str]] = {
     ],
     "median": ["strategy.aggregator=median"],
     "grpc": [],
+    "grpc-secagg": ["secure_aggregation.enabled=true"],
 }
 
 
@@ -223,14 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         "client.epochs=1",
         "model.hidden=[32]",
     ]
-    cells = [c for c in args.cells.split(",") if not (args.no_grpc and c == "grpc")]
+    cells = [c for c in args.cells.split(",") if not (args.no_grpc and c.startswith("grpc"))]
     matrix: dict[str, dict[str, Any]] = {}
     for name in args.strategies.split(","):
         matrix[name] = {}
         for cell in cells:
             start = time.perf_counter()
             overrides = [*base, *STRATEGIES[name], *CELLS[cell]]
-            if cell == "grpc":
+            if cell.startswith("grpc"):
                 with tempfile.TemporaryDirectory() as tmp:
                     result = _deploy(overrides, min(args.clients, 3), Path(tmp))
             else:
