@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.app.user_code import build_strategy
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.config import validate_config
 from fedloom.core.params import Params, ParamSpec
@@ -20,7 +21,6 @@ from fedloom.core.task import Blobs, Result, Task
 from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.server.user_code import build_strategy
 from fedloom.simulation import Simulation
 from fedloom.strategies import FedBuff
 from fedloom.strategies.factory import make_strategy
