@@ -9,6 +9,8 @@ images (fashion_mnist, mnist), the MLP for feature vectors (digits and the table
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from fedloom.config import Config
@@ -16,7 +18,7 @@ from fedloom.data import Dataset
 from fedloom.errors import ConfigError
 from fedloom.models import build_model
 
-__all__ = ["dataset_model", "model_name"]
+__all__ = ["dataset_model", "model_name", "recorded_config"]
 
 AUTO = "auto"
 
@@ -70,3 +72,10 @@ def dataset_model(cfg: Config, ds: Dataset) -> nn.Module:
     """A new model of ``cfg.model`` (``model_name``) with inputs and outputs fitted to ``ds``."""
     num_outputs = ds.num_classes if ds.task == "classification" else 1
     return build_model(model_name(cfg, ds), ds.input_shape, num_outputs, hidden=cfg.model.hidden)
+
+
+def recorded_config(cfg: Config, model: str) -> dict[str, Any]:
+    """``cfg`` as a run's summary records it, with the model that ``model.name: auto`` chose."""
+    recorded = cfg.model_dump(mode="json")
+    recorded["model"]["name"] = model
+    return recorded

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.app.federation import Federation
+from fedloom.app.models import recorded_config
 from fedloom.app.registry import AppKind
 from fedloom.client.fcf import FCFClient, UserRatings, init_item_params
 from fedloom.config import Config
@@ -141,6 +142,7 @@ class RatingsApp:
             population=self.population(),
             client_fn=self.client,
             data=self.data,
+            recorded=recorded_config(self.cfg, "mf"),
         )
 
     def coordinator(self, listeners: Sequence[RoundListener] = ()) -> Coordinator:
@@ -183,6 +185,7 @@ def ratings_server(cfg: Config, eval_data: Path | None, strategy: Strategy) -> F
         population=Population(num_examples={}),
         data=app.data,
         source="mf from the config (item factors and item biases)",
+        recorded=recorded_config(cfg, "mf"),
         eval_source="off (the server holds no user factor; evaluation is federated)",
     )
 

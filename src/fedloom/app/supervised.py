@@ -14,7 +14,7 @@ from torch import nn
 
 from fedloom.app.evaluation import dataset_evaluator, eval_data_evaluator
 from fedloom.app.federation import Federation
-from fedloom.app.models import dataset_model, model_name
+from fedloom.app.models import dataset_model, model_name, recorded_config
 from fedloom.app.registry import AppKind
 from fedloom.attacks import (
     BACKDOOR_TARGET,
@@ -70,7 +70,7 @@ class Simulation:
         self.clients: list[ClientData]
         self.dataset, self.clients = load_clients(cfg)
         ds = self.dataset
-        model_name(cfg, ds)  # an explicit model that cannot read the data: refused first
+        self.model_name = model_name(cfg, ds)  # a model that cannot read the data: refused
         self.num_outputs = ds.num_classes if ds.task == "classification" else 1
         self.model, self.spec, self.init_params = _initial(cfg, ds)
         self.eval_model = self.new_model()
@@ -153,6 +153,7 @@ class Simulation:
             central_eval=self.central_eval,
             data=dataset_facts(self.dataset),
             wrap_engine=self._attacked,
+            recorded=recorded_config(cfg, self.model_name),
             facts=facts,
         )
 
@@ -190,6 +191,7 @@ def dataset_server(cfg: Config, eval_data: Path | None, strategy: Strategy) -> F
         central_eval=central,
         data=data,
         source=f"{name} from the config",
+        recorded=recorded_config(cfg, name),
         eval_source=source if central is not None else "off (server.central_eval=false)",
     )
 
