@@ -24,7 +24,6 @@ from fedloom.engines.base import ClientFn
 from fedloom.server.assemble import make_coordinator
 from fedloom.server.coordinator import CentralEvaluator, Coordinator, Population, RoundListener
 from fedloom.strategies import Strategy
-from fedloom.tracking.summary import summarize
 
 __all__ = ["Federation"]
 
@@ -90,6 +89,10 @@ class Federation:
     ) -> dict[str, Any]:
         """The ``summary.json`` of a run of this federation; ``num_clients`` defaults to the
         population's (a deployment counts the clients that joined)."""
+        # here, not at the top: the results folder's modules bring matplotlib, which a deployment
+        # client process (it builds through this layer too) never needs
+        from fedloom.tracking.summary import summarize
+
         population = self.population
         summary = summarize(
             config=self.config_record,
