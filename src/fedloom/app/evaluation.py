@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedloom.client.torch_client import LossFn, TaskType, evaluate_model, set_params
+from fedloom.client.torch_client import TaskType, evaluate_model, set_params
 from fedloom.core.params import Params
 from fedloom.data import Dataset
 from fedloom.errors import DeploymentError
@@ -34,31 +34,16 @@ def central_evaluator(
     x: np.ndarray,
     y: np.ndarray,
     *,
-    task: TaskType,
-    num_classes: int,
-    target_scale: tuple[float, float] | None = None,
-    loss_fn: LossFn | None = None,
-    threshold_from: tuple[np.ndarray, np.ndarray] | None = None,
-    extra_metrics: tuple[str, ...] = (),
     also: ExtraMetrics | None = None,
+    **options: Any,
 ) -> CentralEvaluator:
     """Evaluation of the global params on ``(x, y)``, loaded into ``model`` (an instance the
-    evaluator keeps for itself). The keyword arguments are ``evaluate_model``'s; ``also`` adds
-    metrics of the loaded model."""
+    evaluator keeps for itself). ``options`` are ``evaluate_model``'s keyword arguments (``task``
+    and ``num_classes`` at least); ``also`` adds metrics of the loaded model."""
 
     def evaluate(params: Params) -> dict[str, Any]:
         set_params(model, params)
-        out = evaluate_model(
-            model,
-            x,
-            y,
-            task=task,
-            num_classes=num_classes,
-            target_scale=target_scale,
-            loss_fn=loss_fn,
-            threshold_from=threshold_from,
-            extra_metrics=extra_metrics,
-        )
+        out = evaluate_model(model, x, y, **options)
         if also is not None:
             out.update(also(model))
         return out
