@@ -6,10 +6,13 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.cli.dashboard import add_dashboard_args
 from fedloom.errors import DeploymentError
+
+if TYPE_CHECKING:
+    from fedloom.app import Federation
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -62,7 +65,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         new_run=args.new_run,
     )
 
-    def build() -> Any:  # the server side only: the model, the strategy, central evaluation
+    def build() -> Federation:  # the server side only: the model, the strategy, central evaluation
         return server_federation(
             cfg, model=opts.model, strategy=opts.strategy, eval_data=opts.eval_data
         )
