@@ -57,7 +57,7 @@ class Delayed:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from fedloom.client.deploy import demo_factory
+    from fedloom.app.clients import demo_factory
 
     slow = delays(args)
 

@@ -55,7 +55,7 @@ def _config(path: Path, size: str, rounds: int, clients: int) -> Path:
 
 
 def worker(args: argparse.Namespace) -> int:
-    from fedloom.client.deploy import demo_factory
+    from fedloom.app.clients import demo_factory
 
     return run_clients(args, lambda i: demo_factory("digits", i, args.total), give_up_after=300)
 

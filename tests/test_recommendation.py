@@ -29,8 +29,16 @@ SMALL = {
 
 def test_settings_the_fcf_client_cannot_honour_are_config_errors_naming_the_key() -> None:
     with pytest.raises(ConfigError, match=r"dataset\.name=movielens trains a matrix factorisation"):
-        load_config(None, ["dataset.name=movielens"])
-    defaults = validate_config({"dataset": {"name": "movielens"}, "model": {"name": "mf"}})
+        load_config(None, ["dataset.name=movielens", "model.name=mlp"])
+    defaults = validate_config(
+        {
+            "dataset": {"name": "movielens"},
+            "model": {"name": "mf"},
+            "partition": {"kind": "iid"},
+            "eval": {"federated": False},
+            "engine": {"name": "vectorized"},
+        }
+    )
 
     with pytest.raises(ConfigError) as err:
         check_config(defaults)

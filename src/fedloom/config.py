@@ -51,7 +51,11 @@ class PartitionConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["mlp", "cnn", "linear", "logistic", "char_lstm", "mf"] = "mlp"
+    name: Literal["auto", "mlp", "cnn", "linear", "logistic", "char_lstm", "mf"] = Field(
+        "auto",
+        description="auto: the dataset's reference model (char_lstm for shakespeare, mf for "
+        "movielens, cnn for the image sets, mlp for digits and the tables)",
+    )
     hidden: list[int] = Field(default_factory=lambda: [64])
     rank: int = Field(16, ge=1, description="mf: factors per user and per item")
 
@@ -548,12 +552,28 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _matrix_factorisation_is_for_ratings(self) -> Config:
-        if (self.dataset.name == "movielens") != (self.model.name == "mf"):
+        if self.model.name != "auto" and (self.dataset.name == "movielens") != (
+            self.model.name == "mf"
+        ):
             raise ValueError(
                 "dataset.name=movielens trains a matrix factorisation and model.name=mf needs "
                 f"ratings: use them together (got dataset.name={self.dataset.name!r}, "
                 f"model.name={self.model.name!r})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ratings_defaults(self) -> Config:
+        # A setting left at its default follows the dataset, as model.name: auto does: movielens
+        # has one client per user, is evaluated on the clients (the server holds no user factor)
+        # and trains numpy clients, which the vectorized engine cannot vmap.
+        if self.dataset.name == "movielens":
+            if "kind" not in self.partition.model_fields_set:
+                self.partition.kind = "natural"
+            if "federated" not in self.eval.model_fields_set:
+                self.eval.federated = True
+            if "name" not in self.engine.model_fields_set:
+                self.engine.name = "sequential"
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedloom.app.user_code import server_federation
 from fedloom.config import load_config
 from fedloom.errors import DeploymentError
 from fedloom.server.deploy import ServerOptions, serve
@@ -155,5 +156,6 @@ def test_an_out_folder_with_metrics_is_not_overwritten_by_a_new_run(tmp_path: Pa
     )
 
     with pytest.raises(DeploymentError, match="holds the metrics of an earlier run"):
-        serve(load_config(None, ["rounds=1"]), opts)
+        cfg = load_config(None, ["rounds=1"])
+        serve(cfg, opts, lambda: server_federation(cfg))
     assert (out / "metrics.jsonl").read_text() == '{"round": 1}\n'

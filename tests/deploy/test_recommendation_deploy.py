@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fedloom.client.deploy import demo_factory
+from fedloom.app.clients import demo_factory
+from fedloom.app.user_code import build_strategy, server_federation
 from fedloom.client.fcf import FCFClient
 from fedloom.config import Config, EngineConfig, load_config
 from fedloom.core.task import RowSparse
 from fedloom.errors import ConfigError, DeploymentError
 from fedloom.recommendation import RecommendationSimulation
-from fedloom.server.user_code import build_global_model, build_strategy
 from fedloom.strategies.fcf import FederatedCF
 from tests.deploy import helpers as h
 
@@ -98,7 +98,7 @@ def test_the_server_and_a_client_build_their_parts_and_refuse_what_does_not_appl
     )
 
     # Execute
-    model = build_global_model(cfg, None, None)
+    model = server_federation(cfg)
     strategy = build_strategy(cfg, None)
     client = demo_factory("movielens", 2, USERS)(cfg, 0)
 
@@ -114,6 +114,6 @@ def test_the_server_and_a_client_build_their_parts_and_refuse_what_does_not_appl
     with pytest.raises(DeploymentError, match=rf"this run has {USERS} users .* i/{USERS} with"):
         demo_factory("movielens", 0, 5)(cfg, 0)
     with pytest.raises(ConfigError, match="user factors stay on the clients; drop --model"):
-        build_global_model(cfg, "tests.apps:make_model", None)
+        server_federation(cfg, model="tests.apps:make_model")
     with pytest.raises(ConfigError, match="server holds no user factor; drop --eval-data"):
-        build_global_model(cfg, None, tmp_path / "eval.npz")
+        server_federation(cfg, eval_data=tmp_path / "eval.npz")

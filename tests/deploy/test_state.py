@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fedloom.app.user_code import server_federation
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.config import load_config
 from fedloom.core.params import Params, ParamSpec
@@ -158,4 +159,4 @@ def test_server_refuses_to_resume_scaffold_from_a_checkpoint_without_its_control
 
     # Execute / Assert: it stops before it serves anyone, and says why
     with pytest.raises(DeploymentError, match=r"lacks strategy\.control, which this run needs"):
-        serve(cfg, opts)
+        serve(cfg, opts, lambda: server_federation(cfg))

@@ -12,6 +12,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from fedloom.app import Federation
+from fedloom.app.user_code import build_strategy, server_federation
 from fedloom.client.torch_client import evaluate_model, get_params, set_params
 from fedloom.config import Config, load_config
 from fedloom.core.codec import get_codec
@@ -21,7 +23,6 @@ from fedloom.engines import SequentialEngine
 from fedloom.errors import ConfigError, DeploymentError
 from fedloom.server.coordinator import Coordinator, Population
 from fedloom.server.deploy import ServerOptions
-from fedloom.server.user_code import GlobalModel, build_global_model, build_strategy
 from fedloom.strategies import Strategy
 from tests import apps
 from tests.deploy import helpers as h
@@ -261,5 +262,5 @@ def test_model_factory_must_return_a_module(tmp_path: Path) -> None:
         _build(load_config(), _opts(tmp_path, model="tests.apps:two_stage_strategy"))
 
 
-def _build(cfg: Config, opts: ServerOptions) -> GlobalModel:
-    return build_global_model(cfg, opts.model, opts.eval_data)
+def _build(cfg: Config, opts: ServerOptions) -> Federation:
+    return server_federation(cfg, model=opts.model, eval_data=opts.eval_data)

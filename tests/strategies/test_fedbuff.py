@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedloom.app.user_code import build_strategy
 from fedloom.client.base import EvalResult, FitResult
 from fedloom.config import validate_config
 from fedloom.core.params import Params, ParamSpec
@@ -22,7 +23,6 @@ from fedloom.engines.virtual_time import VirtualTimeEngine
 from fedloom.errors import ConfigError
 from fedloom.server.clock import Availability, ClientClock, ClientProfile, ClockedPopulation
 from fedloom.server.coordinator import Coordinator, Population
-from fedloom.server.user_code import build_strategy
 from fedloom.simulation import Simulation
 from fedloom.strategies import FedBuff
 from fedloom.strategies.factory import make_strategy

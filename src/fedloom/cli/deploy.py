@@ -6,10 +6,13 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedloom.cli.dashboard import add_dashboard_args
 from fedloom.errors import DeploymentError
+
+if TYPE_CHECKING:
+    from fedloom.app import Federation
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -39,6 +42,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from fedloom.app.user_code import server_federation
     from fedloom.config import load_config
     from fedloom.server.deploy import ServerOptions, serve
     from fedloom.tracking import render_summary_table
@@ -60,21 +64,27 @@ def cmd_server(args: argparse.Namespace) -> int:
         eval_data=Path(args.eval_data) if args.eval_data else None,
         new_run=args.new_run,
     )
+
+    def build() -> Federation:  # the server side only: the model, the strategy, central evaluation
+        return server_federation(
+            cfg, model=opts.model, strategy=opts.strategy, eval_data=opts.eval_data
+        )
+
     if args.dashboard is None:
-        summary = serve(cfg, opts)
+        summary = serve(cfg, opts, build)
     else:
         from fedloom.cli.dashboard import live_dashboard
 
         config = cfg.model_dump(mode="json")
         with live_dashboard(args, opts.out, config, rounds=cfg.rounds, mode="deployment") as feed:
-            summary = serve(cfg, dataclasses.replace(opts, live=feed))
+            summary = serve(cfg, dataclasses.replace(opts, live=feed), build)
     if not args.quiet:
         render_summary_table(summary, title="fedloom server summary")
     return 0
 
 
 def _factory(args: argparse.Namespace) -> Any:
-    from fedloom.client.deploy import app_factory, csv_factory, demo_factory
+    from fedloom.app.clients import app_factory, csv_factory, demo_factory
 
     chosen = [x for x in (args.csv, args.dataset, args.app) if x]
     if len(chosen) != 1:

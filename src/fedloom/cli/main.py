@@ -40,15 +40,9 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fedloom.simulation import default_out_dir
-    from fedloom.simulation import run as run_simulation
+    from fedloom.simulation import default_out_dir, run
 
     cfg = _load(args)
-    run = run_simulation
-    if cfg.dataset.name == "movielens":  # recommendation: FCF clients, federated evaluation
-        from fedloom.recommendation import run as run_ratings
-
-        run = run_ratings
     out = Path(args.out) if args.out else default_out_dir()
     if args.baselines:
         if args.dashboard is not None:

@@ -2,7 +2,9 @@
 
 The client connects out to the server (so it works behind NAT), joins, and long-polls for tasks.
 At Join it advertises the task kinds it has stage handlers for (``fit``, ``evaluate``, and any stage
-the ``--app`` module registered when it was imported). For each task it takes the blobs the task
+the ``--app`` module registered when it was imported). The local ``Client`` comes from a
+``ClientFactory``, which ``fedloom.app.clients`` builds (a partition of a built-in dataset, a
+CSV file, the user's ``--app``). For each task it takes the blobs the task
 names (the model, a control variate) from its content-hash cache, downloading the others in chunks,
 runs the same ``execute_task`` as every in-process engine, and uploads the result in chunks. A
 heartbeat thread keeps the session alive during local training.
@@ -51,16 +53,10 @@ from fedloom.client.execute import (
     stage_kinds,
     state_round,
 )
-from fedloom.client.local import LocalTraining
 from fedloom.client.state import ClientStateStore, State
-from fedloom.client.torch_client import dataset_client
 from fedloom.config import Config
 from fedloom.core.task import MODEL, Blob, Blobs, Result, Task
-from fedloom.data import load_dataset
-from fedloom.data.federated import LocalArrays, load_clients, local_arrays
 from fedloom.errors import DeploymentError
-from fedloom.models import build_model
-from fedloom.plugins import call_factory, load_entry_point
 from fedloom.transport.certs import Bundle, client_bundle, read_token
 from fedloom.transport.client import Backoff, BlobCache, Connection
 from fedloom.transport.proto import fedloom_transport_pb2 as pb
@@ -87,97 +83,6 @@ class ClientOptions:
     quiet: bool = False
     state: Path | None = None
     """Folder for ``STATE_FILE``; None keeps the client state in memory only."""
-
-
-def demo_factory(dataset: str, index: int, count: int) -> ClientFactory:
-    """Partition ``index`` of ``count`` of a built-in dataset, split exactly as a simulation of
-    the run's config splits it (same seed, partition kind and test split). For ``movielens`` a
-    partition is one user (``count`` must be the run's number of users): that user's
-    ``FCFClient``, as in ``fedloom run``."""
-    if not 0 <= index < count:
-        raise DeploymentError(f"--partition {index}/{count}: the index must be in 0..{count - 1}")
-
-    def build(cfg: Config, client_id: int) -> Client:
-        if cfg.dataset.name != dataset:
-            raise DeploymentError(f"--dataset {dataset} but the run trains on {cfg.dataset.name!r}")
-        if dataset == "movielens":
-            return _movielens_user(cfg, index, count)
-        part = cfg.partition.model_copy(update={"num_clients": count})
-        run = cfg.model_copy(update={"partition": part})
-        data, clients = load_clients(run)
-        if index >= len(clients):
-            raise DeploymentError(f"--partition {index}/{count}: the run has {len(clients)}")
-        model = build_model(
-            cfg.model.name, data.input_shape, data.num_classes, hidden=cfg.model.hidden
-        )
-        return dataset_client(
-            model,
-            data,
-            local_arrays(data, clients[index]),
-            client_id=index,
-            seed=cfg.seed,
-            training=LocalTraining.from_config(cfg.client),
-        )
-
-    return build
-
-
-def _movielens_user(cfg: Config, index: int, count: int) -> Client:
-    """User ``index``'s client of a movielens run whose users number ``count``."""
-    # here, not at the top: it brings the simulation and its plots, which no other client needs
-    from fedloom.recommendation import RecommendationSimulation
-
-    sim = RecommendationSimulation(cfg, deployment=True)
-    users = sim.ratings.num_users
-    if count != users:
-        raise DeploymentError(
-            f"--partition {index}/{count}: movielens has one client per user, and this run has "
-            f"{users} users (dataset.max_clients={cfg.dataset.max_clients}); give --partition "
-            f"i/{users} with i in 0..{users - 1}"
-        )
-    return sim.client(index)
-
-
-def csv_factory(path: str, target: str) -> ClientFactory:
-    """A TorchClient on the rows of a local CSV file, with the run's model."""
-
-    def build(cfg: Config, client_id: int) -> Client:
-        ds = load_dataset(
-            "csv", path=path, target=target, test_fraction=cfg.dataset.test_fraction, seed=cfg.seed
-        )
-        model = build_model(cfg.model.name, ds.input_shape, ds.num_classes, hidden=cfg.model.hidden)
-        local = LocalArrays(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
-        return dataset_client(
-            model,
-            ds,
-            local,
-            client_id=client_id,
-            seed=cfg.seed,
-            training=LocalTraining.from_config(cfg.client),
-        )
-
-    return build
-
-
-def app_factory(entry_point: str) -> ClientFactory:
-    """``module:function`` returning the user's own Client; the function may take the run's
-    Config as its one argument.
-
-    The module is imported here, before the client joins, so the stages it registers
-    (``register_stage``) are among the task kinds the client advertises.
-    """
-    fn = load_entry_point(entry_point, "--app")
-
-    def build(cfg: Config, client_id: int) -> Client:
-        client = call_factory(fn, cfg, "--app", entry_point)
-        if not isinstance(client, Client):
-            raise DeploymentError(
-                f"--app {entry_point} returned {type(client).__name__}, which has no fit and "
-                "evaluate methods"
-            )
-        return client
-
-    return build
 
 
 def _data_sizes(client: Client) -> tuple[int, int]:

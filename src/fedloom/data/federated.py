@@ -22,6 +22,7 @@ __all__ = [
     "ClientData",
     "LocalArrays",
     "load_clients",
+    "load_config_dataset",
     "local_arrays",
     "partition_clients",
     "split_clients",
@@ -101,10 +102,10 @@ def partition_clients(dataset: Dataset, cfg: Config) -> list[ClientData]:
     return split_clients(parts, test_fraction, cfg.seed)
 
 
-def load_clients(cfg: Config) -> tuple[Dataset, list[ClientData]]:
-    """Load ``cfg.dataset`` and split its training rows into clients (``partition_clients``)."""
+def load_config_dataset(cfg: Config) -> Dataset:
+    """Load ``cfg.dataset`` whole, unsplit (a deployment server's test split)."""
     d = cfg.dataset
-    dataset = load_dataset(
+    return load_dataset(
         d.name,
         data_dir=d.data_dir,
         test_fraction=d.test_fraction,
@@ -116,6 +117,11 @@ def load_clients(cfg: Config) -> tuple[Dataset, list[ClientData]]:
         stride=d.stride,
         max_clients=d.max_clients,
     )
+
+
+def load_clients(cfg: Config) -> tuple[Dataset, list[ClientData]]:
+    """Load ``cfg.dataset`` and split its training rows into clients (``partition_clients``)."""
+    dataset = load_config_dataset(cfg)
     return dataset, partition_clients(dataset, cfg)
 
 

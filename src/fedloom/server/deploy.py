@@ -32,29 +32,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-from fedloom import __version__
 from fedloom.config import Config
-from fedloom.core.codec import get_codec
+from fedloom.core.params import ParamSpec
 from fedloom.core.task import EVALUATE, Blobs, Result, Task
+from fedloom.engines import Engine
 from fedloom.engines.base import Transfer
 from fedloom.engines.remote import RemoteEngine, RemoteRunStats
 from fedloom.errors import ConfigError, DeploymentError
-from fedloom.server.coordinator import Coordinator, Population
-from fedloom.server.pruning import pruning_schedule
+from fedloom.server.coordinator import Coordinator, Population, RoundListener
 from fedloom.server.state import StateStore
-from fedloom.server.user_code import build_global_model, build_strategy
-from fedloom.strategies.factory import aggregation_channel
 from fedloom.tracking import RunRecorder
 from fedloom.tracking.console import format_bytes
 from fedloom.tracking.live import LiveFeed
 from fedloom.tracking.results import METRICS_FILE, to_json_safe
-from fedloom.tracking.summary import summarize
 from fedloom.tracking.trackers import open_trackers
 from fedloom.transport.certs import ENROLMENT_KEY, REVOKED, read_enrolment_key, server_bundle
 from fedloom.transport.hub import Hub
@@ -132,9 +128,41 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
+class ServerSide(Protocol):
+    """What the server runs: the server side of a federation (``fedloom.app.Federation`` as
+    ``fedloom.app.user_code.server_federation`` builds it: the model, the strategy, central
+    evaluation, and no clients, which join over the network)."""
+
+    @property
+    def spec(self) -> ParamSpec: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def eval_source(self) -> str: ...
+
+    def coordinator(
+        self, listeners: Sequence[RoundListener] = (), *, engine: Engine | None = None
+    ) -> Coordinator: ...
+
+    def summary(
+        self,
+        history: list[dict[str, Any]],
+        wall_seconds: float,
+        out: Path,
+        *,
+        num_clients: int | None = None,
+    ) -> dict[str, Any]: ...
+
+
+def serve(cfg: Config, opts: ServerOptions, build: Callable[[], ServerSide]) -> dict[str, Any]:
     """Run the deployment ``cfg`` to its last round; returns the summary. Raises
-    ``DeploymentError`` (or ``ConfigError``) with the reason when the run cannot finish."""
+    ``DeploymentError`` (or ``ConfigError``) with the reason when the run cannot finish.
+
+    ``build()`` builds the server side of the federation, once the TLS settings are checked;
+    its coordinator comes from the same ``make_coordinator`` as a simulation's, on the remote
+    engine."""
     start = time.perf_counter()
     s = cfg.server
     if opts.insecure:
@@ -169,8 +197,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             flush=True,
         )
 
-    model = build_global_model(cfg, opts.model, opts.eval_data)
-    strategy = build_strategy(cfg, opts.strategy)
+    federation = build()
     # Closed however the run ends, so an in-process caller (a test, a benchmark) can reopen it.
     with (
         contextlib.closing(StateStore(opts.state)) as store,
@@ -195,25 +222,7 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
                 hub, deadline_s=s.round_deadline_s, over_selection=s.over_selection, seed=cfg.seed
             )
         )
-        coordinator = Coordinator(
-            strategy=strategy,
-            engine=engine,
-            spec=model.spec,
-            params=model.init_params.copy(),
-            population=Population(num_examples={}),
-            seed=cfg.seed,
-            codec=get_codec(cfg.transport.download_codec),
-            upload_codec=get_codec(cfg.transport.upload_codec),
-            error_feedback=cfg.transport.error_feedback,
-            pruning=pruning_schedule(cfg.pruning),
-            download_delta=cfg.transport.download_delta,
-            held_models=cfg.transport.download_delta_bases,
-            central_eval=model.central_eval,
-            eval_every=cfg.eval.every,
-            federated_eval=cfg.eval.federated,
-            listeners=trackers,
-            channel=aggregation_channel(cfg),
-        )
+        coordinator = federation.coordinator(trackers, engine=engine)
         if opts.live is not None:
             opts.live.clients = hub.client_table  # a read-only snapshot per dashboard update
             coordinator.listeners = [*coordinator.listeners, opts.live]
@@ -261,8 +270,8 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             opts.quiet,
         )
         _say(
-            f"model: {model.source} ({model.spec.size:,} parameters); strategy: "
-            f"{opts.strategy or cfg.strategy.name}; central evaluation: {model.eval_source}",
+            f"model: {federation.source} ({federation.spec.size:,} parameters); strategy: "
+            f"{opts.strategy or cfg.strategy.name}; central evaluation: {federation.eval_source}",
             opts.quiet,
         )
         stop = threading.Event()
@@ -290,21 +299,12 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
-        recorder.save_model(
-            coordinator.global_params,
-            metadata={"fedloom_version": __version__, "rounds": str(cfg.rounds)},
-        )
-        recorder.write_curves()
         # From the history and the state store, not from a dataset: with --model there is none.
-        summary = summarize(
-            config=cfg.model_dump(mode="json"),
-            history=coordinator.history,
-            wall_seconds=time.perf_counter() - start,
-            out_dir=opts.out,
+        summary = federation.summary(
+            coordinator.history,
+            time.perf_counter() - start,
+            opts.out,
             num_clients=store.num_clients(),
-            skipped_clients=[],
-            num_parameters=model.spec.size,
-            data=model.data,
         )
         summary["deployment"] = to_json_safe(
             {
@@ -314,15 +314,15 @@ def serve(cfg: Config, opts: ServerOptions) -> dict[str, Any]:
                 "address": f"{host}:{port}",
                 "auth": auth,
                 "state": str(opts.state),
-                "model": model.source,
+                "model": federation.source,
                 "strategy": opts.strategy or cfg.strategy.name,
-                "central_eval": model.eval_source,
+                "central_eval": federation.eval_source,
                 "pid": os.getpid(),
                 # ru_maxrss is in KiB on Linux
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
-        recorder.write_summary(summary)
+        recorder.write_results(coordinator.global_params, summary, cfg.rounds)
         return summary
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import save_file
 
+from fedloom import __version__
 from fedloom.tracking.plots import plot_curves
 
 __all__ = ["RunRecorder", "read_metrics", "to_json_safe"]
@@ -133,6 +134,16 @@ class RunRecorder:
         path = self.out_dir / SUMMARY_FILE
         path.write_text(_dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         return path
+
+    def write_results(
+        self, params: dict[str, npt.NDArray[Any]], summary: dict[str, Any], rounds: int
+    ) -> None:
+        """The end of a run, simulated or deployed: the final model (``model.safetensors``, with
+        the fedloom version and the configured rounds as metadata), ``curves.png`` from
+        ``metrics.jsonl``, and ``summary.json``."""
+        self.save_model(params, metadata={"fedloom_version": __version__, "rounds": str(rounds)})
+        self.write_curves()
+        self.write_summary(summary)
 
     def write_curves(self) -> Path:
         """Plot every record in ``metrics.jsonl`` to ``curves.png``; returns the path."""
