@@ -26,6 +26,7 @@ the upload into the terms as it is.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,15 @@ class SumPlan:
         """How many values a contribution has: the terms', and the clip indicator with
         ``clip``."""
         return self.size + (self.clip is not None)
+
+
+def positive_metric(metrics: Mapping[str, float], key: str) -> float:
+    """The positive, finite metric ``key`` a client reported, for a rule that needs it;
+    ``ValueError`` (the client cannot contribute) when it is missing or implausible."""
+    value = metrics.get(key)
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the result carries no valid positive {key} (got {value!r})")
+    return float(value)
 
 
 def _identity(

@@ -29,7 +29,6 @@ work moves ``tau_eff``).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from fedloom.client.local import LocalHooks, LocalTraining, Tensors, register_hooks
-from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, register_rule
+from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, positive_metric, register_rule
 from fedloom.errors import ConfigError
 from fedloom.strategies.base import RoundContext
 from fedloom.strategies.fedavg import FedAvg
@@ -101,9 +100,7 @@ def _contribution(
     upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
 ) -> RuleOutput:
     """A client's normalised update and its work ``||a_i||_1`` (metric ``NORM``)."""
-    norm = metrics.get(NORM)
-    if norm is None or not math.isfinite(norm) or norm <= 0:
-        raise ValueError(f"the result carries no valid positive {NORM} (got {norm!r})")
+    norm = positive_metric(metrics, NORM)
     return [(upload, 1.0), (np.array([norm], np.float64), 1.0)]
 
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from fedloom.client.local import LocalHooks, LocalTraining, register_hooks
 from fedloom.core.selection import select_clients
-from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, register_rule
+from fedloom.core.summands import RuleOutput, SumPlan, Sums, Term, positive_metric, register_rule
 from fedloom.core.task import FIT, MODEL, Task
 from fedloom.errors import ConfigError
 from fedloom.strategies.base import RoundContext
@@ -77,9 +77,7 @@ def _contribution(
     upload: np.ndarray, metrics: Mapping[str, float], options: Mapping[str, Any]
 ) -> RuleOutput:
     """A client's ``(Delta_k, h_k)`` from its update and its loss at the global model."""
-    loss = metrics.get(LOSS)
-    if loss is None or not math.isfinite(loss) or loss <= 0:
-        raise ValueError(f"the result carries no valid positive {LOSS} (got {loss!r})")
+    loss = positive_metric(metrics, LOSS)
     step, h = qffl_terms(upload, float(loss), float(options["q"]), float(options["lipschitz"]))
     return [(step, 1.0), (np.array([h]), 1.0)]
 
