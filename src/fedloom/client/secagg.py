@@ -59,6 +59,16 @@ def _mask(
     if SUM not in task.config:
         raise ValueError("the masked-input task names no sum plan (config 'sum')")
     values, weights = contribution(update, num_examples, metrics, task.config[SUM])
+    bound = float(task.config.get(CONFIG_KEY, {}).get("clip_range", np.inf))
+    beyond = np.flatnonzero(np.abs(values) > bound)
+    if beyond.size:
+        # the fixed-point encoding would clip them, and the sum would be wrong without a word
+        raise ValueError(
+            f"{beyond.size} of the {values.size} values of this client's contribution lie beyond "
+            f"secure_aggregation.clip_range={bound:g} (the largest is "
+            f"{float(np.abs(values).max()):.4g} in its term's units); raise "
+            "secure_aggregation.clip_range"
+        )
     return client_mask(values, weights, state, task.config, task.client_id)
 
 

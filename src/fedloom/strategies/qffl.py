@@ -84,6 +84,9 @@ def _contribution(
 
 register_rule("qffl", _contribution)
 
+H_UNITS = 256.0
+"""``h_k`` travels in units of ``256 L 4^q`` on the secure channel's fixed-point scale."""
+
 
 def qffl_terms(
     delta: np.ndarray, loss: float, q: float, lipschitz: float
@@ -153,14 +156,16 @@ class QFFL(FedAvg):
     def sum_plan(self, ctx: RoundContext) -> SumPlan:
         """The sums of ``Delta_k`` and ``h_k``, each client counted by ``n_k`` (by 1 when drawn
         in proportion to ``n_k``: ``sampling=size``). On the secure channel both travel in
-        units of ``L * 4^q`` (losses up to about 4 stay within the fixed-point range)."""
+        units of ``L * 4^q`` and ``H_UNITS`` times that (losses up to about 4 stay within the
+        fixed-point range; a client whose value would not is refused, not clipped)."""
         weighted = self.sampling != "size"
         lipschitz = self.lipschitz
         unit = lipschitz * 4.0**self.q
         return SumPlan(
             (
                 Term("Delta", ctx.spec.size, weighted, unit),
-                Term("h", 1, weighted, unit),
+                # h_k grows with L^2 ||delta||^2: about 9 units of L * 4^q for the digits MLP
+                Term("h", 1, weighted, H_UNITS * unit),
             ),
             rule="qffl",
             options={"q": self.q, "lipschitz": lipschitz},
