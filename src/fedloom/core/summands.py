@@ -123,19 +123,92 @@ def _identity(
 register_rule("identity", _identity)
 
 
-def _parsed(
-    config: Mapping[str, Any],
-) -> tuple[Rule, list[tuple[int, bool, float]], dict[str, Any]]:
-    try:
-        rule = RULES[str(config["rule"])]
-        terms = [(int(n), bool(weighted), float(unit)) for n, weighted, unit in config["terms"]]
-        options = dict(config.get("options") or {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"the task's sum plan is not usable ({exc!r}); known rules: {sorted(RULES)}"
-        ) from None
-    options["_sizes"] = [size for size, _, _ in terms]
-    return rule, terms, options
+class Contributor:
+    """A task's ``SUM`` config, parsed once: ``contributor(upload, num_examples, metrics)`` is
+    ``contribution`` for every client of a round (per-client rule options as ``options``)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        try:
+            self.rule_name = str(config["rule"])
+            self.rule = RULES[self.rule_name]
+            self.terms = [
+                (int(n), bool(weighted), float(unit)) for n, weighted, unit in config["terms"]
+            ]
+            self.options = dict(config.get("options") or {})
+            scale = config.get("scale")
+            self.scale = None if scale is None else float(scale)
+            clip = config.get("clip")
+            self.clip = None if clip is None else float(clip)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"the task's sum plan is not usable ({exc!r}); known rules: {sorted(RULES)}"
+            ) from None
+        self.options["_sizes"] = [size for size, _, _ in self.terms]
+        self.bounds = np.cumsum([0, *(size for size, _, _ in self.terms)])
+        # FedAvg's plan: the upload is the one term, as it is
+        self.plain = (
+            self.rule_name == "identity"
+            and len(self.terms) == 1
+            and self.terms[0][2] == 1.0
+            and self.clip is None
+        )
+
+    def terms_of(
+        self,
+        upload: np.ndarray,
+        metrics: Mapping[str, float],
+        options: Mapping[str, Any] | None = None,
+    ) -> RuleOutput:
+        """The rule's term vectors and multipliers for one client, before any weighting (what
+        a robust aggregator compares)."""
+        merged = self.options if not options else {**self.options, **options}
+        parts = self.rule(np.asarray(upload), metrics, merged)
+        if len(parts) != len(self.terms):
+            raise ValueError(
+                f"rule {self.rule_name!r} made {len(parts)} terms, the plan has {len(self.terms)}"
+            )
+        for j, ((vec, multiplier), (size, _, _)) in enumerate(zip(parts, self.terms, strict=True)):
+            if vec.shape != (size,):
+                raise ValueError(f"term {j} has shape {vec.shape}, the plan says ({size},)")
+            if not 0.0 <= multiplier <= 1.0:
+                raise ValueError(f"term {j}'s multiplier must lie in [0, 1], got {multiplier}")
+        return parts
+
+    def __call__(
+        self,
+        upload: np.ndarray,
+        num_examples: int,
+        metrics: Mapping[str, float],
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n = float(num_examples)
+        base = n if self.scale is None else min(1.0, n / self.scale)
+        if not (np.isfinite(base) and base >= 0):
+            raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        if self.plain:
+            size, weighted, _ = self.terms[0]
+            if upload.shape != (size,):
+                raise ValueError(f"the update has {upload.shape[0]} values, the terms take {size}")
+            w = base if weighted else 1.0
+            return upload.astype(np.float64) * w, np.array([w])
+        parts = self.terms_of(upload, metrics, options)
+        weights = np.empty(len(self.terms), np.float64)
+        flat = np.empty(int(self.bounds[-1]) + (self.clip is not None), np.float64)
+        for j, ((vec, multiplier), (_, weighted, _)) in enumerate(
+            zip(parts, self.terms, strict=True)
+        ):
+            weights[j] = multiplier * (base if weighted else 1.0)
+            np.multiply(vec, weights[j], out=flat[self.bounds[j] : self.bounds[j + 1]])
+        if self.clip is not None:
+            body = flat[:-1]
+            norm = float(np.linalg.norm(body))
+            if norm > self.clip:
+                body[:] = (body * (self.clip / norm)).astype(np.float32)
+            flat[-1] = 1.0 if norm <= self.clip else 0.0
+        for j, (_, _, unit) in enumerate(self.terms):
+            if unit != 1.0:
+                flat[self.bounds[j] : self.bounds[j + 1]] /= unit
+        return flat, weights
 
 
 def terms_of(
@@ -143,18 +216,7 @@ def terms_of(
 ) -> RuleOutput:
     """The rule's term vectors and multipliers for one client, before any weighting (what a
     robust aggregator compares)."""
-    rule, terms, options = _parsed(config)
-    parts = rule(np.asarray(upload), metrics, options)
-    if len(parts) != len(terms):
-        raise ValueError(
-            f"rule {config['rule']!r} made {len(parts)} terms, the plan has {len(terms)}"
-        )
-    for j, ((vec, multiplier), (size, _, _)) in enumerate(zip(parts, terms, strict=True)):
-        if vec.shape != (size,):
-            raise ValueError(f"term {j} has shape {vec.shape}, the plan says ({size},)")
-        if not 0.0 <= multiplier <= 1.0:
-            raise ValueError(f"term {j}'s multiplier must lie in [0, 1], got {multiplier}")
-    return parts
+    return Contributor(config).terms_of(upload, metrics)
 
 
 def contribution(
@@ -167,29 +229,7 @@ def contribution(
     values, all terms together, are scaled to L2 norm at most ``clip`` (in float32, as the
     clipped update would travel), and one more value follows them: 1 when they were within it,
     else 0 (summed, the count adaptive clipping needs)."""
-    parts = terms_of(upload, metrics, config)
-    _, terms, _ = _parsed(config)
-    scale = config.get("scale")
-    n = float(num_examples)
-    base = n if scale is None else min(1.0, n / float(scale))
-    if not (np.isfinite(base) and base >= 0):
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
-    weights = np.empty(len(terms), np.float64)
-    values = []
-    for j, ((vec, multiplier), (_, weighted, _)) in enumerate(zip(parts, terms, strict=True)):
-        weights[j] = multiplier * (base if weighted else 1.0)
-        values.append(np.asarray(vec, np.float64) * weights[j])
-    flat = np.concatenate(values) if values else np.zeros(0)
-    clip = config.get("clip")
-    if clip is not None:
-        norm = float(np.linalg.norm(flat))
-        if norm > clip:
-            flat = (flat * (float(clip) / norm)).astype(np.float32).astype(np.float64)
-        flat = np.append(flat, 1.0 if norm <= clip else 0.0)
-    units = np.repeat([u for _, _, u in terms], [size for size, _, _ in terms])
-    if clip is not None:
-        units = np.append(units, 1.0)
-    return flat / units, weights
+    return Contributor(config)(upload, num_examples, metrics)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedloom.aggregators import Aggregator, WeightedMean
-from fedloom.core.summands import SUM, SumPlan, Sums, contribution, terms_of
+from fedloom.core.summands import SUM, Contributor, SumPlan, Sums
 from fedloom.core.task import Blob, Result, Task
 from fedloom.errors import ConfigError
 from fedloom.secagg import Settings as SecAggSettings
@@ -117,15 +117,21 @@ class Plain(Channel):
             robust.begin(plan.terms[0].size)
         count = 0
         first = plan.terms[0].size
+        contributor = Contributor(plan.config(None))
+        per_client = options or {}
 
         def on_result(result: Result, vec: np.ndarray | None) -> None:
             nonlocal count
             if vec is None:
                 raise ValueError("a fit result arrived without an update")
-            config = result.task.config[SUM]
+            mine = per_client.get(result.task.client_id)
             try:
-                v, w = contribution(vec, result.num_examples, result.metrics, config)
-                raw = terms_of(vec, result.metrics, config)[0][0] if robust is not None else None
+                v, w = contributor(vec, result.num_examples, result.metrics, mine)
+                raw = (
+                    contributor.terms_of(vec, result.metrics, mine)[0][0]
+                    if robust is not None
+                    else None
+                )
             except ValueError as exc:
                 log.warning(
                     "round %d: client %d's result cannot contribute (%s); left out",
