@@ -87,12 +87,20 @@ def plan_tasks(
     scale: float | None,
     options: Mapping[int, Mapping[str, Any]] | None,
 ) -> list[Task]:
-    """``tasks`` with their sum plan (``SUM``) in their config."""
+    """``tasks`` with their sum plan (``SUM``) in their config. Tasks that shared a config
+    still share one (engines work a config out once: the vectorized engine's memo), unless
+    their rule options differ (IFCA's cluster)."""
     per_client = options or {}
-    return [
-        replace(t, config={**t.config, SUM: plan.config(scale, **per_client.get(t.client_id, {}))})
-        for t in tasks
-    ]
+    configs: dict[tuple[int, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+    out = []
+    for t in tasks:
+        own = tuple(sorted(per_client.get(t.client_id, {}).items()))
+        key = (id(t.config), own)
+        config = configs.get(key)
+        if config is None:
+            config = configs[key] = {**t.config, SUM: plan.config(scale, **dict(own))}
+        out.append(replace(t, config=config))
+    return out
 
 
 class Plain(Channel):
@@ -147,7 +155,8 @@ class Plain(Channel):
             weights[:] += w
             count += 1
 
-        yield Exchange(plan_tasks(tasks, plan, None, options), list(blobs), on_result)
+        # the server runs the rule itself: the tasks need not carry the plan
+        yield Exchange(list(tasks), list(blobs), on_result)
         sums = Sums.of(plan.terms, values, weights, count)
         if robust is not None and robust.count:
             sums.totals[0] = robust.finish().astype(np.float64)
