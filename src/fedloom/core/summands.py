@@ -211,14 +211,6 @@ class Contributor:
         return flat, weights
 
 
-def terms_of(
-    upload: np.ndarray, metrics: Mapping[str, float], config: Mapping[str, Any]
-) -> RuleOutput:
-    """The rule's term vectors and multipliers for one client, before any weighting (what a
-    robust aggregator compares)."""
-    return Contributor(config).terms_of(upload, metrics)
-
-
 def contribution(
     upload: np.ndarray, num_examples: int, metrics: Mapping[str, float], config: Mapping[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
